@@ -1,0 +1,71 @@
+"""Attention masks described by positions and segments, not by dense T x S arrays.
+
+A structured mask lets every attention variant build only the blocks it needs (a blockwise
+kernel never materializes T x S), while `Mask.dense()` gives the reference its boolean matrix.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax.numpy as jnp
+
+from llmjax.typing import Array, Bool, Int
+
+
+@flax.struct.dataclass
+class Mask:
+    """Which keys each query may see.
+
+    Query t sees key s when all hold: kv_pos[s] <= q_pos[t] (causal); q_pos[t] - kv_pos[s] <
+    window (sliding window); q_seg[t] == kv_seg[s] (packed documents); kv_valid[s] (padding or
+    unwritten cache slots).
+    """
+
+    q_positions: Int[Array, "B T"]
+    kv_positions: Int[Array, "B S"]
+    q_segments: Int[Array, "B T"] | None = None
+    kv_segments: Int[Array, "B S"] | None = None
+    kv_valid: Bool[Array, "B S"] | None = None
+    causal: bool = flax.struct.field(pytree_node=False, default=True)
+    window: int | None = flax.struct.field(pytree_node=False, default=None)
+    # True when q and kv positions are both 0..T-1 with no segments or padding: the plain lower
+    # triangle, which fused kernels (cuDNN's is_causal) can apply without reading any mask.
+    plain: bool = flax.struct.field(pytree_node=False, default=False)
+
+    @classmethod
+    def causal_lm(
+        cls,
+        positions_BxT: Int[Array, "B T"],
+        segments_BxT: Int[Array, "B T"] | None = None,
+        *,
+        window: int | None = None,
+        plain: bool = False,
+    ) -> Mask:
+        """Self-attention mask of a causal LM over one sequence of tokens."""
+        return cls(
+            q_positions=positions_BxT,
+            kv_positions=positions_BxT,
+            q_segments=segments_BxT,
+            kv_segments=segments_BxT,
+            causal=True,
+            window=window,
+            plain=plain and segments_BxT is None,
+        )
+
+    def dense(self) -> Bool[Array, "B T S"]:
+        q_BxTx1 = self.q_positions[:, :, None]
+        k_Bx1xS = self.kv_positions[:, None, :]
+        visible = jnp.ones(jnp.broadcast_shapes(q_BxTx1.shape, k_Bx1xS.shape), bool)
+        if self.causal:
+            visible &= k_Bx1xS <= q_BxTx1
+        if self.window is not None:
+            visible &= q_BxTx1 - k_Bx1xS < self.window
+        if self.q_segments is not None and self.kv_segments is not None:
+            visible &= self.q_segments[:, :, None] == self.kv_segments[:, None, :]
+        if self.kv_valid is not None:
+            visible &= self.kv_valid[:, None, :]
+        return visible
+
+    def distance(self) -> Int[Array, "B T S"]:
+        """kv_pos - q_pos: the (non-positive, when causal) offset ALiBi scales per head."""
+        return self.kv_positions[:, None, :] - self.q_positions[:, :, None]

@@ -1,0 +1,38 @@
+"""`jax.nn.dot_product_attention`: XLA on CPU/TPU, cuDNN's fused kernel on GPU when it applies."""
+
+import jax
+import jax.numpy as jnp
+
+from llmjax.attention.core import alibi_bias, register_attention
+from llmjax.attention.masks import Mask
+from llmjax.typing import Array, Float
+
+
+@register_attention("xla")
+def xla_attention(
+    q_BxTxNxH: Float[Array, "B T N H"],
+    k_BxSxKxH: Float[Array, "B S K H"],
+    v_BxSxKxH: Float[Array, "B S K H"],
+    mask: Mask,
+    *,
+    alibi_slopes: Float[Array, " N"] | None = None,
+    scale: float | None = None,
+) -> Float[Array, "B T N H"]:
+    bias = None
+    if alibi_slopes is not None:
+        bias = alibi_bias(mask, jnp.asarray(alibi_slopes, jnp.float32)).astype(q_BxTxNxH.dtype)
+    if mask.plain and mask.causal:
+        # The standard lower triangle: let the backend build it (cuDNN never reads a mask).
+        window = None if mask.window is None else (mask.window - 1, 0)
+        return jax.nn.dot_product_attention(
+            q_BxTxNxH,
+            k_BxSxKxH,
+            v_BxSxKxH,
+            bias=bias,
+            scale=scale,
+            is_causal=True,
+            local_window_size=window,
+        )
+    return jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask.dense()[:, None], scale=scale
+    )

@@ -1,0 +1,1 @@
+"""Building blocks of the decoder: norms, MLPs, embeddings, positions, self-attention."""

@@ -1,0 +1,72 @@
+"""Position-wise feed-forward blocks, registered by name: gelu (GPT-2), swiglu (Llama)."""
+
+import flax.linen as nn
+import jax
+
+from llmjax.layers.common import constrain, contract, dtype_of, normal, out_std, param
+from llmjax.registry import Registry
+
+MLPS: Registry = Registry("mlp")
+
+
+class Linear(nn.Module):
+    """x @ kernel (+ bias) over the last axis, with logical axis names on the kernel."""
+
+    features: int
+    axes: tuple[str, str]
+    std: float
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dtype = dtype_of(cfg.dtype)
+        kernel = param(
+            self,
+            "kernel",
+            (x.shape[-1], self.features),
+            self.axes,
+            normal(self.std),
+            cfg.param_dtype,
+        )
+        y = contract(x.astype(dtype), kernel.astype(dtype))
+        if cfg.use_bias:
+            bias = param(
+                self,
+                "bias",
+                (self.features,),
+                self.axes[1:],
+                nn.initializers.zeros,
+                cfg.param_dtype,
+            )
+            y = y + bias.astype(dtype)
+        return y
+
+
+@MLPS.register("gelu")
+class GeluMLP(nn.Module):
+    """D -> F -> D with a tanh-approximated GELU (GPT-2's `gelu_new`)."""
+
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        h_BxTxF = Linear(cfg.ffn_dim, ("embed", "mlp"), cfg.init_std, cfg, name="fc_in")(x_BxTxD)
+        h_BxTxF = constrain(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "mlp"))
+        return Linear(cfg.d_model, ("mlp", "embed"), out_std(cfg), cfg, name="fc_out")(h_BxTxF)
+
+
+@MLPS.register("swiglu")
+class SwiGLUMLP(nn.Module):
+    """D -> (silu(gate) * up) -> D, as in Llama."""
+
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        gate = Linear(cfg.ffn_dim, ("embed", "mlp"), cfg.init_std, cfg, name="gate")(x_BxTxD)
+        up = Linear(cfg.ffn_dim, ("embed", "mlp"), cfg.init_std, cfg, name="up")(x_BxTxD)
+        h_BxTxF = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return Linear(cfg.d_model, ("mlp", "embed"), out_std(cfg), cfg, name="down")(h_BxTxF)

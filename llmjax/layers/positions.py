@@ -1,0 +1,148 @@
+"""Positional encodings (learned, sinusoidal, RoPE, ALiBi, none) as pure functions.
+
+A position scheme can enter the model in three places, and `PositionEncoding` says which:
+added to the token embeddings (learned, sinusoidal), rotating queries and keys (RoPE), or as a
+per-head linear bias on attention logits (ALiBi). Without any, a causal transformer can still
+infer order a little from the causal mask itself ("none").
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmjax.layers.common import dtype_of, param
+from llmjax.registry import Registry
+from llmjax.typing import Array, Float, Int
+
+POSITIONS: Registry = Registry("position encoding")
+ROPE_SCALINGS: Registry = Registry("rope scaling")
+
+
+@dataclass(frozen=True)
+class PositionEncoding:
+    """Where a position scheme acts: an embedding module, a q/k rotation, or ALiBi slopes."""
+
+    embedding: type[nn.Module] | None = None  # Module(cfg)(positions_BxT) -> BxTxD
+    rotate: Callable | None = None  # rotate(x_BxTxNxH, positions_BxT, cfg) -> same shape
+    slopes: Callable | None = None  # slopes(cfg) -> Float[N] per-head ALiBi slopes
+    # Whether positions beyond max_seq_len are meaningful (a learned table has no rows there).
+    extrapolates: bool = True
+
+
+# ----------------------------------------------------------------------------- sinusoidal
+
+
+def sinusoidal(positions_BxT: Int[Array, "B T"], d_model: int) -> Float[Array, "B T D"]:
+    """Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(same)."""
+    half = d_model // 2
+    freq = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) * 2 / d_model)
+    angle_BxTxHalf = positions_BxT[..., None].astype(jnp.float32) * freq
+    pe = jnp.stack([jnp.sin(angle_BxTxHalf), jnp.cos(angle_BxTxHalf)], axis=-1)
+    pe = pe.reshape(*positions_BxT.shape, 2 * half)
+    if d_model % 2:
+        pe = jnp.pad(pe, [(0, 0)] * (pe.ndim - 1) + [(0, 1)])
+    return pe
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Adds fixed sinusoids; no parameters."""
+
+    cfg: object
+
+    def __call__(self, positions_BxT: jax.Array) -> jax.Array:
+        return sinusoidal(positions_BxT, self.cfg.d_model).astype(dtype_of(self.cfg.dtype))
+
+
+class LearnedEmbedding(nn.Module):
+    """A trained table of max_seq_len position vectors (GPT-2's `wpe`)."""
+
+    cfg: object
+
+    @nn.compact
+    def __call__(self, positions_BxT: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        table_PxD = param(
+            self,
+            "embedding",
+            (cfg.max_seq_len, cfg.d_model),
+            (None, "embed"),
+            nn.initializers.normal(cfg.init_std),
+            cfg.param_dtype,
+        )
+        return jnp.take(table_PxD, positions_BxT, axis=0).astype(dtype_of(cfg.dtype))
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def rope_frequencies(cfg) -> tuple[np.ndarray, float]:
+    """Inverse frequencies (H/2,) after the configured scaling, and the cos/sin magnitude."""
+    head_dim = cfg.dim_head
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    scale_fn = ROPE_SCALINGS.get(cfg.rope_scaling.kind)
+    inv_freq, magnitude = scale_fn(inv_freq, cfg)
+    return np.asarray(inv_freq, np.float32), float(magnitude)
+
+
+@ROPE_SCALINGS.register("none")
+def _no_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
+    return inv_freq, 1.0
+
+
+@ROPE_SCALINGS.register("linear")
+def _linear_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
+    """Position interpolation (Chen et al. 2023): positions are divided by the factor."""
+    return inv_freq / cfg.rope_scaling.factor, 1.0
+
+
+def apply_rope(
+    x_BxTxNxH: Float[Array, "B T N H"],
+    positions_BxT: Int[Array, "B T"],
+    inv_freq: np.ndarray,
+    magnitude: float = 1.0,
+) -> Float[Array, "B T N H"]:
+    """Rotates pairs (x[i], x[i + H/2]) by angle position * inv_freq[i] (GPT-NeoX/HF layout)."""
+    angle_BxTxHalf = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
+    cos = (jnp.cos(angle_BxTxHalf) * magnitude)[:, :, None, :]
+    sin = (jnp.sin(angle_BxTxHalf) * magnitude)[:, :, None, :]
+    x = x_BxTxNxH.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxNxH.dtype)
+
+
+def rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg) -> jax.Array:
+    inv_freq, magnitude = rope_frequencies(cfg)
+    return apply_rope(x_BxTxNxH, positions_BxT, inv_freq, magnitude)
+
+
+# ----------------------------------------------------------------------------- ALiBi
+
+
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """Press et al. 2022: geometric slopes 2^(-8i/n); non-powers of two interleave."""
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        slopes = power_of_two(n_heads)
+    else:
+        closest = 2 ** math.floor(math.log2(n_heads))
+        slopes = power_of_two(closest) + power_of_two(2 * closest)[0::2][: n_heads - closest]
+    return np.asarray(slopes, np.float32)
+
+
+# ----------------------------------------------------------------------------- registry
+
+POSITIONS.register("none")(PositionEncoding())
+POSITIONS.register("learned")(PositionEncoding(embedding=LearnedEmbedding, extrapolates=False))
+POSITIONS.register("sinusoidal")(PositionEncoding(embedding=SinusoidalEmbedding))
+POSITIONS.register("rope")(PositionEncoding(rotate=rope))
+POSITIONS.register("alibi")(PositionEncoding(slopes=lambda cfg: alibi_slopes(cfg.n_heads)))

@@ -1,0 +1,78 @@
+"""Multi-head self-attention projections around a registered attention kernel (MHA/GQA/MQA)."""
+
+import flax.linen as nn
+import jax
+from jax.ad_checkpoint import checkpoint_name
+
+from llmjax.attention import ATTENTION, Mask
+from llmjax.layers.common import constrain, contract, dtype_of, normal, out_std, param
+from llmjax.layers.positions import POSITIONS
+
+
+class SelfAttention(nn.Module):
+    """q, k, v projections, position rotation, the configured kernel, output projection."""
+
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, mask: Mask) -> jax.Array:
+        cfg = self.cfg
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
+        dtype = dtype_of(cfg.dtype)
+        std = cfg.init_std
+
+        def project(name: str, heads: int, axes: tuple[str, str, str]) -> jax.Array:
+            w_DxNxH = param(
+                self, f"{name}_kernel", (D, heads, H), axes, normal(std), cfg.param_dtype
+            )
+            y_BxTxNxH = contract(x_BxTxD.astype(dtype), w_DxNxH.astype(dtype))
+            if cfg.use_bias:
+                b_NxH = param(
+                    self,
+                    f"{name}_bias",
+                    (heads, H),
+                    axes[1:],
+                    nn.initializers.zeros,
+                    cfg.param_dtype,
+                )
+                y_BxTxNxH = y_BxTxNxH + b_NxH.astype(dtype)
+            return y_BxTxNxH
+
+        q_BxTxNxH = project("query", N, ("embed", "heads", "head_dim"))
+        k_BxTxKxH = project("key", K, ("embed", "kv_heads", "head_dim"))
+        v_BxTxKxH = project("value", K, ("embed", "kv_heads", "head_dim"))
+
+        position = POSITIONS.get(cfg.position)
+        if position.rotate is not None:
+            q_BxTxNxH = position.rotate(q_BxTxNxH, mask.q_positions, cfg)
+            k_BxTxKxH = position.rotate(k_BxTxKxH, mask.kv_positions, cfg)
+        q_BxTxNxH = constrain(
+            checkpoint_name(q_BxTxNxH, "qkv"), ("batch", "length", "heads", "head_dim")
+        )
+        k_BxTxKxH = constrain(
+            checkpoint_name(k_BxTxKxH, "qkv"), ("batch", "length", "kv_heads", "head_dim")
+        )
+        v_BxTxKxH = constrain(
+            checkpoint_name(v_BxTxKxH, "qkv"), ("batch", "length", "kv_heads", "head_dim")
+        )
+
+        slopes = None if position.slopes is None else position.slopes(cfg)
+        attend = ATTENTION.get(cfg.attention)
+        out_BxTxNxH = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes)
+        out_BxTxNxH = constrain(
+            checkpoint_name(out_BxTxNxH, "attention_out"), ("batch", "length", "heads", "head_dim")
+        )
+
+        w_NxHxD = param(
+            self,
+            "out_kernel",
+            (N, H, D),
+            ("heads", "head_dim", "embed"),
+            normal(out_std(cfg)),
+            cfg.param_dtype,
+        )
+        y_BxTxD = contract(out_BxTxNxH.astype(dtype), w_NxHxD.astype(dtype), dims=2)
+        if cfg.use_bias:
+            b_D = param(self, "out_bias", (D,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
+            y_BxTxD = y_BxTxD + b_D.astype(dtype)
+        return y_BxTxD

@@ -1,0 +1,59 @@
+"""Model families (registered by name) and helpers to build and initialize them."""
+
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llmjax.models.remat import REMAT_POLICIES
+from llmjax.models.transformer import Decoder, stack_layer_params, unstack_layer_params
+from llmjax.registry import Registry
+
+if TYPE_CHECKING:
+    from llmjax.config import ModelConfig
+
+MODELS: Registry = Registry("model architecture")
+MODELS.register("transformer")(Decoder)
+
+
+def build_model(cfg: "ModelConfig") -> nn.Module:
+    return MODELS.get(cfg.arch)(cfg)
+
+
+def _init_variables(cfg: "ModelConfig", key: jax.Array) -> dict[str, Any]:
+    model = build_model(cfg)
+    tokens = jnp.zeros((1, min(cfg.max_seq_len, 8)), jnp.int32)
+    return model.init({"params": key, "dropout": key}, tokens)
+
+
+def init_model(cfg: "ModelConfig", key: jax.Array) -> tuple[dict, dict]:
+    """Returns (params, model_state): plain pytrees of arrays; model_state holds e.g. BatchNorm
+    statistics and is empty for most configs."""
+    variables = nn.meta.unbox(_init_variables(cfg, key))
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables
+
+
+def logical_axes(cfg: "ModelConfig") -> dict[str, Any]:
+    """Logical axis names (PartitionSpecs over names like 'embed', 'heads') of every variable."""
+    boxed = jax.eval_shape(lambda k: _init_variables(cfg, k), jax.random.key(0))
+    return nn.get_partition_spec(boxed)
+
+
+def count_params(params: Any) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+__all__ = [
+    "MODELS",
+    "REMAT_POLICIES",
+    "Decoder",
+    "build_model",
+    "count_params",
+    "init_model",
+    "logical_axes",
+    "stack_layer_params",
+    "unstack_layer_params",
+]

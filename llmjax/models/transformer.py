@@ -1,0 +1,167 @@
+"""A generic decoder-only transformer whose parts are chosen by `ModelConfig`.
+
+Layers are stacked with `nn.scan` (one compiled layer, params with a leading `layers` axis) or
+unrolled in a Python loop (params `blocks_0`, `blocks_1`, ...); `stack_layer_params` and
+`unstack_layer_params` convert between the two layouts. Either way the layer can be wrapped in
+`nn.remat` with a policy chosen by name.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from llmjax.attention import Mask
+from llmjax.layers.common import constrain, dtype_of, normal
+from llmjax.layers.embeddings import Embedder
+from llmjax.layers.mlp import MLPS
+from llmjax.layers.norms import NORMS
+from llmjax.layers.positions import POSITIONS
+from llmjax.layers.self_attention import SelfAttention
+from llmjax.models.remat import REMAT_POLICIES
+from llmjax.typing import Array, Float, Int
+
+if TYPE_CHECKING:
+    from llmjax.config import ModelConfig
+
+ACTIVATION = ("batch", "length", "embed")
+# Logit of padded vocabulary rows: never sampled, and finite so p * log p stays 0.
+PADDED_LOGIT = -1e9
+
+
+class Block(nn.Module):
+    """One transformer layer: attention then MLP, each with norm, dropout and residual."""
+
+    cfg: "ModelConfig"
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, mask: Mask) -> tuple[jax.Array, None]:
+        cfg = self.cfg
+        norm = NORMS.get(cfg.norm)
+        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+
+        def sublayer(x, fn, name):
+            # pre:  x + f(norm(x))       post: norm(x + f(x))
+            # without residual connections the "x +" is dropped in both placements.
+            if cfg.norm_position == "pre":
+                y = drop(fn(norm(cfg, deterministic=self.deterministic, name=f"{name}_norm")(x)))
+                return x + y if cfg.residual else y
+            y = drop(fn(x))
+            y = x + y if cfg.residual else y
+            return norm(cfg, deterministic=self.deterministic, name=f"{name}_norm")(y)
+
+        attention = SelfAttention(cfg, name="attention")
+        mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
+        x_BxTxD = sublayer(x_BxTxD, lambda h: attention(h, mask), "attention")
+        x_BxTxD = constrain(x_BxTxD, ACTIVATION)
+        x_BxTxD = sublayer(x_BxTxD, lambda h: checkpoint_name(mlp(h), "mlp_out"), "mlp")
+        return constrain(x_BxTxD, ACTIVATION), None
+
+
+def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
+    policy = REMAT_POLICIES.get(cfg.remat)
+    if cfg.remat == "none":
+        return Block
+    # Inside scan the loop itself keeps XLA from merging recomputation away (prevent_cse off is
+    # faster there); an unrolled loop needs the barrier.
+    return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+
+
+class Decoder(nn.Module):
+    """Token ids in, next-token logits (float32) out."""
+
+    cfg: "ModelConfig"
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens_BxT: Int[Array, "B T"],
+        positions_BxT: Int[Array, "B T"] | None = None,
+        segments_BxT: Int[Array, "B T"] | None = None,
+        *,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+    ) -> Float[Array, "B T V"] | tuple[Float[Array, "B T V"], Float[Array, "B T D"]]:
+        cfg = self.cfg
+        batch, length = tokens_BxT.shape
+        position = POSITIONS.get(cfg.position)
+        plain = positions_BxT is None
+        if plain:
+            if not position.extrapolates and length > cfg.max_seq_len:
+                raise ValueError(
+                    f"sequence length {length} is longer than the learned position table "
+                    f"(max_seq_len={cfg.max_seq_len}); truncate the input or train a model with "
+                    f"a larger max_seq_len (or a position scheme that extrapolates, e.g. rope)"
+                )
+            positions_BxT = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        mask = Mask.causal_lm(positions_BxT, segments_BxT, window=cfg.attention_window, plain=plain)
+
+        embedder = Embedder(cfg, name="embed")
+        x_BxTxD = embedder.encode(tokens_BxT)
+        if position.embedding is not None:
+            x_BxTxD = x_BxTxD + position.embedding(cfg, name="pos_embed")(positions_BxT)
+        x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
+        x_BxTxD = constrain(x_BxTxD, ACTIVATION)
+
+        block = _block_class(cfg)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BxTxD, _ = stack(cfg, deterministic, name="blocks")(x_BxTxD, mask)
+        else:
+            for i in range(cfg.n_layers):
+                x_BxTxD, _ = block(cfg, deterministic, name=f"blocks_{i}")(x_BxTxD, mask)
+
+        if cfg.norm_position == "pre":
+            x_BxTxD = NORMS.get(cfg.norm)(cfg, deterministic=deterministic, name="final_norm")(
+                x_BxTxD
+            )
+        if cfg.tie_embeddings:
+            logits_BxTxV = embedder.decode(x_BxTxD)
+        else:
+            head = nn.Dense(
+                cfg.padded_vocab_size,
+                use_bias=False,
+                dtype=dtype_of(cfg.dtype),
+                param_dtype=dtype_of(cfg.param_dtype),
+                kernel_init=nn.with_logical_partitioning(normal(cfg.init_std), ("embed", "vocab")),
+                name="lm_head",
+            )
+            logits_BxTxV = head(x_BxTxD)
+        logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+        if cfg.padded_vocab_size > cfg.vocab_size:
+            real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
+            logits_BxTxV = jnp.where(real, logits_BxTxV, PADDED_LOGIT)
+        logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
+        if return_hidden:
+            return logits_BxTxV, x_BxTxD
+        return logits_BxTxV
+
+
+# ----------------------------------------------------------------------------- params layout
+
+
+def stack_layer_params(params: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """Loop layout (`blocks_0`, `blocks_1`, ...) -> scan layout (`blocks` with a layers axis)."""
+    params = dict(params)
+    layers = [params.pop(f"blocks_{i}") for i in range(n_layers)]
+    params["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return params
+
+
+def unstack_layer_params(params: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """Scan layout -> loop layout."""
+    params = dict(params)
+    stacked = params.pop("blocks")
+    for i in range(n_layers):
+        params[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return params

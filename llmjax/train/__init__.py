@@ -1,0 +1,1 @@
+"""Training: loss, optimizer, state, jitted steps, the fit loop and checkpoints."""
