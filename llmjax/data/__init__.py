@@ -1,5 +1,6 @@
 """Data: corpora, tokenizers, cached token streams and batches."""
 
+from llmjax.data.corpus import Corpus, default_corpus, read_corpus
 from llmjax.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
@@ -13,7 +14,10 @@ __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
     "CharTokenizer",
+    "Corpus",
     "Tokenizer",
     "build_tokenizer",
+    "default_corpus",
     "load_tokenizer",
+    "read_corpus",
 ]
