@@ -92,7 +92,7 @@ class Tokenizer(abc.ABC):
         write_new_file(path, self.to_json().encode("utf-8"))
         return path
 
-    def checked_ids(self, ids: Any) -> np.ndarray:
+    def _checked_ids(self, ids: Any) -> np.ndarray:
         """Returns `ids` as a 1-D int64 array with special ids removed; raises on bad ids."""
         ids_N = np.asarray(ids)
         if ids_N.ndim == 0:

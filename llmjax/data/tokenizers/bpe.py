@@ -213,7 +213,7 @@ class BPETokenizer(Tokenizer):
         return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
 
     def decode_bytes(self, ids: Any) -> bytes:
-        ids_N = self.checked_ids(ids)
+        ids_N = self._checked_ids(ids)
         if self._byte_level:
             table = self._token_bytes
             return b"".join([table[i] for i in ids_N.tolist()])

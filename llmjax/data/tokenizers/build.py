@@ -110,5 +110,9 @@ def _load_or_train_bpe(corpus: bytes, vocab_size: int, path: Path) -> BPETokeniz
     except FileExistsError:
         # Another process published its tokenizer first; use that one so every run shares ids.
         return BPETokenizer.from_file(path)
+    except OSError as e:
+        # Training is deterministic, so an uncached tokenizer costs time on the next run, not ids.
+        log.warning("could not cache the BPE tokenizer at %s (%s); it will be retrained", path, e)
+        return tokenizer
     log.info("cached the BPE tokenizer at %s", path)
     return tokenizer

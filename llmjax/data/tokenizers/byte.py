@@ -34,7 +34,7 @@ class ByteTokenizer(Tokenizer):
         return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
 
     def decode_bytes(self, ids: Any) -> bytes:
-        return self.checked_ids(ids).astype(np.uint8).tobytes()
+        return self._checked_ids(ids).astype(np.uint8).tobytes()
 
     def token_byte_lengths(self) -> np.ndarray:
         lengths_V = np.zeros(self.vocab_size, dtype=np.int32)

@@ -75,7 +75,7 @@ class CharTokenizer(Tokenizer):
         return self.encode(data.decode("utf-8", errors="surrogateescape"))
 
     def decode_bytes(self, ids: Any) -> bytes:
-        codepoints_N = self._codepoints_V[self.checked_ids(ids)]
+        codepoints_N = self._codepoints_V[self._checked_ids(ids)]
         text = codepoints_N.tobytes().decode("utf-32-le", errors="surrogatepass")
         return text.encode("utf-8", errors="surrogateescape")
 
