@@ -1,6 +1,7 @@
 """Data: corpora, tokenizers, cached token streams and batches."""
 
 from llmjax.data.corpus import Corpus, default_corpus, read_corpus
+from llmjax.data.dataset import TokenData, prepare_data, train_batch, val_batches
 from llmjax.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
@@ -15,9 +16,13 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "Corpus",
+    "TokenData",
     "Tokenizer",
     "build_tokenizer",
     "default_corpus",
     "load_tokenizer",
+    "prepare_data",
     "read_corpus",
+    "train_batch",
+    "val_batches",
 ]
