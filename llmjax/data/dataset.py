@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _MIN_SPLIT_TOKENS = 2
 
 
-@dataclass
+@dataclass(eq=False)  # array fields have no single truth value to compare by
 class TokenData:
     """A tokenizer and the read-only train/validation token memmaps it produced."""
 

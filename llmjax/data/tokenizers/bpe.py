@@ -116,7 +116,8 @@ class BPETokenizer(Tokenizer):
     ) -> BPETokenizer:
         """Trains byte-level BPE with <|bos|>, <|eos|>, <|pad|> as ids 0, 1, 2.
 
-        Invalid UTF-8 in training bytes is read as U+FFFD; it only shapes the merges.
+        Stops short of `vocab_size` when no pair occurs `min_frequency` times. Invalid UTF-8 in
+        training bytes is read as U+FFFD; it only shapes the merges.
         """
         floor = 256 + len(SPECIAL_TOKENS)
         if vocab_size < floor:
@@ -184,33 +185,31 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> np.ndarray:
         if not _ESCAPED_BYTES.search(text):
-            return self._encode_texts([text])
+            return self._encode_each([text])[0]
         if not self.exact_bytes:
             text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
-            return self._encode_texts([text])
+            return self._encode_each([text])[0]
         # Valid runs go through the tokenizer; each escaped byte becomes its own byte token.
-        texts, escaped, start = [], [], 0
-        for match in _ESCAPED_BYTES.finditer(text):
-            texts.append(text[start : match.start()])
-            escaped.append(match.group().encode("utf-8", errors="surrogateescape"))
-            start = match.end()
-        texts.append(text[start:])
-        encoded = [self._encode_texts([t]) for t in texts]
+        encoded = self._encode_each(_ESCAPED_BYTES.split(text))
         pieces = [encoded[0]]
-        for raw, ids_N in zip(escaped, encoded[1:], strict=True):
-            pieces += [self._byte_ids_256[np.frombuffer(raw, dtype=np.uint8)], ids_N]
-        return np.concatenate(pieces).astype(np.int32)
+        for escaped, ids_N in zip(_ESCAPED_BYTES.findall(text), encoded[1:], strict=True):
+            raw_N = np.frombuffer(escaped.encode("utf-8", errors="surrogateescape"), np.uint8)
+            pieces += [self._byte_ids_256[raw_N], ids_N]
+        return np.concatenate(pieces)
 
     def encode_bytes(self, data: bytes) -> np.ndarray:
         errors = "surrogateescape" if self.exact_bytes else "replace"
         return self.encode(data.decode("utf-8", errors=errors))
 
-    def _encode_texts(self, texts: list[str]) -> np.ndarray:
-        if self._safe_to_chunk:
-            texts = [piece for text in texts for piece in _chunks(text)]
-        encodings = self.hf.encode_batch(texts, add_special_tokens=False)
-        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
-        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+    def _encode_each(self, texts: list[str]) -> list[np.ndarray]:
+        """Returns int32 ids per text, encoding all of them in one parallel batch."""
+        pieces = [_chunks(t) if self._safe_to_chunk else [t] for t in texts]
+        flat = [piece for text_pieces in pieces for piece in text_pieces]
+        encodings = iter(self.hf.encode_batch(flat, add_special_tokens=False))
+        return [
+            np.concatenate([np.asarray(next(encodings).ids, dtype=np.int32) for _ in text_pieces])
+            for text_pieces in pieces
+        ]
 
     def decode_bytes(self, ids: Any) -> bytes:
         ids_N = self._checked_ids(ids)
