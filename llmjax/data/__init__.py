@@ -1,0 +1,28 @@
+"""Data: corpora, tokenizers, cached token streams and batches."""
+
+from llmjax.data.corpus import Corpus, default_corpus, read_corpus
+from llmjax.data.dataset import TokenData, prepare_data, train_batch, val_batches
+from llmjax.data.tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+)
+
+__all__ = [
+    "BPETokenizer",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "Corpus",
+    "TokenData",
+    "Tokenizer",
+    "build_tokenizer",
+    "default_corpus",
+    "load_tokenizer",
+    "prepare_data",
+    "read_corpus",
+    "train_batch",
+    "val_batches",
+]

@@ -1,0 +1,148 @@
+"""Corpora: raw training bytes from a file, a directory, or the Python standard library."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CORPUS_MAX_BYTES = 4 * 1024 * 1024
+# Left out of the default corpus: tests, GUI code, the 2to3 tool, codec tables and generated
+# files, which are either huge, repetitive, or differ from one install to the next.
+_DEFAULT_SKIP_DIRS = frozenset(
+    {
+        "__pycache__",
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "lib2to3",
+        "encodings",
+        "pydoc_data",
+    }
+)
+_BINARY_SNIFF_BYTES = 8192
+# Files llmjax writes beside user data (e.g. cached tokenizers) carry this in their name.
+LLMJAX_FILE_MARKER = ".llmjax-"
+_FIX_HINT = (
+    "pass a text file or a directory of text files, or no path to use the built-in default "
+    "corpus (the Python standard library sources)"
+)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Raw bytes to train on, with a name and a content fingerprint for cache keys."""
+
+    name: str
+    data: bytes = field(repr=False)
+    fingerprint: str
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> Corpus:
+        return cls(name=name, data=data, fingerprint=hashlib.sha256(data).hexdigest())
+
+
+def _with_newline(data: bytes) -> bytes:
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+def default_corpus() -> Corpus:
+    """The running interpreter's standard library `.py` sources: about 4 MB, no network needed.
+
+    Files are taken in sorted relative-path order, each after a `# file: <relpath>` line, until
+    the next one would pass DEFAULT_CORPUS_MAX_BYTES. Tests, site-packages, GUI code and codec
+    tables are left out, as are files that cannot be read.
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    relpaths = []
+    for root, dirs, files in os.walk(stdlib):
+        dirs[:] = [d for d in dirs if d not in _DEFAULT_SKIP_DIRS and not d.startswith(".")]
+        for name in files:
+            if name.endswith(".py") and not name.startswith(("_sysconfigdata", ".")):
+                relpaths.append((Path(root) / name).relative_to(stdlib).as_posix())
+    parts, size = [], 0
+    for relpath in sorted(relpaths):
+        try:
+            content = (stdlib / relpath).read_bytes()
+        except OSError:
+            continue
+        part = f"# file: {relpath}\n".encode() + _with_newline(content)
+        if size + len(part) > DEFAULT_CORPUS_MAX_BYTES:
+            break
+        parts.append(part)
+        size += len(part)
+    if not parts:
+        raise FileNotFoundError(
+            f"found no readable .py files under the standard library at {stdlib}; "
+            "pass a corpus path instead"
+        )
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return Corpus.from_bytes(f"python{version}-stdlib", b"".join(parts))
+
+
+def read_corpus(path: str | os.PathLike | None) -> Corpus:
+    """Reads a corpus: None -> default_corpus(); a file -> its bytes; a directory -> its text files.
+
+    A directory is read recursively in sorted relative-path order, each file ending in a newline,
+    with no headers added. Skipped: hidden files and directories (name starts with "."), binary
+    files (a NUL byte in the first 8 KB), empty or unreadable files, and files llmjax itself
+    wrote there (".llmjax-" in the name). Symlinked directories are not followed.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is an empty file, a directory with no usable text files, or neither a
+            file nor a directory.
+    """
+    if path is None:
+        return default_corpus()
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"corpus path {path} does not exist; {_FIX_HINT}")
+    if path.is_file():
+        data = path.read_bytes()
+        if not data:
+            raise ValueError(f"corpus file {path} is empty; {_FIX_HINT}")
+        return Corpus.from_bytes(path.name, data)
+    if path.is_dir():
+        return _read_directory(path)
+    raise ValueError(f"corpus path {path} is neither a regular file nor a directory; {_FIX_HINT}")
+
+
+def _read_directory(directory: Path) -> Corpus:
+    parts, skipped = [], {"hidden": 0, "binary": 0, "empty or unreadable": 0}
+    relpaths = []
+    for root, dirs, files in os.walk(directory):
+        hidden_dirs = [d for d in dirs if d.startswith(".")]
+        skipped["hidden"] += len(hidden_dirs)
+        dirs[:] = [d for d in dirs if d not in hidden_dirs]
+        for name in files:
+            if name.startswith("."):
+                skipped["hidden"] += 1
+            elif LLMJAX_FILE_MARKER not in name:
+                relpaths.append((Path(root) / name).relative_to(directory).as_posix())
+    for relpath in sorted(relpaths):
+        file = directory / relpath
+        try:
+            content = file.read_bytes() if file.is_file() else b""
+        except OSError:
+            content = b""
+        if not content:
+            skipped["empty or unreadable"] += 1
+        elif b"\0" in content[:_BINARY_SNIFF_BYTES]:
+            skipped["binary"] += 1
+        else:
+            parts.append(_with_newline(content))
+    if not parts:
+        counts = ", ".join(f"{n} {why}" for why, n in skipped.items())
+        raise ValueError(
+            f"corpus directory {directory} has no usable text files (skipped: {counts}); "
+            f"{_FIX_HINT}"
+        )
+    return Corpus.from_bytes(directory.resolve().name or str(directory), b"".join(parts))

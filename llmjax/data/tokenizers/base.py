@@ -1,0 +1,137 @@
+"""The abstract Tokenizer every tokenizer kind implements."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from llmjax.data.cache import write_new_file
+
+TOKENIZER_FILE = "tokenizer.json"
+# Marks llmjax's own JSON format (byte and char tokenizers) apart from HF tokenizer.json files.
+LLMJAX_FORMAT_KEY = "llmjax_tokenizer"
+LLMJAX_FORMAT_VERSION = 1
+
+
+class Tokenizer(abc.ABC):
+    """Maps text or raw bytes to int32 token ids and back."""
+
+    kind: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int | None:
+        return None
+
+    @property
+    def eos_id(self) -> int | None:
+        return None
+
+    @property
+    def pad_id(self) -> int | None:
+        return None
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids that stand for no text: skipped by decode, 0 bytes in token_byte_lengths."""
+        return frozenset(i for i in (self.bos_id, self.eos_id, self.pad_id) if i is not None)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Returns int32 ids for `text` (no BOS/EOS added).
+
+        Lone surrogates U+DC80..U+DCFF (what `bytes.decode(errors="surrogateescape")` makes of
+        invalid UTF-8) stand for the raw bytes they escape.
+        """
+        return self.encode_bytes(text.encode("utf-8", errors="surrogateescape"))
+
+    def decode(self, ids: Any) -> str:
+        """Returns the text for `ids`, skipping special ids; invalid UTF-8 becomes U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    @abc.abstractmethod
+    def encode_bytes(self, data: bytes) -> np.ndarray:
+        """Returns int32 ids for raw bytes (no BOS/EOS added)."""
+
+    @abc.abstractmethod
+    def decode_bytes(self, ids: Any) -> bytes:
+        """Returns the bytes `ids` stand for, skipping special ids."""
+
+    @abc.abstractmethod
+    def token_byte_lengths(self) -> np.ndarray:
+        """Returns int32 [vocab_size]: UTF-8 bytes each id decodes to (0 for special ids).
+
+        Bits per byte of a target stream = total nats / (ln 2 * lengths[targets].sum()).
+        """
+
+    @abc.abstractmethod
+    def to_json(self) -> str:
+        """Returns the serialized form `save` writes and `load_tokenizer` reads."""
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Short hash of the serialized form: equal fingerprints mean equal ids."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Writes `directory/tokenizer.json` and returns its path.
+
+        Raises:
+            FileExistsError: the file exists with different content (it is never overwritten).
+        """
+        path = Path(directory).expanduser() / TOKENIZER_FILE
+        write_new_file(path, self.to_json().encode("utf-8"))
+        return path
+
+    def _checked_ids(self, ids: Any) -> np.ndarray:
+        """Returns `ids` as a 1-D int64 array with special ids removed; raises on bad ids."""
+        ids_N = np.asarray(ids)
+        if ids_N.ndim == 0:
+            ids_N = ids_N.reshape(1)
+        if ids_N.ndim != 1:
+            raise ValueError(f"expected a 1-D sequence of token ids, got shape {ids_N.shape}")
+        if ids_N.size == 0:
+            return ids_N.astype(np.int64)
+        if not np.issubdtype(ids_N.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got dtype {ids_N.dtype}")
+        ids_N = ids_N.astype(np.int64)
+        bad = (ids_N < 0) | (ids_N >= self.vocab_size)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"token id {int(ids_N[first])} at position {first} is outside this "
+                f"{self.kind} tokenizer's vocabulary [0, {self.vocab_size})"
+            )
+        return ids_N[~self._is_special_V[ids_N]]
+
+    @cached_property
+    def _is_special_V(self) -> np.ndarray:
+        is_special_V = np.zeros(self.vocab_size, dtype=bool)
+        is_special_V[np.fromiter(self.special_ids, dtype=np.int64)] = True
+        return is_special_V
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tokenizer):
+            return NotImplemented
+        return type(self) is type(other) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.to_json()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+def llmjax_json(kind: str, **fields: Any) -> str:
+    """Serializes a byte/char tokenizer deterministically (ASCII, so lone surrogates survive)."""
+    payload = {LLMJAX_FORMAT_KEY: LLMJAX_FORMAT_VERSION, "kind": kind, **fields}
+    return json.dumps(payload, sort_keys=True, ensure_ascii=True, indent=1) + "\n"
