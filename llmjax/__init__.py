@@ -1,3 +1,61 @@
-"""llmjax: a JAX/Flax functional model zoo for language models."""
+"""llmjax: a JAX/Flax functional model zoo for language models that is also a runnable textbook.
+
+The public API, in the order a notebook meets it::
+
+    cfg = llmjax.get_preset("nano")                              # a frozen Config
+    cfg = llmjax.apply_overrides(cfg, ["model.n_layers=2"])      # checked overrides
+    result = llmjax.fit(cfg, "runs/demo")                        # train, eval, checkpoint
+    run = llmjax.load_run("runs/demo")                           # params + tokenizer back
+"""
 
 __version__ = "0.1.0"
+
+from llmjax.attention import ATTENTION, Mask, reference_attention, register_attention
+from llmjax.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RopeScaling,
+    TrainConfig,
+    apply_overrides,
+    get_preset,
+    load_config,
+    save_config,
+)
+from llmjax.models import build_model, count_params, init_model, logical_axes
+from llmjax.train.loop import FitResult, LoadedRun, TrainingDiverged, evaluate, fit, load_run
+from llmjax.train.loss import cross_entropy, token_log_probs
+
+__all__ = [
+    "ATTENTION",
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "FitResult",
+    "LoadedRun",
+    "Mask",
+    "ModelConfig",
+    "OptimConfig",
+    "RopeScaling",
+    "TrainConfig",
+    "TrainingDiverged",
+    "apply_overrides",
+    "build_model",
+    "count_params",
+    "cross_entropy",
+    "evaluate",
+    "fit",
+    "get_preset",
+    "init_model",
+    "load_config",
+    "load_run",
+    "logical_axes",
+    "reference_attention",
+    "register_attention",
+    "save_config",
+    "token_log_probs",
+]

@@ -40,7 +40,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def prepare_data(
     path: str | os.PathLike | None,
-    tokenizer: str = "byte",
+    tokenizer: str | Tokenizer = "byte",
     *,
     bpe_vocab_size: int = 4096,
     val_fraction: float = 0.1,
@@ -48,7 +48,8 @@ def prepare_data(
 ) -> TokenData:
     """Reads a corpus, builds `tokenizer`, and returns its token stream split nanoGPT's way.
 
-    `path` and `tokenizer` are as in read_corpus and build_tokenizer. The stream is tokenized once
+    `path` and `tokenizer` are as in read_corpus and build_tokenizer; a Tokenizer instance (e.g.
+    the one saved with a run) is used as it is. The stream is tokenized once
     and cached under `<cache_dir>/tokens/` (cache_dir defaults to $LLMJAX_CACHE_DIR, then
     ~/.cache/llmjax), keyed by corpus fingerprint and tokenizer identity. The first
     `1 - val_fraction` of the stream trains, the rest validates. A BPE tokenizer trained on a
@@ -61,16 +62,19 @@ def prepare_data(
         )
     corpus = read_corpus(path)
     cache_root = resolve_cache_dir(cache_dir)
-    bpe_path = None
-    if tokenizer == "bpe" and path is not None:
-        bpe_path = _bpe_path_beside(Path(path), corpus, bpe_vocab_size)
-    tok = build_tokenizer(
-        tokenizer,
-        corpus.data,
-        bpe_vocab_size=bpe_vocab_size,
-        cache_dir=cache_root,
-        bpe_path=bpe_path,
-    )
+    if isinstance(tokenizer, Tokenizer):
+        tok = tokenizer
+    else:
+        bpe_path = None
+        if tokenizer == "bpe" and path is not None:
+            bpe_path = _bpe_path_beside(Path(path), corpus, bpe_vocab_size)
+        tok = build_tokenizer(
+            tokenizer,
+            corpus.data,
+            bpe_vocab_size=bpe_vocab_size,
+            cache_dir=cache_root,
+            bpe_path=bpe_path,
+        )
     tokens = _cached_tokens(corpus, tok, cache_root)
     n = len(tokens)
     n_train = int(n * (1 - val_fraction))

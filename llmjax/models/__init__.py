@@ -27,11 +27,15 @@ def _init_variables(cfg: "ModelConfig", key: jax.Array) -> dict[str, Any]:
     return model.init({"params": key, "dropout": key}, tokens)
 
 
+# Compiled once per config: run eagerly, initialization dispatches hundreds of tiny ops.
+_init_variables_jit = jax.jit(_init_variables, static_argnums=0)
+
+
 def init_model(cfg: "ModelConfig", key: jax.Array) -> tuple[dict, dict]:
     """Returns (params, model_state): plain pytrees of arrays; model_state holds e.g. BatchNorm
     statistics and is empty for most configs."""
-    variables = nn.meta.unbox(_init_variables(cfg, key))
-    variables = dict(variables)
+    variables = dict(nn.meta.unbox(_init_variables_jit(cfg, key)))
+    variables.pop("perturbations", None)  # zero-valued gradient hooks, not state
     params = variables.pop("params")
     return params, variables
 

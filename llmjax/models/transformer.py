@@ -103,6 +103,9 @@ class Decoder(nn.Module):
         x_BxTxD = embedder.encode(tokens_BxT)
         if position.embedding is not None:
             x_BxTxD = x_BxTxD + position.embedding(cfg, name="pos_embed")(positions_BxT)
+        # A zero-valued hook: with the "perturbations" collection passed in, its gradient is
+        # d(output)/d(input embeddings) (used by causality tests and saliency experiments).
+        x_BxTxD = self.perturb("embeddings", x_BxTxD)
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
 

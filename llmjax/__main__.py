@@ -1,0 +1,7 @@
+"""`python -m llmjax` runs the command line."""
+
+import sys
+
+from llmjax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The `llmjax` command line: train, sample, eval, presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from llmjax.config import PRESETS, ConfigError, apply_overrides, get_preset
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model", description="Train a language model.")
+    p.add_argument(
+        "--preset",
+        default="nano",
+        help=f"starting config; one of: {', '.join(PRESETS)} (default: nano)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="text file or folder to train on (default: the built-in corpus, this "
+        "Python's standard-library source)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.n_layers=6 (repeatable)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<preset>-<timestamp>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from llmjax.train.loop import fit
+
+    cfg = get_preset(args.preset)
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.insert(0, f"data.path={args.data}")
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = apply_overrides(cfg, overrides)
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out DIR, the run directory to continue")
+    out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = fit(
+        cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    summary = {
+        "run": str(result.run.path),
+        "steps": int(result.state.step),
+        "wall_s": round(result.wall_s, 2),
+        **result.final_eval,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate text from a trained run",
+        description="Generate text from a run directory's newest checkpoint.",
+    )
+    p.add_argument("--run", required=True, help="run directory written by `llmjax train`")
+    p.add_argument("--prompt", default="", help="text to continue (default: empty)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="softmax temperature; 0 picks the most likely token (greedy)",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=0, help="keep only the k most likely tokens (0: all)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=_sample)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from llmjax.decode.naive import sample_naive
+    from llmjax.train.loop import load_run
+
+    loaded = load_run(args.run)
+    tok = loaded.tokenizer
+    prompt = tok.encode(args.prompt)
+    if len(prompt) == 0:
+        if tok.bos_id is None:
+            raise ValueError(
+                "the prompt is empty and this tokenizer has no BOS token to start from; "
+                "pass --prompt TEXT"
+            )
+        prompt = np.asarray([tok.bos_id], np.int32)
+    model = loaded.model
+    variables = {"params": loaded.params, **loaded.model_state}
+    out = sample_naive(
+        lambda ids: model.apply(variables, ids),
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        context=loaded.config.model.max_seq_len,
+        key=jax.random.key(args.seed),
+        temperature=args.temperature,
+        top_k=args.top_k,
+    )
+    print(tok.decode(out))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits-per-byte of a trained run",
+        description="Evaluate a run's newest checkpoint on a validation split.",
+    )
+    p.add_argument("--run", required=True, help="run directory written by `llmjax train`")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="text file or folder; its last val_fraction is evaluated (default: the "
+        "run's own data)",
+    )
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        help="evaluate at most this many batches (default: the whole split)",
+    )
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import jax
+
+    from llmjax.data import prepare_data
+    from llmjax.train.loop import evaluate, load_run
+    from llmjax.train.step import make_eval_step
+
+    loaded = load_run(args.run)
+    cfg = loaded.config
+    path = args.data if args.data is not None else cfg.data.path
+    data = prepare_data(
+        path, loaded.tokenizer, val_fraction=cfg.data.val_fraction, cache_dir=cfg.data.cache_dir
+    )
+    eval_step = jax.jit(make_eval_step(loaded.model))
+    result = evaluate(
+        eval_step,
+        loaded.params,
+        loaded.model_state,
+        data.val,
+        batch_size=cfg.data.batch_size,
+        seq_len=cfg.seq_len,
+        max_batches=args.batches,
+        token_bytes=loaded.tokenizer.token_byte_lengths(),
+    )
+    print(
+        json.dumps(
+            {"run": str(Path(args.run)), "step": loaded.step, "data": data.corpus_name, **result}
+        )
+    )
+    return 0
+
+
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the named configs")
+    p.set_defaults(func=_presets)
+
+
+def _presets(args: argparse.Namespace) -> int:
+    for name, cfg in PRESETS.items():
+        m = cfg.model
+        print(
+            f"{name:12s} {m.n_layers}L {m.n_heads}H d={m.d_model} ctx={m.max_seq_len} "
+            f"{m.norm}/{m.mlp}/{m.position} batch={cfg.data.batch_size}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmjax", description="Train, sample and evaluate JAX language models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_sample, _add_eval, _add_presets):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from llmjax.train.checkpoint import CheckpointError
+    from llmjax.train.loop import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (*USER_ERRORS, CheckpointError) as e:
+        print(f"llmjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"llmjax {args.command}: training stopped: {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

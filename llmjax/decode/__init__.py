@@ -1,0 +1,1 @@
+"""Decoding: turning a model's logits into text."""
