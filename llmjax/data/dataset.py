@@ -156,18 +156,27 @@ def _check_windows(tokens: np.ndarray, seq_len: int, batch_size: int, split: str
 
 
 def train_batch(
-    tokens: np.ndarray, step: int, *, batch_size: int, seq_len: int, seed: int
+    tokens: np.ndarray,
+    step: int,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    rows: slice | None = None,
 ) -> dict[str, np.ndarray]:
     """Returns random windows {"inputs", "targets"}: int32 [B, T], targets shifted by one.
 
     The windows depend only on (seed, step) and len(tokens), so a resumed run gets the batches it
-    would have seen.
+    would have seen. `rows` cuts out part of the batch (one process's share in a multi-process
+    run): only those windows are read, and they are the same rows the whole batch would have.
     """
     n = _check_windows(tokens, seq_len, batch_size, "train")
     if seed < 0 or step < 0:
         raise ValueError(f"seed={seed} and step={step} must be non-negative")
     rng = np.random.default_rng([seed, step])
     starts_B = rng.integers(0, n - seq_len, size=batch_size)
+    if rows is not None:
+        starts_B = starts_B[rows]
     window_BxT1 = np.asarray(tokens[starts_B[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
     return {
         "inputs": np.ascontiguousarray(window_BxT1[:, :-1]),
