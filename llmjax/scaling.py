@@ -1,0 +1,198 @@
+"""Cost accounting: parameter counts, training FLOPs per token, accelerator peaks, and MFU.
+
+Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B)::
+
+    C = 6 * N  +  12 * L * T * n_heads * head_dim
+
+`N` counts the weights of every matmul a token passes through: the q/k/v/out projections and
+the MLP of each layer, and the output projection onto the (padded) vocabulary, tied or not.
+A matmul with a weight of size N costs 2N FLOPs forward and 4N backward (gradients of the
+input and of the weight), hence 6N. Lookups (token and learned position tables), biases, norms,
+activations and softmax are not counted: elementwise work is small next to the matmuls.
+
+The second term is attention's two T x T matmuls per layer (q k^T and probs v): 2 * 2 * T * N
+* H FLOPs per token forward, times 3 for training. It is what grows quadratically with context:
+per token it is linear in T, per sequence quadratic. Causal halving is NOT counted by default:
+XLA's dot-product attention (and the formula in PaLM's MFU) computes the whole T x T matrix
+and masks it; a kernel that skips the masked half does half of this term
+(`causal_halving=True`). Sliding windows are likewise not subtracted.
+
+MFU = achieved model FLOP/s (C * tokens/s) / peak FLOP/s. Recomputation by remat is not model
+work and is not counted (that would be hardware FLOPs utilization).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if TYPE_CHECKING:
+    from llmjax.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# Dense (no sparsity) bfloat16 matmul peak per chip, FLOP/s, from the vendors' datasheets:
+# NVIDIA H100/H200 SXM 989.4 TFLOP/s (H100 PCIe 756), A100 312; Google Cloud TPU v4 275,
+# v5e 197, v5p 459, v6e (Trillium) 918. Matched against `device.device_kind`, first hit wins
+# (so "tpu v5 lite" is tried before "tpu v5").
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("h100 pcie", 756e12),
+    ("h100", 989.4e12),
+    ("h200", 989.4e12),
+    ("a100", 312e12),
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),
+    ("tpu v6 lite", 918e12),
+    ("tpu v6e", 918e12),
+)
+
+# Peak FLOP/s per chip (per process on CPU) to use instead of the table or a measurement.
+ENV_PEAK = "LLMJAX_PEAK_FLOPS"
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameters of a model: lookup tables (token, learned positions) and the rest."""
+
+    total: int
+    embedding: int
+    non_embedding: int
+
+
+def param_counts(cfg: "ModelConfig") -> ParamCounts:
+    """Exact counts from the model's parameter shapes (nothing is allocated)."""
+    from llmjax.models import init_variables
+
+    boxed = jax.eval_shape(lambda k: init_variables(cfg, k), jax.random.key(0))
+    shapes = nn.meta.unbox(boxed)["params"]
+    sizes = {
+        jax.tree_util.keystr(path): int(np.prod(leaf.shape))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)
+    }
+    total = sum(sizes.values())
+    embedding = sum(n for path, n in sizes.items() if path.endswith("['embedding']"))
+    return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding)
+
+
+def matmul_params(cfg: "ModelConfig") -> int:
+    """Weights a token is multiplied with: per-layer projections and MLP, plus the logits."""
+    D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head, cfg.ffn_dim
+    attention = D * N * H + 2 * D * K * H + N * H * D
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * D * F
+    return cfg.n_layers * (attention + mlp) + cfg.padded_vocab_size * D
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def attention_flops_per_token(
+    cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
+) -> float:
+    """Forward FLOPs per token of the T x T attention matmuls: 4 * L * T * n_heads * head_dim."""
+    flops = 4.0 * cfg.n_layers * seq_len * cfg.n_heads * cfg.dim_head
+    return flops / 2 if causal_halving else flops
+
+
+def forward_flops_per_token(
+    cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
+) -> float:
+    return 2.0 * matmul_params(cfg) + attention_flops_per_token(
+        cfg, seq_len, causal_halving=causal_halving
+    )
+
+
+def train_flops_per_token(
+    cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
+) -> float:
+    """6 N + 12 L T n_heads head_dim: forward and backward, no remat recomputation."""
+    return 3.0 * forward_flops_per_token(cfg, seq_len, causal_halving=causal_halving)
+
+
+# ----------------------------------------------------------------------------- peaks and MFU
+
+
+def table_peak(device_kind: str) -> float | None:
+    """The datasheet bf16 peak of one chip, or None if the table lacks it."""
+    kind = device_kind.lower()
+    for key, peak in PEAK_BF16_FLOPS:
+        if key in kind:
+            return peak
+    return None
+
+
+@functools.cache
+def measured_matmul_peak(n: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of a jitted n x n float32 matmul on the default device, timed once per process."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.dot)
+    matmul(a, a).block_until_ready()  # compile and warm up
+    calls, start = 0, time.perf_counter()
+    while True:
+        out = matmul(a, a)
+        calls += 1
+        if calls % 4 == 0:
+            out.block_until_ready()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return 2.0 * n**3 * calls / elapsed
+
+
+def peak_flops(devices: Sequence[jax.Device] | None = None) -> float | None:
+    """Peak FLOP/s of all `devices` together (default: all of the run's devices).
+
+    Accelerators: the datasheet peak per chip times the chips. CPU: simulated devices share the
+    host's cores, so the peak is one timed matmul per process (`measured_matmul_peak`) times
+    the processes. $LLMJAX_PEAK_FLOPS overrides the per-chip (CPU: per-process) peak and skips
+    the measurement. None when the accelerator is not in the table.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    first = devices[0]
+    units = len({d.process_index for d in devices}) if first.platform == "cpu" else len(devices)
+    override = os.environ.get(ENV_PEAK)
+    if override:
+        return float(override) * units
+    if first.platform == "cpu":
+        return measured_matmul_peak() * units
+    peak = table_peak(first.device_kind)
+    if peak is None:
+        log.warning("no peak FLOP/s known for %r; set %s to log MFU", first.device_kind, ENV_PEAK)
+        return None
+    return peak * units
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> float:
+    """Model FLOPs utilization: the share of the peak the model's own FLOPs reach."""
+    if not peak:
+        return float("nan")
+    return flops_per_token * tokens_per_s / peak
+
+
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "ParamCounts",
+    "attention_flops_per_token",
+    "forward_flops_per_token",
+    "matmul_params",
+    "measured_matmul_peak",
+    "mfu",
+    "param_counts",
+    "peak_flops",
+    "table_peak",
+    "train_flops_per_token",
+]
