@@ -44,10 +44,44 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = p.add_argument_group("devices and hosts")
+    scale.add_argument(
+        "--mesh",
+        default=None,
+        metavar="AXIS=N,...",
+        help="shard over a device mesh, e.g. data=2,fsdp=2,tensor=2 (axes: data, fsdp, "
+        "sequence, tensor; one may be -1); shorthand for --set parallel.mesh=...",
+    )
+    scale.add_argument(
+        "--parallel",
+        choices=["none", "mesh", "pmap"],
+        default=None,
+        help="none: one device; mesh: jit over a device mesh (all devices on data unless "
+        "--mesh says otherwise); pmap: classic data parallelism (default: mesh if --mesh is "
+        "given, else none)",
+    )
+    scale.add_argument(
+        "--grad-accum",
+        type=int,
+        default=None,
+        metavar="N",
+        help="micro-batches per step (shorthand for --set train.grad_accum=N)",
+    )
+    scale.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run, detecting the cluster (Cloud TPU, SLURM, Open MPI)",
+    )
+    scale.add_argument(
+        "--coordinator", default=None, metavar="HOST:PORT", help="process 0's address"
+    )
+    scale.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+    scale.add_argument("--process-id", type=int, default=None, help="this process's index")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from llmjax import distributed
     from llmjax.train.loop import fit
 
     cfg = get_preset(args.preset)
@@ -56,7 +90,20 @@ def _train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"data.path={args.data}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if args.grad_accum is not None:
+        overrides.append(f"train.grad_accum={args.grad_accum}")
+    if args.parallel is not None:
+        overrides.append(f"parallel.mode={args.parallel}")
+    if args.mesh is not None:
+        overrides.append(f"parallel.mesh={args.mesh}")
     cfg = apply_overrides(cfg, overrides)
+    # Before anything touches a device: a multi-process run must join its peers first.
+    distributed.initialize(
+        auto=args.distributed,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
     out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -69,7 +116,8 @@ def _train(args: argparse.Namespace) -> int:
         "wall_s": round(result.wall_s, 2),
         **result.final_eval,
     }
-    print(json.dumps(summary))
+    if distributed.is_primary():
+        print(json.dumps(summary))
     return 0
 
 

@@ -251,8 +251,18 @@ class TrainConfig:
     keep_checkpoints: int = 2
     z_loss: float = 0.0
     max_nonfinite: int = 10  # this many non-finite steps in a row stop the run
+    # Micro-batches per optimizer step (data.batch_size is split into this many, summed in a
+    # lax.scan inside the step; the loss is normalized by the total token count).
+    grad_accum: int = 1
+    # Dynamic loss scaling: auto (on for model.dtype=float16), dynamic (always), none.
+    loss_scale: str = "auto"
+    loss_scale_init: float = 32768.0
+    loss_scale_growth_interval: int = 2000  # finite steps in a row before the scale doubles
+    mfu: bool = True  # log model FLOPs utilization (on CPU this times a matmul once)
 
     def __post_init__(self):
+        from llmjax.train.precision import LOSS_SCALE_MODES
+
         _check_positive(
             self,
             "steps",
@@ -262,8 +272,46 @@ class TrainConfig:
             "checkpoint_every",
             "keep_checkpoints",
             "max_nonfinite",
+            "grad_accum",
+            "loss_scale_growth_interval",
         )
         _check(self.z_loss >= 0, f"train.z_loss must be >= 0, got {self.z_loss}")
+        _check_choice("train", "loss_scale", self.loss_scale, LOSS_SCALE_MODES)
+        _check(
+            self.loss_scale_init >= 1.0,
+            f"train.loss_scale_init must be >= 1, got {self.loss_scale_init}",
+        )
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How a step is spread over devices: none (one device), mesh (jit + shardings), pmap."""
+
+    mode: str = "auto"  # auto: mesh if a mesh is given, else none
+    # Mesh axis sizes, e.g. "data=2,fsdp=2,tensor=2" (axes: data, fsdp, sequence, tensor; one
+    # may be -1 for the rest). Empty: every device on data (in mesh mode).
+    mesh: str = ""
+
+    def __post_init__(self):
+        from llmjax.sharding import MeshError, parse_mesh
+        from llmjax.train.parallel import PARALLELISM
+
+        _check_choice("parallel", "mode", self.mode, ["auto", *PARALLELISM.names()])
+        try:
+            parse_mesh(self.mesh)
+        except MeshError as e:
+            raise ConfigError(f"parallel.mesh: {e}") from None
+        _check(
+            not self.mesh or self.kind == "mesh",
+            f"parallel.mesh={self.mesh!r} needs parallel.mode=mesh (or auto), not {self.mode!r}",
+        )
+
+    @property
+    def kind(self) -> str:
+        """The parallel mode in effect (auto resolved)."""
+        if self.mode != "auto":
+            return self.mode
+        return "mesh" if self.mesh else "none"
 
 
 @dataclass(frozen=True)
@@ -274,8 +322,14 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
+        _check(
+            self.data.batch_size % self.train.grad_accum == 0,
+            f"data.batch_size={self.data.batch_size} is not divisible by "
+            f"train.grad_accum={self.train.grad_accum}; each micro-batch must have the same size",
+        )
         _check(
             self.seq_len <= self.model.max_seq_len or self.model.position != "learned",
             f"data.seq_len={self.seq_len} is longer than the learned position table "

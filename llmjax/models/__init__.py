@@ -31,6 +31,11 @@ def _init_variables(cfg: "ModelConfig", key: jax.Array) -> dict[str, Any]:
 _init_variables_jit = jax.jit(_init_variables, static_argnums=0)
 
 
+def init_variables(cfg: "ModelConfig", key: jax.Array) -> dict[str, Any]:
+    """All variables, params still wrapped in their logical-axis boxes (for sharding)."""
+    return _init_variables(cfg, key)
+
+
 def init_model(cfg: "ModelConfig", key: jax.Array) -> tuple[dict, dict]:
     """Returns (params, model_state): plain pytrees of arrays; model_state holds e.g. BatchNorm
     statistics and is empty for most configs."""
@@ -57,6 +62,7 @@ __all__ = [
     "build_model",
     "count_params",
     "init_model",
+    "init_variables",
     "logical_axes",
     "stack_layer_params",
     "unstack_layer_params",

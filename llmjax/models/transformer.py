@@ -6,6 +6,7 @@ unrolled in a Python loop (params `blocks_0`, `blocks_1`, ...); `stack_layer_par
 `nn.remat` with a policy chosen by name.
 """
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -137,6 +138,10 @@ class Decoder(nn.Module):
                 dtype=dtype_of(cfg.dtype),
                 param_dtype=dtype_of(cfg.param_dtype),
                 kernel_init=nn.with_logical_partitioning(normal(cfg.init_std), ("embed", "vocab")),
+                # Logits accumulate and come out in float32 whatever the compute dtype.
+                dot_general=functools.partial(
+                    jax.lax.dot_general, preferred_element_type=jnp.float32
+                ),
                 name="lm_head",
             )
             logits_BxTxV = head(x_BxTxD)

@@ -14,16 +14,18 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from llmjax.config import Config, load_config, save_config
+from llmjax import scaling
+from llmjax.config import Config, ParallelConfig, load_config, save_config
 from llmjax.data import TokenData, Tokenizer, load_tokenizer, prepare_data, train_batch, val_batches
-from llmjax.models import build_model, init_model
+from llmjax.distributed import barrier, is_primary
+from llmjax.models import build_model
 from llmjax.train.checkpoint import Checkpointer
 from llmjax.train.loss import bits_per_byte, perplexity
 from llmjax.train.metrics import MetricsLog, plot_losses, read_metrics
-from llmjax.train.optim import make_optimizer, make_schedule
+from llmjax.train.parallel import PARALLELISM
 from llmjax.train.rundir import RunDir, RunDirError
+from llmjax.train.setup import build_training
 from llmjax.train.state import TrainState
-from llmjax.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +55,14 @@ def with_vocab(cfg: Config, tokenizer: Tokenizer) -> Config:
 
 
 def create_state(cfg: Config) -> tuple[Any, Any, TrainState]:
-    """(model, optimizer, freshly initialized state) for a config."""
-    model = build_model(cfg.model)
-    tx = make_optimizer(cfg.optim, cfg.train.steps, max_nonfinite=cfg.train.max_nonfinite)
-
-    def init(key):
-        params, model_state = init_model(cfg.model, key)
-        return TrainState.create(params, model_state, tx)
-
-    state = jax.jit(init)(jax.random.key(cfg.train.seed))
-    return model, tx, state
+    """(model, optimizer, freshly initialized state placed as cfg.parallel says) for a config."""
+    training = build_training(cfg)
+    return training.model, training.tx, training.init_state()
 
 
 def abstract_state(cfg: Config) -> TrainState:
-    tx = make_optimizer(cfg.optim, cfg.train.steps, max_nonfinite=cfg.train.max_nonfinite)
-
-    def init(key):
-        params, model_state = init_model(cfg.model, key)
-        return TrainState.create(params, model_state, tx)
-
-    return jax.eval_shape(init, jax.random.key(0))
+    """The state's shapes on one device: what sampling and evaluation restore onto."""
+    return build_training(dataclasses.replace(cfg, parallel=ParallelConfig())).abstract_state()
 
 
 def evaluate(
@@ -85,13 +75,18 @@ def evaluate(
     seq_len: int,
     max_batches: int | None,
     token_bytes: np.ndarray,
+    place: Callable[[dict], Any] | None = None,
 ) -> dict[str, float]:
-    """Loss, perplexity, bits-per-byte and accuracy over (the first max_batches of) a split."""
+    """Loss, perplexity, bits-per-byte and accuracy over (the first max_batches of) a split.
+
+    `place` puts a host batch where eval_step expects it (e.g. sharded over a mesh).
+    """
     nll = n_tokens = correct = n_bytes = 0.0
     for batch in val_batches(
         tokens, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches
     ):
-        sums = jax.device_get(eval_step(params, model_state, batch))
+        placed = batch if place is None else place(batch)
+        sums = jax.device_get(eval_step(params, model_state, placed))
         nll += float(sums["nll_sum"])
         n_tokens += float(sums["tokens"])
         correct += float(sums["correct_sum"])
@@ -109,8 +104,17 @@ def evaluate(
 class _Progress:
     """Aggregates per-step metrics on the host; fetched one step late to keep dispatch async."""
 
-    def __init__(self, cfg: Config, metrics: MetricsLog | None, bar: tqdm | None, start: int):
+    def __init__(
+        self,
+        cfg: Config,
+        metrics: MetricsLog | None,
+        bar: tqdm | None,
+        start: int,
+        peak_flops: float | None = None,
+    ):
         self.cfg, self.metrics, self.bar = cfg, metrics, bar
+        self.peak_flops = peak_flops
+        self.flops_per_token = scaling.train_flops_per_token(cfg.model, cfg.seq_len)
         self.reset(start)
         self.history: list[dict[str, Any]] = []
         self.first_bad_step: int | None = None
@@ -147,6 +151,12 @@ class _Progress:
                 "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
                 "nonfinite_total": int(m["nonfinite_total"]),
             }
+            if self.peak_flops:
+                record["mfu"] = scaling.mfu(
+                    self.flops_per_token, record["tokens_per_s"], self.peak_flops
+                )
+            if "loss_scale" in m:
+                record["loss_scale"] = float(m["loss_scale"])
             self.emit(record)
             if self.bar is not None:
                 self.bar.set_postfix(
@@ -179,15 +189,18 @@ def fit(
     total steps (with a checkpoint), as an interruption would.
     """
     t_start = time.perf_counter()
+    primary = is_primary()  # only process 0 writes config, tokenizer, metrics and plots
     run = None
     if out is not None:
         if resume:
             run = RunDir.open(out)
             saved = load_config(run.config)
             _check_resumable(saved, cfg)
-            cfg = dataclasses.replace(saved, train=cfg.train)
+            # The mesh may change on resume: the checkpoint is resharded onto it.
+            cfg = dataclasses.replace(saved, train=cfg.train, parallel=cfg.parallel)
         else:
-            run = RunDir.create(out, overwrite=overwrite)
+            run = RunDir.create(out, overwrite=overwrite) if primary else RunDir(Path(out))
+            barrier("llmjax-run-directory")
     elif resume:
         raise RunDirError("resume needs the run directory to continue (--out DIR)")
 
@@ -203,20 +216,19 @@ def fit(
             cache_dir=cfg.data.cache_dir,
         )
     cfg = with_vocab(cfg, data.tokenizer)
-    if run is not None and not resume:
+    if not resume:
+        cfg = PARALLELISM.get(cfg.parallel.kind).adapt_config(cfg)
+    training = build_training(cfg)  # checks the config against the devices first
+    if run is not None and not resume and primary:
         save_config(cfg, run.config)
         data.tokenizer.save(run.path)
-
-    model, tx, state = create_state(cfg)
-    schedule = make_schedule(cfg.optim, cfg.train.steps)
-    train_step = jax.jit(
-        make_train_step(model, tx, schedule, seed=cfg.train.seed, z_loss=cfg.train.z_loss),
-        donate_argnums=0,
-    )
-    eval_step = jax.jit(make_eval_step(model))
+    parallel = training.parallel
+    train_step = training.train_step()
+    eval_step = training.eval_step()
     token_bytes = data.tokenizer.token_byte_lengths().astype(np.float64)
 
     def run_eval(state: TrainState, max_batches: int | None) -> dict[str, float]:
+        state = parallel.host_state(state)
         return evaluate(
             eval_step,
             state.params,
@@ -226,6 +238,7 @@ def fit(
             seq_len=cfg.seq_len,
             max_batches=max_batches,
             token_bytes=token_bytes,
+            place=parallel.put_eval_batch,
         )
 
     checkpointer = None
@@ -233,31 +246,45 @@ def fit(
     start = 0
     if run is not None:
         checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
-        metrics = MetricsLog(run.metrics)
-        if resume:
-            state, start = checkpointer.restore(state)
+        metrics = MetricsLog(run.metrics) if primary else None
+    if resume and checkpointer is not None:
+        state, start = checkpointer.restore(training.abstract_state())
+        state = parallel.device_state(state)
+        if metrics is not None:
             metrics.truncate_after(start)
-            log.info("resumed %s at step %d", run.path, start)
+        log.info("resumed %s at step %d", run.path, start)
+    else:
+        state = training.init_state()
 
     total = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
     bar = tqdm(
-        total=cfg.train.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True
+        total=cfg.train.steps,
+        initial=start,
+        disable=not (progress and primary),
+        desc="train",
+        dynamic_ncols=True,
     )
-    tracker = _Progress(cfg, metrics, bar, start)
+    tracker = _Progress(cfg, metrics, bar, start, scaling.peak_flops() if cfg.train.mfu else None)
     if run is not None:
         tracker.history = [r for r in read_metrics(run.metrics)]
     final_eval: dict[str, float] = {}
+    global_shape = (cfg.data.batch_size, cfg.seq_len)
+    rows, columns = parallel.local_slices(global_shape)
     try:
         pending = None
         for step in range(start, total):
-            batch = train_batch(
+            # Each process reads only its own rows (and columns, if the sequence is split).
+            local = train_batch(
                 data.train,
                 step,
                 batch_size=cfg.data.batch_size,
                 seq_len=cfg.seq_len,
                 seed=cfg.train.seed,
+                rows=rows,
             )
-            state, step_metrics = train_step(state, batch)
+            if columns != slice(0, cfg.seq_len):
+                local = {k: v[:, columns] for k, v in local.items()}
+            state, step_metrics = train_step(state, parallel.put(local, global_shape))
             if pending is not None:
                 tracker.record(*pending)
             pending = (step + 1, step_metrics)
@@ -277,17 +304,23 @@ def fit(
                 )
                 tracker.reset(done)
             if at_ckpt and checkpointer is not None:
-                checkpointer.save(done, state)
+                checkpointer.save(done, parallel.host_state(state))
         if pending is not None:
             tracker.record(*pending)
     finally:
         bar.close()
         if checkpointer is not None:
             checkpointer.close()
-    if run is not None:
+    if run is not None and primary:
         plot_losses(read_metrics(run.metrics), run.plot, title=str(run.path.name))
     return FitResult(
-        run, cfg, state, data.tokenizer, final_eval, tracker.history, time.perf_counter() - t_start
+        run,
+        cfg,
+        parallel.host_state(state),
+        data.tokenizer,
+        final_eval,
+        tracker.history,
+        time.perf_counter() - t_start,
     )
 
 
@@ -296,7 +329,11 @@ def _check_resumable(saved: Config, requested: Config) -> None:
     for section in ("model", "data", "optim"):
         old, new = getattr(saved, section), getattr(requested, section)
         if section == "model":
-            new = dataclasses.replace(new, vocab_size=old.vocab_size)
+            # The vocabulary comes from the tokenizer, and a mesh run may have padded it further.
+            multiple = old.vocab_multiple
+            if multiple % new.vocab_multiple:
+                multiple = new.vocab_multiple
+            new = dataclasses.replace(new, vocab_size=old.vocab_size, vocab_multiple=multiple)
         if old != new:
             changed = [
                 f.name

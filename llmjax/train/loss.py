@@ -29,17 +29,19 @@ def cross_entropy(
     mask_BxT: Float[Array, "B T"] | None = None,
     *,
     z_loss: float = 0.0,
+    denominator: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean next-token NLL over unmasked tokens (+ z_loss * mean log^2 Z).
 
     Returns (loss to differentiate, metrics); metrics["nll_sum"] and ["tokens"] let callers
-    aggregate exactly over many batches.
+    aggregate exactly over many batches. `denominator` replaces this batch's token count, so
+    that the losses of micro-batches (or devices) sum to the mean over all their tokens.
     """
     lse_BxT, target_logit_BxT = _lse_and_target(logits_BxTxV, targets_BxT)
     nll_BxT = lse_BxT - target_logit_BxT
     weight_BxT = jnp.ones_like(nll_BxT) if mask_BxT is None else mask_BxT.astype(jnp.float32)
     tokens = weight_BxT.sum()
-    denom = jnp.maximum(tokens, 1.0)
+    denom = jnp.maximum(tokens if denominator is None else denominator, 1.0)
     nll = (nll_BxT * weight_BxT).sum() / denom
     loss = nll
     metrics = {"nll_sum": (nll_BxT * weight_BxT).sum(), "tokens": tokens}

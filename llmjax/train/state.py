@@ -1,11 +1,22 @@
 """The train state: a plain pytree of step, params, optimizer state and model state."""
 
-from typing import Any
+from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from llmjax.models import init_variables
+from llmjax.train.precision import LossScaleState
+
+if TYPE_CHECKING:
+    from llmjax.config import ModelConfig
+    from llmjax.train.precision import DynamicLossScale
 
 
 @flax.struct.dataclass
@@ -16,17 +27,52 @@ class TrainState:
     params: Any
     opt_state: optax.OptState
     model_state: dict[str, Any]  # non-param collections, e.g. BatchNorm's batch_stats
+    loss_scale: LossScaleState | None = None  # only with dynamic loss scaling (float16)
 
     @classmethod
-    def create(cls, params: Any, model_state: dict[str, Any], tx: optax.GradientTransformation):
+    def create(
+        cls,
+        params: Any,
+        model_state: dict[str, Any],
+        tx: optax.GradientTransformation,
+        loss_scale: LossScaleState | None = None,
+    ):
         return cls(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=tx.init(params),
             model_state=model_state,
+            loss_scale=loss_scale,
         )
+
+
+def state_initializer(
+    model_cfg: "ModelConfig",
+    tx: optax.GradientTransformation,
+    scaler: "DynamicLossScale | None" = None,
+    *,
+    boxed: bool = False,
+) -> Callable[[jax.Array], TrainState]:
+    """key -> fresh TrainState. With `boxed`, params and the optimizer state built from them
+    keep flax's logical-axis boxes, so `nn.get_partition_spec` reads every leaf's axes."""
+
+    def init(key: jax.Array) -> TrainState:
+        variables = dict(init_variables(model_cfg, key))
+        variables.pop("perturbations", None)  # zero-valued gradient hooks, not state
+        params = variables.pop("params")
+        state = TrainState.create(
+            params, variables, tx, None if scaler is None else scaler.init_state()
+        )
+        return state if boxed else nn.meta.unbox(state)
+
+    return init
 
 
 def nonfinite_counts(opt_state: optax.OptState) -> tuple[jax.Array, jax.Array]:
     """(non-finite steps in a row, total non-finite steps) from optax.apply_if_finite's state."""
     return opt_state.notfinite_count, opt_state.total_notfinite
+
+
+def last_step_finite(opt_state: optax.OptState) -> jax.Array:
+    """Whether optax.apply_if_finite applied the last update (its gradients were finite)."""
+    return opt_state.last_finite
