@@ -159,22 +159,23 @@ def test_pmap_matches_single_device(single):
     _assert_same_training(single, _train(_cfg("parallel.mode=pmap")))
 
 
-def _remat_params():
+def _remat_cases():
     from llmjax.models import REMAT_POLICIES
 
     return [
-        pytest.param(p, marks=() if p == "full" else pytest.mark.slow)
+        pytest.param(p, scan, marks=() if (p, scan) == ("full", True) else pytest.mark.slow)
         for p in REMAT_POLICIES.names()
+        for scan in (True, False)
     ]
 
 
-@pytest.mark.parametrize("policy", _remat_params())
-def test_remat_policy_gives_the_same_gradients_sharded(policy):
+@pytest.mark.parametrize("policy, scan", _remat_cases())
+def test_remat_policy_gives_the_same_gradients_sharded(policy, scan):
     """Gradients on a 2x2x2 mesh (params and batch sharded) equal unsharded no-remat ones."""
     from llmjax.models import build_model, init_model, logical_axes
     from llmjax.train.loss import cross_entropy
 
-    cfg = _cfg()
+    cfg = _cfg(f"model.scan_layers={scan}")
     params, _ = init_model(cfg.model, jax.random.key(0))
     batch = _batches(cfg, 1)[0]
 

@@ -8,6 +8,7 @@ block of a batch (`local_slices`), and `put` assembles the global array from the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -43,26 +44,48 @@ def _abstract(init_boxed: Callable[[jax.Array], TrainState]) -> tuple[Any, Any]:
     return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
 
 
-@PARALLELISM.register("none")
-class SingleDevice:
-    """Plain jit on the default device: no shardings, no constraints, nothing extra per step."""
+class ParallelMode:
+    """What every mode provides; the defaults suit one process holding whole batches."""
 
-    axis_name = None  # no pmap axis to sum over
+    axis_name: str | None = None  # the pmap axis a step sums over, if any
+
+    @staticmethod
+    def adapt_config(cfg: Config) -> Config:
+        """The config a fresh run uses in this mode (e.g. a padded vocabulary)."""
+        return cfg
+
+    def local_slices(self, shape: tuple[int, ...]) -> tuple[slice, ...]:
+        """This process's block of a global batch of `shape`."""
+        return tuple(slice(0, n) for n in shape)
+
+    def put_eval_batch(self, batch: HostBatch) -> Any:
+        """Places a whole host batch for eval_step."""
+        return batch
+
+    def host_state(self, state: TrainState) -> TrainState:
+        """The state as checkpoints, evaluation and callers see it."""
+        return state
+
+    def device_state(self, state: TrainState) -> TrainState:
+        """A restored host state placed for train_step."""
+        return state
+
+
+@PARALLELISM.register("none")
+class SingleDevice(ParallelMode):
+    """Plain jit on the default device: no shardings, no constraints, nothing extra per step."""
 
     def __init__(self, cfg: Config, init_boxed: Callable[[jax.Array], TrainState]):
         _single_process("none")
         self.device = jax.devices()[0]
-        self.shapes, _ = _abstract(init_boxed)
-
-    @staticmethod
-    def adapt_config(cfg: Config) -> Config:
-        return cfg
+        self._init_boxed = init_boxed
 
     def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
         return jax.jit(init)(key)
 
     def abstract_state(self) -> TrainState:
-        return _placed(self.shapes, SingleDeviceSharding(self.device))
+        shapes, _ = _abstract(self._init_boxed)  # traced only when a checkpoint is restored
+        return _placed(shapes, SingleDeviceSharding(self.device))
 
     def train_step(self, fn: Callable) -> Callable:
         return jax.jit(fn, donate_argnums=0)
@@ -70,31 +93,17 @@ class SingleDevice:
     def eval_step(self, fn: Callable) -> Callable:
         return jax.jit(fn)
 
-    def local_slices(self, shape: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(slice(0, n) for n in shape)
-
     def put(self, local: HostBatch, global_shape: tuple[int, ...]) -> Any:
         return local  # jit moves numpy arguments to the device
 
-    def put_eval_batch(self, batch: HostBatch) -> Any:
-        return batch
-
-    def host_state(self, state: TrainState) -> TrainState:
-        return state
-
-    def device_state(self, state: TrainState) -> TrainState:
-        return state
-
 
 @PARALLELISM.register("mesh")
-class MeshParallel:
+class MeshParallel(ParallelMode):
     """jit over a (data, fsdp, sequence, tensor) mesh; state and batches carry NamedShardings.
 
     The state is created directly sharded (init compiled with out_shardings), so no device
     ever holds a whole copy of it.
     """
-
-    axis_name = None
 
     def __init__(self, cfg: Config, init_boxed: Callable[[jax.Array], TrainState]):
         self.mesh = sharding.make_mesh(cfg.parallel.mesh or "data=-1")
@@ -109,8 +118,6 @@ class MeshParallel:
     def adapt_config(cfg: Config) -> Config:
         """Pads the vocabulary so the tensor axis divides it (to a multiple of 128 where that
         works, so the checkpoint also fits meshes with other power-of-two tensor sizes)."""
-        import dataclasses
-
         shape = sharding.parse_mesh(cfg.parallel.mesh or "data=-1")
         shape = sharding.resolve_mesh_shape(shape, jax.device_count())
         tensor = shape["tensor"]
@@ -176,15 +183,9 @@ class MeshParallel:
         region = self.local_slices(shape)
         return self.put({k: v[region] for k, v in batch.items()}, shape)
 
-    def host_state(self, state: TrainState) -> TrainState:
-        return state
-
-    def device_state(self, state: TrainState) -> TrainState:
-        return state
-
 
 @PARALLELISM.register("pmap")
-class PmapParallel:
+class PmapParallel(ParallelMode):
     """jax.pmap over the local devices: the state is replicated, each device takes B/n rows,
     and the step sums gradients over the "batch" axis (see make_train_step's axis_name)."""
 
@@ -193,16 +194,12 @@ class PmapParallel:
     def __init__(self, cfg: Config, init_boxed: Callable[[jax.Array], TrainState]):
         _single_process("pmap")
         self.devices = jax.local_devices()
-        self.shapes, _ = _abstract(init_boxed)
+        self._init_boxed = init_boxed
         sharding.check_batch_split(
             cfg.data.batch_size, cfg.train.grad_accum, len(self.devices), "pmap"
         )
         mesh = jax.sharding.Mesh(np.asarray(self.devices), (self.axis_name,))
         self.stacked = NamedSharding(mesh, PartitionSpec(self.axis_name))
-
-    @staticmethod
-    def adapt_config(cfg: Config) -> Config:
-        return cfg
 
     def _replicate(self, tree: Any) -> Any:
         def copy(x):
@@ -217,7 +214,8 @@ class PmapParallel:
         return self._replicate(jax.jit(init)(key))
 
     def abstract_state(self) -> TrainState:
-        return _placed(self.shapes, SingleDeviceSharding(self.devices[0]))
+        shapes, _ = _abstract(self._init_boxed)
+        return _placed(shapes, SingleDeviceSharding(self.devices[0]))
 
     def train_step(self, fn: Callable) -> Callable:
         step = jax.pmap(fn, axis_name=self.axis_name, donate_argnums=0, devices=self.devices)
@@ -229,10 +227,7 @@ class PmapParallel:
         return call
 
     def eval_step(self, fn: Callable) -> Callable:
-        return jax.jit(fn)  # on the first replica's params, see host_state
-
-    def local_slices(self, shape: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(slice(0, n) for n in shape)
+        return jax.jit(fn)  # on the first replica's params (host_state); batches stay on host
 
     def put(self, local: HostBatch, global_shape: tuple[int, ...]) -> dict[str, jax.Array]:
         n = len(self.devices)
@@ -240,9 +235,6 @@ class PmapParallel:
             k: jax.device_put(v.reshape(n, v.shape[0] // n, *v.shape[1:]), self.stacked)
             for k, v in local.items()
         }
-
-    def put_eval_batch(self, batch: HostBatch) -> HostBatch:
-        return batch  # evaluation runs on the first replica, see eval_step
 
     def host_state(self, state: TrainState) -> TrainState:
         return _first(state)

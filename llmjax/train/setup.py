@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,7 +12,7 @@ import optax
 from llmjax.config import Config
 from llmjax.models import build_model
 from llmjax.train.optim import make_optimizer, make_schedule
-from llmjax.train.parallel import PARALLELISM
+from llmjax.train.parallel import PARALLELISM, ParallelMode
 from llmjax.train.precision import DynamicLossScale, check_compute_dtype, loss_scaler
 from llmjax.train.state import TrainState, state_initializer
 from llmjax.train.step import make_eval_step, make_train_step
@@ -28,7 +27,7 @@ class Training:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     scaler: DynamicLossScale | None
-    parallel: Any  # one of PARALLELISM's modes
+    parallel: ParallelMode
     init: Callable[[jax.Array], TrainState]
 
     def init_state(self) -> TrainState:
