@@ -18,8 +18,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model", description="Train a language model.")
     p.add_argument(
         "--preset",
-        default="nano",
-        help=f"starting config; one of: {', '.join(PRESETS)} (default: nano)",
+        default=None,
+        help=f"starting config; one of: {', '.join(PRESETS)} (default: nano; with --resume the "
+        "run's saved config)",
     )
     p.add_argument(
         "--data",
@@ -48,18 +49,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from llmjax.config import load_config
     from llmjax.train.loop import fit
+    from llmjax.train.rundir import RunDir
 
-    cfg = get_preset(args.preset)
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out DIR, the run directory to continue")
+        if args.preset is not None:
+            raise ConfigError(
+                "--preset cannot be combined with --resume: the run's saved config "
+                "is used; change train settings with --set train.KEY=VALUE"
+            )
+        # The run's own config is the base; --set may change train.* (e.g. more steps).
+        cfg = load_config(RunDir.open(args.out).config)
+    else:
+        cfg = get_preset(args.preset or "nano")
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.insert(0, f"data.path={args.data}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     cfg = apply_overrides(cfg, overrides)
-    if args.resume and args.out is None:
-        raise ConfigError("--resume needs --out DIR, the run directory to continue")
-    out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or f"runs/{args.preset or 'nano'}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = fit(
         cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )

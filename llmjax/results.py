@@ -100,7 +100,10 @@ def write_results(
 def experiment_parser(description: str) -> argparse.ArgumentParser:
     """The flags every experiment shares: --quick and --out-dir."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true",
-                        help="a few seconds' version of the experiment (used by the tests)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds' version of the experiment (used by the tests)",
+    )
     parser.add_argument("--out-dir", default="results", help="where results/NAME/ is written")
     return parser

@@ -20,8 +20,12 @@ def _run(name: str, env: dict[str, str], timeout: int = 600) -> nbformat.Noteboo
         [str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")]
     )
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+        NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(NOTEBOOKS)}},
+        ).execute()
     finally:
         for k, v in old.items():
             if v is None:
@@ -44,6 +48,6 @@ def test_quickstart_runs():
     text = _outputs(nb)
     assert "'bits_per_byte'" in text
     assert "log p(text | first token) =" in text
-    assert any(o.get("output_type") == "display_data" for c in nb.cells
-               for o in c.get("outputs", []))  # the loss plot
-
+    assert any(
+        o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])
+    )  # the loss plot
