@@ -79,9 +79,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         help="generate text from a trained run",
         description="Generate text from a run directory's newest checkpoint.",
     )
-    p.add_argument(
-        "--run", required=True, help="run directory written by `llmjax train` or `llmjax convert`"
-    )
+    p.add_argument("--run", required=True, help="run directory written by `llmjax train`")
     p.add_argument("--prompt", default="", help="text to continue (default: empty)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
     p.add_argument(
@@ -120,8 +118,7 @@ def _sample(args: argparse.Namespace) -> int:
         lambda ids: model.apply(variables, ids),
         prompt,
         max_new_tokens=args.max_new_tokens,
-        # No longer than needed: converted models declare contexts up to 131072 tokens.
-        context=min(loaded.config.model.max_seq_len, len(prompt) + args.max_new_tokens),
+        context=loaded.config.model.max_seq_len,
         key=jax.random.key(args.seed),
         temperature=args.temperature,
         top_k=args.top_k,
