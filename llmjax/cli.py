@@ -1,4 +1,4 @@
-"""The `llmjax` command line: train, sample, eval, presets."""
+"""The `llmjax` command line: train, sample, eval, convert, presets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmjax.config import PRESETS, ConfigError, apply_overrides, get_preset
+from llmjax.config import DTYPES, PRESETS, ConfigError, apply_overrides, get_preset
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
 
@@ -145,7 +145,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="loss, perplexity and bits-per-byte of a trained run",
         description="Evaluate a run's newest checkpoint on a validation split.",
     )
-    p.add_argument("--run", required=True, help="run directory written by `llmjax train`")
+    p.add_argument(
+        "--run", required=True, help="run directory written by `llmjax train` or `llmjax convert`"
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -193,6 +195,56 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a Hugging Face checkpoint to an llmjax run, or back",
+        description="Convert a Hugging Face checkpoint directory (config.json, safetensors "
+        "weights, tokenizer.json) of a GPT-2 or Llama-family model into an llmjax run "
+        "directory, or an llmjax run into a directory transformers loads.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-hf", metavar="DIR", help="Hugging Face checkpoint directory")
+    source.add_argument("--to-hf", metavar="RUN", help="llmjax run directory")
+    p.add_argument("--out", required=True, help="directory to create (an existing one is refused)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="parameter dtype (default: float32 for --from-hf, the run's own for --to-hf)",
+    )
+    p.add_argument(
+        "--model-type",
+        default=None,
+        help="with --to-hf: the Hugging Face model_type to write (default: chosen from the "
+        "model's config)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="FILE",
+        help="with --from-hf: a tokenizer.json to use when DIR has none",
+    )
+    p.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from llmjax.hf import convert_from_hf, convert_to_hf
+
+    if args.from_hf is not None:
+        if args.model_type is not None:
+            raise ConfigError("--model-type applies to --to-hf only")
+        out = convert_from_hf(
+            args.from_hf, args.out, dtype=args.dtype or "float32", tokenizer=args.tokenizer
+        )
+    else:
+        if args.tokenizer is not None:
+            raise ConfigError("--tokenizer applies to --from-hf only")
+        out = convert_to_hf(args.to_hf, args.out, model_type=args.model_type, dtype=args.dtype)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
 def _add_presets(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list the named configs")
     p.set_defaults(func=_presets)
@@ -210,10 +262,11 @@ def _presets(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llmjax", description="Train, sample and evaluate JAX language models."
+        prog="llmjax",
+        description="Train, sample, evaluate and convert JAX language models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_eval, _add_presets):
+    for add in (_add_train, _add_sample, _add_eval, _add_convert, _add_presets):
         add(sub)
     return parser
 

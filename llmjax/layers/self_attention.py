@@ -26,7 +26,7 @@ class SelfAttention(nn.Module):
                 self, f"{name}_kernel", (D, heads, H), axes, normal(std), cfg.param_dtype
             )
             y_BxTxNxH = contract(x_BxTxD.astype(dtype), w_DxNxH.astype(dtype))
-            if cfg.use_bias:
+            if cfg.has_qkv_bias:
                 b_NxH = param(
                     self,
                     f"{name}_bias",
@@ -72,7 +72,7 @@ class SelfAttention(nn.Module):
             cfg.param_dtype,
         )
         y_BxTxD = contract(out_BxTxNxH.astype(dtype), w_NxHxD.astype(dtype), dims=2)
-        if cfg.use_bias:
+        if cfg.has_out_bias:
             b_D = param(self, "out_bias", (D,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
             y_BxTxD = y_BxTxD + b_D.astype(dtype)
         return y_BxTxD
