@@ -31,8 +31,10 @@ def main(argv=None):
     preset = "test-tiny" if args.quick else "nano"
     steps = 20 if args.quick else 1500
     bpe_vocab = 512 if args.quick else 4096
-    cfg = apply_overrides(get_preset(preset), [f"train.steps={steps}", "train.eval_batches=8",
-                                               f"train.eval_every={steps}"])
+    cfg = apply_overrides(
+        get_preset(preset),
+        [f"train.steps={steps}", "train.eval_batches=8", f"train.eval_every={steps}"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = args.data
         if path is None and args.quick:
@@ -47,14 +49,16 @@ def main(argv=None):
                 cfg, data=dataclasses.replace(cfg.data, tokenizer=spec, bpe_vocab_size=bpe_vocab)
             )
             result = fit(run_cfg, data=data, progress=False)
-            rows.append({
-                "tokenizer": spec,
-                "vocab": data.tokenizer.vocab_size,
-                "bytes_per_token": n_bytes / len(data.train),
-                "val_loss_per_token": result.final_eval["loss"],
-                "bits_per_byte": result.final_eval["bits_per_byte"],
-                "train_s": result.wall_s,
-            })
+            rows.append(
+                {
+                    "tokenizer": spec,
+                    "vocab": data.tokenizer.vocab_size,
+                    "bytes_per_token": n_bytes / len(data.train),
+                    "val_loss_per_token": result.final_eval["loss"],
+                    "bits_per_byte": result.final_eval["bits_per_byte"],
+                    "train_s": result.wall_s,
+                }
+            )
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     names = [r["tokenizer"] for r in rows]
@@ -69,14 +73,23 @@ def main(argv=None):
         "steps": steps,
         "best_tokenizer_by_bits_per_byte": best["tokenizer"],
         "loss_order_differs_from_bpb_order": (
-            sorted(names, key=lambda n: next(r["val_loss_per_token"] for r in rows
-                                             if r["tokenizer"] == n))
-            != sorted(names, key=lambda n: next(r["bits_per_byte"] for r in rows
-                                                if r["tokenizer"] == n))
+            sorted(
+                names,
+                key=lambda n: next(r["val_loss_per_token"] for r in rows if r["tokenizer"] == n),
+            )
+            != sorted(
+                names, key=lambda n: next(r["bits_per_byte"] for r in rows if r["tokenizer"] == n)
+            )
         ),
     }
-    return write_results("tokenizers", metrics, rows=rows, plots={"loss_vs_bpb": fig},
-                         out_dir=args.out_dir, quick=args.quick)
+    return write_results(
+        "tokenizers",
+        metrics,
+        rows=rows,
+        plots={"loss_vs_bpb": fig},
+        out_dir=args.out_dir,
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":
