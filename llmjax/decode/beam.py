@@ -1,12 +1,14 @@
 """Beam search over any `tokens_to_logits` model, with a length penalty and EOS handling.
 
 Each row keeps W alive beams and up to W finished hypotheses. A step extends every alive beam
-by every token, takes the best (1 + #eos) * W candidates, moves those ending in an EOS id to
-the finished set (scored sum log p / length ** length_penalty, length counting the EOS) and
-keeps the best W others alive. A row is done when its worst finished score beats anything an
-alive beam could still reach (exact for length_penalty >= 0: log-probs only fall, and the
-longest length is the most favourable); at max_new_tokens the alive beams are scored as they
-are and compete with the finished ones. With W = 1 and length_penalty = 0 this is greedy search.
+by every token, takes the best (1 + #eos) * W candidates, moves those among the best W that end
+in an EOS id to the finished set (scored sum log p / length ** length_penalty, length counting
+the EOS) and keeps the best W candidates without an EOS alive. A row is done when its worst
+finished score beats anything an alive beam could still reach (exact for length_penalty >= 0:
+log-probs only fall, and the longest length is the most favourable); at max_new_tokens the
+alive beams are scored as they are and compete with the finished ones. With W = 1 and
+length_penalty = 0 this is greedy search (with length_penalty > 0 a longer alive beam may still
+beat an early EOS).
 """
 
 from __future__ import annotations
@@ -84,14 +86,18 @@ def _beam_step(tokens_to_logits, params, s: BeamState, *, W, N, eos_ids, alpha) 
     n_cand = min((1 + len(eos_ids)) * W, W * V)
     top_logp, top_idx = jax.lax.top_k(cand_BxWxV.reshape(B, W * V), n_cand)
     parent, token = top_idx // V, (top_idx % V).astype(jnp.int32)
-    token_logp = top_logp - jnp.take_along_axis(s.alive_logp, parent, axis=1)
+    parent_logp = jnp.take_along_axis(s.alive_logp, parent, axis=1)
+    # A beam wider than the candidates has impossible (-inf) hypotheses; keep them -inf, not nan.
+    token_logp = jnp.where(jnp.isfinite(top_logp), top_logp - parent_logp, NEG_INF)
     seq = jnp.take_along_axis(s.alive_seq, parent[..., None], axis=1)
     seq = jax.lax.dynamic_update_slice(seq, token[..., None], (0, 0, t))
     tlp = jnp.take_along_axis(s.alive_tlp, parent[..., None], axis=1)
     tlp = jax.lax.dynamic_update_slice(tlp, token_logp[..., None], (0, 0, t))
     is_eos = jnp.isin(token, jnp.asarray(eos_ids, jnp.int32)) if eos_ids else token < 0
 
-    fin_logp = jnp.where(is_eos, top_logp, NEG_INF)
+    # As in Hugging Face's scorer, an EOS candidate finishes a hypothesis only when it ranks among
+    # the best W candidates (so W = 1 stops exactly where greedy search would).
+    fin_logp = jnp.where(is_eos & (jnp.arange(n_cand) < W), top_logp, NEG_INF)
     fin_len = jnp.full(token.shape, length, jnp.int32)
     fin_score, fin = _merge(
         s.fin_score, s.fin, fin_logp / _penalty(length, alpha), (seq, tlp, fin_logp, fin_len), W
@@ -181,9 +187,6 @@ def beam_search(
     B * num_beams rows)."""
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams={num_beams!r} is out of range; valid: an integer >= 1")
-    V = first_logits_BxV.shape[-1]
-    if num_beams > V:
-        raise ValueError(f"num_beams={num_beams} is out of range; valid: 1..{V} (vocab size)")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     outputs = _beam_search(

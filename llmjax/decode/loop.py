@@ -69,7 +69,7 @@ def row_keys(key: jax.Array, batch: int) -> jax.Array:
     if key.ndim == 1:
         if key.shape[0] != batch:
             raise ValueError(f"got {key.shape[0]} keys for a batch of {batch} rows")
-        return key
+        return jnp.copy(key)  # the loop donates its state; the caller keeps its keys
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
 
 
@@ -82,6 +82,7 @@ def init_state(
     sampling: SamplingConfig,
     prompt_BxP: Int[Array, "B P"] | None = None,
     prompt_valid_BxP: Bool[Array, "B P"] | None = None,
+    pad_id: int = 0,
 ) -> DecodeState:
     """The loop's starting state; the prompt is only needed by penalties and n-gram bans."""
     B, V = first_logits_BxV.shape
@@ -94,10 +95,10 @@ def init_state(
     zeros = lambda: jnp.zeros((B, N), jnp.float32)  # noqa: E731  (distinct buffers: donated)
     state = DecodeState(
         step=jnp.zeros((), jnp.int32),
-        logits=first_logits_BxV.astype(jnp.float32),
+        logits=jnp.array(first_logits_BxV, jnp.float32, copy=True),  # the caller keeps its own
         model_state=model_state,
         row_keys=row_keys(key, B),
-        tokens=jnp.zeros((B, N), jnp.int32),
+        tokens=jnp.full((B, N), pad_id, jnp.int32),  # steps never run stay pad_id
         log_probs=zeros(),
         entropy=zeros(),
         sample_entropy=zeros(),
@@ -263,6 +264,7 @@ def decode(
         sampling=sampling,
         prompt_BxP=prompt_BxP,
         prompt_valid_BxP=prompt_valid_BxP,
+        pad_id=pad_id,
     )
     statics = dict(
         tokens_to_logits=tokens_to_logits,
