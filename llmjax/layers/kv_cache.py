@@ -33,26 +33,51 @@ if TYPE_CHECKING:
 
 @flax.struct.dataclass
 class LayerKV:
-    """One layer's keys and values; with the scan layout each leaf has a leading layer axis."""
+    """One layer's keys and values [B, S, K, H].
 
-    k: Float[Array, "B S K H"]
-    v: Float[Array, "B S K H"]
+    With the scan layout k and v hold every layer, [L, B, S, K, H], and `layer` says which one
+    this view is: writes then update just the new slots of that layer in place and reads slice
+    it, so a decode step never copies the whole cache (scanning it as per-layer inputs and
+    outputs would, twice).
+    """
+
+    k: Float[Array, "B S K H"] | Float[Array, "L B S K H"]
+    v: Float[Array, "B S K H"] | Float[Array, "L B S K H"]
+    layer: Int[Array, ""] | None = None
     rolling: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def keys(self) -> Float[Array, "B S K H"]:
+        return (
+            self.k
+            if self.layer is None
+            else jax.lax.dynamic_index_in_dim(self.k, self.layer, 0, False)
+        )
+
+    def values(self) -> Float[Array, "B S K H"]:
+        return (
+            self.v
+            if self.layer is None
+            else jax.lax.dynamic_index_in_dim(self.v, self.layer, 0, False)
+        )
 
     def write(
         self, k_BxTxKxH: Float[Array, "B T K H"], v_BxTxKxH: Float[Array, "B T K H"], start
     ) -> LayerKV:
         """Stores T new keys/values from slot `start` on (wrapping around when rolling)."""
+        k_new, v_new = k_BxTxKxH.astype(self.k.dtype), v_BxTxKxH.astype(self.v.dtype)
+        lead = () if self.layer is None else (self.layer,)
         if self.rolling:
-            slots_T = (start + jnp.arange(k_BxTxKxH.shape[1])) % self.k.shape[1]
-            return self.replace(
-                k=self.k.at[:, slots_T].set(k_BxTxKxH.astype(self.k.dtype)),
-                v=self.v.at[:, slots_T].set(v_BxTxKxH.astype(self.v.dtype)),
-            )
-        at = (0, start, 0, 0)
+            slots_T = (start + jnp.arange(k_new.shape[1])) % self.k.shape[-3]
+            if lead:  # [layer, :, slots] indexes as [T, B, ...] (NumPy's advanced indexing)
+                k_new, v_new = jnp.swapaxes(k_new, 0, 1), jnp.swapaxes(v_new, 0, 1)
+            at = (*lead, slice(None), slots_T)
+            return self.replace(k=self.k.at[at].set(k_new), v=self.v.at[at].set(v_new))
+        if lead:
+            k_new, v_new = k_new[None], v_new[None]
+        at = (*lead, 0, start, 0, 0)
         return self.replace(
-            k=jax.lax.dynamic_update_slice(self.k, k_BxTxKxH.astype(self.k.dtype), at),
-            v=jax.lax.dynamic_update_slice(self.v, v_BxTxKxH.astype(self.v.dtype), at),
+            k=jax.lax.dynamic_update_slice(self.k, k_new, at),
+            v=jax.lax.dynamic_update_slice(self.v, v_new, at),
         )
 
 

@@ -68,7 +68,7 @@ class SelfAttention(nn.Module):
         k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
         if kv is not None:
             kv = kv.write(k_BxTxKxH, v_BxTxKxH, start)
-            k_BxSxKxH, v_BxSxKxH = kv.k, kv.v
+            k_BxSxKxH, v_BxSxKxH = kv.keys(), kv.values()
         slopes = None if position.slopes is None else position.slopes(cfg)
         attend = ATTENTION.get(cfg.attention)
         out_BxTxNxH = attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes=slopes)

@@ -138,19 +138,28 @@ class Decoder(nn.Module):
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
 
         block = _block_class(cfg)
-        # With a cache each layer also takes its own k/v (scanned over the layer axis together
-        # with the params) and the shared write slot, and hands back its updated k/v.
-        if cfg.scan_layers:
-            stack = nn.scan(
-                block,
-                variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast if cache is None else (nn.broadcast, 0, nn.broadcast),
-                length=cfg.n_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            args = () if cache is None else (cache.layers, start)
-            x_BxTxD, layers = stack(cfg, deterministic, name="blocks")(x_BxTxD, mask, *args)
+        # With a cache each layer also takes its k/v and the shared write slot, and hands back
+        # the updated k/v. In the scan layout the stacked cache travels in the scan's carry,
+        # each layer writing only its new slots in place.
+        scan = dict(
+            variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+            split_rngs={"params": True, "dropout": True},
+            length=cfg.n_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        if cfg.scan_layers and cache is None:
+            stack = nn.scan(block, in_axes=nn.broadcast, **scan)
+            x_BxTxD, _ = stack(cfg, deterministic, name="blocks")(x_BxTxD, mask)
+        elif cfg.scan_layers:
+
+            def body(layer, carry, _):
+                x_BxTxD, kv = layer(carry[0], mask, carry[1], start)
+                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), None
+
+            carry = (x_BxTxD, cache.layers.replace(layer=jnp.zeros((), jnp.int32)))
+            stack = nn.scan(body, **scan)
+            (x_BxTxD, layers), _ = stack(block(cfg, deterministic, name="blocks"), carry, None)
+            layers = layers.replace(layer=None)
         else:
             layers = []
             for i in range(cfg.n_layers):
