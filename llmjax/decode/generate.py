@@ -116,7 +116,7 @@ def generate(
     prompts and stop strings). Prompts are strings or token-id sequences; an empty string
     starts from the tokenizer's BOS token. Sampling options are those of
     llmjax.decode.SamplingConfig (temperature 0 is greedy); num_beams > 1 runs beam search
-    instead (deterministic; it rejects sampling options). Rows stop at the tokenizer's EOS
+    instead (deterministic: temperature is ignored, other sampling options are rejected). Rows stop at the tokenizer's EOS
     (unless stop_at_eos=False), at any of `stop_token_ids`, or when their text contains one of
     the `stop` strings. `stream(row, text)` receives each row's text as it becomes final,
     every `chunk_size` tokens.
@@ -158,7 +158,9 @@ def generate(
         padding=padding,
     )
     if num_beams > 1:
-        if sampling.stages() or stop or stream is not None:
+        # Beam search ranks by the model's own log-probabilities: temperature does not apply.
+        unsupported = [s for s in sampling.stages() if s != "temperature"]
+        if unsupported or stop or stream is not None:
             raise ValueError(
                 "beam search (num_beams > 1) is deterministic and supports neither sampling "
                 "filters/penalties nor stop strings or streaming; drop those options or use "
