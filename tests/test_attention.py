@@ -72,7 +72,8 @@ def test_variant_matches_reference(variant, mask_name, kv_heads, alibi):
 
     out = jax.jit(lambda q, k, v: attend(q, k, v, mask, alibi_slopes=slopes))(q, k, v)
     ref = jax.jit(lambda q, k, v: reference_attention(q, k, v, mask, alibi_slopes=slopes))(q, k, v)
-    np.testing.assert_allclose(np.asarray(out) * rows, np.asarray(ref) * rows, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out) * rows, np.asarray(ref) * rows, atol=1e-5,
+                               rtol=1e-5)
     grads = jax.jit(jax.grad(loss(attend), argnums=(0, 1, 2)))(q, k, v)
     ref_grads = jax.jit(jax.grad(loss(reference_attention), argnums=(0, 1, 2)))(q, k, v)
     for g, r in zip(grads, ref_grads, strict=True):
@@ -114,9 +115,8 @@ def test_mask_semantics():
     expected = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], bool)
     np.testing.assert_array_equal(dense, expected)
     seg = np.asarray(Mask.causal_lm(pos, jnp.asarray([[0, 0, 1, 1]])).dense()[0])
-    np.testing.assert_array_equal(
-        seg, np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], bool)
-    )
+    np.testing.assert_array_equal(seg, np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0],
+                                                 [0, 0, 1, 1]], bool))
 
 
 def test_registering_a_variant_makes_it_usable(tiny_model):
@@ -128,9 +128,8 @@ def test_registering_a_variant_makes_it_usable(tiny_model):
 
     @register_attention("test-doubled-scale")
     def doubled(q, k, v, mask, *, alibi_slopes=None, scale=None):
-        return reference_attention(
-            q, k, v, mask, alibi_slopes=alibi_slopes, scale=2 * q.shape[-1] ** -0.5
-        )
+        return reference_attention(q, k, v, mask, alibi_slopes=alibi_slopes,
+                                   scale=2 * q.shape[-1] ** -0.5)
 
     try:
         cfg = dataclasses.replace(tiny_model, attention="test-doubled-scale")

@@ -116,10 +116,10 @@ def generate(
     prompts and stop strings). Prompts are strings or token-id sequences; an empty string
     starts from the tokenizer's BOS token. Sampling options are those of
     llmjax.decode.SamplingConfig (temperature 0 is greedy); num_beams > 1 runs beam search
-    instead (deterministic: temperature is ignored, other sampling options are rejected). Rows stop at the tokenizer's EOS
-    (unless stop_at_eos=False), at any of `stop_token_ids`, or when their text contains one of
-    the `stop` strings. `stream(row, text)` receives each row's text as it becomes final,
-    every `chunk_size` tokens.
+    instead (deterministic: temperature is ignored, other sampling options are rejected). Rows
+    stop at the tokenizer's EOS (unless stop_at_eos=False), at any of `stop_token_ids`, or when
+    their text contains one of the `stop` strings. `stream(row, text)` receives each row's text
+    as it becomes final, every `chunk_size` tokens.
     """
     model, variables, tokenizer = _resolve(model_or_run, params, tokenizer)
     single = isinstance(prompts, str) or (
