@@ -46,19 +46,14 @@ class LayerKV:
     layer: Int[Array, ""] | None = None
     rolling: bool = flax.struct.field(pytree_node=False, default=False)
 
+    def _this_layer(self, x: jax.Array) -> jax.Array:
+        return x if self.layer is None else jax.lax.dynamic_index_in_dim(x, self.layer, 0, False)
+
     def keys(self) -> Float[Array, "B S K H"]:
-        return (
-            self.k
-            if self.layer is None
-            else jax.lax.dynamic_index_in_dim(self.k, self.layer, 0, False)
-        )
+        return self._this_layer(self.k)
 
     def values(self) -> Float[Array, "B S K H"]:
-        return (
-            self.v
-            if self.layer is None
-            else jax.lax.dynamic_index_in_dim(self.v, self.layer, 0, False)
-        )
+        return self._this_layer(self.v)
 
     def write(
         self, k_BxTxKxH: Float[Array, "B T K H"], v_BxTxKxH: Float[Array, "B T K H"], start
