@@ -108,6 +108,11 @@ class Decoder(nn.Module):
         plain = positions_BxT is None
         start = None
         if cache is not None:
+            if segments_BxT is not None:
+                raise ValueError(
+                    "segments (packed documents) cannot be combined with a cache; give each "
+                    "sequence its own row"
+                )
             if plain:
                 positions_BxT = cache.default_positions(length)
             cache, mask, positions_BxT, start = cache.append(positions_BxT)
