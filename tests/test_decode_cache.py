@@ -111,3 +111,12 @@ def test_too_many_tokens_for_a_rolling_cache(tiny_model):
     params = random_params(cfg)
     with pytest.raises(ValueError, match="at most 3"):
         build_model(cfg).apply({"params": params}, jnp.zeros((1, 4), jnp.int32), cache=cache)
+
+
+def test_segments_with_a_cache_are_rejected(tiny_model):
+    params = random_params(tiny_model)
+    tokens = jnp.zeros((1, 3), jnp.int32)
+    with pytest.raises(ValueError, match="segments .* cannot be combined with a cache"):
+        build_model(tiny_model).apply(
+            {"params": params}, tokens, None, tokens, cache=init_cache(tiny_model, 1, 8)
+        )
