@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from llmjax.config import RopeScaling
+from llmjax.decode.samplers import SamplingConfig
+from llmjax.decode.tokens import generate_tokens
 from llmjax.hf import export_hf, load_hf
 from llmjax.models import build_model
 from llmjax.train.loss import cross_entropy
@@ -129,10 +131,8 @@ def test_left_padding_with_explicit_positions(case):
 
 
 def test_greedy_generation_matches(case):
-    """transformers decodes with its KV cache; llmjax here recomputes the whole window.
-
-    The window has the shape test_logits_match compiled, so no new compile is needed.
-    """
+    """transformers decodes with its KV cache; llmjax both recomputes the whole window (the
+    shape test_logits_match compiled) and decodes with its own KV cache."""
     prompt = random_tokens(2, PROMPT, seed=2)
     with torch.no_grad():
         want = case.hf.generate(
@@ -147,6 +147,17 @@ def test_greedy_generation_matches(case):
     for t in range(PROMPT, PROMPT + NEW):
         window[:, t] = case.logits(window)[:, t - 1].argmax(-1)
     np.testing.assert_array_equal(window, want)
+    # The same 32 tokens with llmjax's own KV cache.
+    cached = generate_tokens(
+        build_model(case.loaded.config.model),
+        {"params": case.loaded.params},
+        [list(row) for row in prompt],
+        max_new_tokens=NEW,
+        key=jax.random.key(0),
+        sampling=SamplingConfig(temperature=0.0),
+        use_cache=True,
+    )
+    np.testing.assert_array_equal(cached.tokens, want[:, PROMPT:])
 
 
 def test_export_round_trip(case, tmp_path):
