@@ -1,0 +1,109 @@
+"""One results format for every experiment: results/NAME/metrics.json, PNG plots, a table.
+
+`metrics.json` holds {"experiment", "created", "quick", "environment", "metrics", "rows"}: scalar
+findings under "metrics", one dict per measured configuration under "rows".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware a result was measured on."""
+    import jax
+
+    import llmjax
+
+    device = jax.devices()[0]
+    return {
+        "llmjax": llmjax.__version__,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of rows (columns in first-seen order)."""
+    if not rows:
+        return ""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(
+    name: str,
+    metrics: dict[str, Any],
+    *,
+    rows: list[dict[str, Any]] | None = None,
+    plots: dict[str, Any] | None = None,
+    out_dir: str | Path = "results",
+    quick: bool = False,
+) -> Path:
+    """Writes results/NAME/metrics.json and NAME/<plot>.png, prints the table; returns the dir."""
+    out = Path(out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "experiment": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": quick,
+        "environment": environment(),
+        "metrics": _jsonable(metrics),
+        "rows": _jsonable(rows or []),
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    for plot_name, figure in (plots or {}).items():
+        figure.savefig(out / f"{plot_name}.png", dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    if rows:
+        print(format_table(rows))
+    print(f"results written to {out}")
+    return out
+
+
+def experiment_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every experiment shares: --quick and --out-dir."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds' version of the experiment (used by the tests)",
+    )
+    parser.add_argument("--out-dir", default="results", help="where results/NAME/ is written")
+    return parser
