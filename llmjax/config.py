@@ -109,6 +109,9 @@ class ModelConfig:
     init_std: float = 0.02
     scaled_residual_init: bool = True  # output projections get std / sqrt(2 * n_layers)
     scan_layers: bool = True
+    # Layers per scan iteration (n_layers: fully unrolled, same params layout). XLA:CPU runs an
+    # unrolled stack faster than a while loop; unrolling costs compile time.
+    scan_unroll: int = 1
     remat: str = "none"
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -132,6 +135,7 @@ class ModelConfig:
             "head_dim",
             "d_ff",
             "attention_window",
+            "scan_unroll",
         )
         if self.head_dim is None:
             nearest = self.n_heads * max(1, round(self.d_model / self.n_heads))
