@@ -236,7 +236,8 @@ class OptimConfig:
     b2: float = 0.99
     eps: float = 1e-8
     weight_decay: float = 0.1
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # sgd and muon
+    muon_adam_lr: float | None = None  # muon: peak lr of the Adam part (None: lr)
     clip_norm: float | None = 1.0
     decay_embeddings: bool = False
 
@@ -330,7 +331,9 @@ PRESETS: dict[str, Config] = {
     ),
     # nanoGPT's CPU shape (4 layers, 4 heads, d=128, ctx 64, batch 12, no biases).
     "nano": Config(
-        model=ModelConfig(max_seq_len=64, d_model=128, n_layers=4, n_heads=4, use_bias=False),
+        model=ModelConfig(
+            max_seq_len=64, d_model=128, n_layers=4, n_heads=4, use_bias=False, scan_unroll=4
+        ),
         data=DataConfig(batch_size=12),
         optim=OptimConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99),
         train=TrainConfig(steps=2000),
