@@ -146,6 +146,37 @@ def test_params_and_optimizer_state_are_really_sharded(mesh_222):
     assert mu.sharding == q.sharding
 
 
+def _optimizers():
+    from llmjax.train.optim import OPTIMIZERS
+
+    return OPTIMIZERS.names()
+
+
+@pytest.mark.parametrize("optimizer", _optimizers())
+def test_optimizer_state_is_sharded_like_its_params(optimizer):
+    """Every optimizer's per-param state (moments, momentum) gets its param's logical axes."""
+    from flax import linen as nn
+
+    from llmjax.train.state import state_initializer
+
+    training = build_training(_cfg(f"optim.name={optimizer}"))
+    init = state_initializer(training.cfg.model, training.tx, boxed=True)
+    specs = nn.get_partition_spec(jax.eval_shape(init, jax.random.key(0)))
+    by_path = dict(jax.tree_util.tree_leaves_with_path(specs.params, is_leaf=_is_spec))
+    mirrored = 0
+    for path, spec in jax.tree_util.tree_leaves_with_path(specs.opt_state, is_leaf=_is_spec):
+        for start in range(len(path)):
+            if tuple(path[start:]) in by_path:
+                assert spec == by_path[tuple(path[start:])], jax.tree_util.keystr(path)
+                mirrored += 1
+                break
+    assert mirrored >= len(by_path)  # at least one state leaf per param
+
+
+def _is_spec(x):
+    return isinstance(x, jax.sharding.PartitionSpec)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "mesh",
@@ -153,6 +184,13 @@ def test_params_and_optimizer_state_are_really_sharded(mesh_222):
 )
 def test_more_meshes_match_single_device(single, mesh):
     _assert_same_training(single, _train(_cfg(f"parallel.mesh={mesh}")))
+
+
+def test_muon_on_a_mesh_matches_single_device():
+    """Muon reads the params' structure by name: the optimizer must see plain arrays."""
+    single = _train(_cfg("optim.name=muon"))
+    assert single[0][-1] < single[0][0]
+    _assert_same_training(single, _train(_cfg("optim.name=muon", "parallel.mesh=fsdp=4,tensor=2")))
 
 
 def test_pmap_matches_single_device(single):

@@ -59,13 +59,39 @@ def state_initializer(
     def init(key: jax.Array) -> TrainState:
         variables = dict(init_variables(model_cfg, key))
         variables.pop("perturbations", None)  # zero-valued gradient hooks, not state
-        params = variables.pop("params")
+        params_boxed = variables.pop("params")
+        # The optimizer sees plain arrays: some (Muon) read the params' structure by name.
         state = TrainState.create(
-            params, variables, tx, None if scaler is None else scaler.init_state()
+            nn.meta.unbox(params_boxed),
+            nn.meta.unbox(variables),
+            tx,
+            None if scaler is None else scaler.init_state(),
         )
-        return state if boxed else nn.meta.unbox(state)
+        if not boxed:
+            return state
+        return state.replace(
+            params=params_boxed,
+            model_state=variables,
+            opt_state=_box_like_params(state.opt_state, params_boxed),
+        )
 
     return init
+
+
+def _box_like_params(opt_state: optax.OptState, params_boxed: Any) -> optax.OptState:
+    """Gives every optimizer-state leaf that mirrors a param (Adam's moments, momentum, ...) the
+    param's logical axes: a leaf whose path ends with the param's path and has its shape."""
+    is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+    boxes = dict(jax.tree_util.tree_leaves_with_path(params_boxed, is_leaf=is_box))
+
+    def box(path, leaf):
+        for start in range(len(path)):
+            found = boxes.get(tuple(path[start:]))
+            if found is not None:
+                return found.replace_boxed(leaf) if found.value.shape == leaf.shape else leaf
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(box, opt_state)
 
 
 def nonfinite_counts(opt_state: optax.OptState) -> tuple[jax.Array, jax.Array]:
