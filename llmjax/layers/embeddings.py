@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmjax.layers.common import dtype_of, param
+from llmjax.layers.common import constrain, dtype_of, param
 
 
 class Embedder(nn.Module):
@@ -24,7 +24,11 @@ class Embedder(nn.Module):
         )
 
     def encode(self, tokens_BxT: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding, tokens_BxT, axis=0).astype(dtype_of(self.cfg.dtype))
+        # Gathered whole before the lookup, as FSDP gathers every weight before use: the SPMD
+        # partitioner cannot turn a lookup in a vocab x embed sharded table into batch-sharded
+        # rows without replicating the output first.
+        table_VxD = constrain(self.embedding, (None, None))
+        return jnp.take(table_VxD, tokens_BxT, axis=0).astype(dtype_of(self.cfg.dtype))
 
     def decode(self, x_BxTxD: jax.Array) -> jax.Array:
         table_VxD = self.embedding.astype(dtype_of(self.cfg.dtype))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.layers.common import dtype_of, param
+from llmjax.layers.common import constrain, dtype_of, param
 from llmjax.registry import Registry
 from llmjax.typing import Array, Float, Int
 
@@ -74,6 +74,8 @@ class LearnedEmbedding(nn.Module):
             nn.initializers.normal(cfg.init_std),
             cfg.param_dtype,
         )
+        # Gathered whole before the lookup (see Embedder.encode).
+        table_PxD = constrain(table_PxD, (None, None))
         return jnp.take(table_PxD, positions_BxT, axis=0).astype(dtype_of(cfg.dtype))
 
 
