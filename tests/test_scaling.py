@@ -92,3 +92,8 @@ def test_cpu_peak_is_measured_once_per_process(monkeypatch):
 def test_mfu():
     assert scaling.mfu(6e9, 100.0, 1.2e12) == pytest.approx(0.5)
     assert scaling.mfu(6e9, 100.0, None) != scaling.mfu(6e9, 100.0, None)  # nan
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    peak = scaling.measure_matmul_peak(256, repeats=2, min_seconds=0.02)
+    assert 1e8 < peak < 1e14  # FLOP/s: between a slow core and a datacenter GPU
