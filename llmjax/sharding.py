@@ -22,7 +22,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
@@ -212,16 +211,19 @@ def check_batch(batch_size: int, seq_len: int, grad_accum: int, mesh: Mesh) -> N
         )
 
 
-def shard_bytes(tree: Any) -> tuple[int, int]:
-    """(bytes on the first device, bytes of the whole arrays) of a tree of jax.Arrays."""
-    device = jax.devices()[0]
-    local = total = 0
+def device_bytes(tree: Any) -> dict[jax.Device, int]:
+    """Bytes of a tree of jax.Arrays that each (addressable) device holds."""
+    held: dict[jax.Device, int] = {}
     for x in jax.tree.leaves(tree):
-        total += x.size * x.dtype.itemsize
         for shard in x.addressable_shards:
-            if shard.device == device:
-                local += int(np.prod(shard.data.shape)) * x.dtype.itemsize
-    return local, total
+            held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+    return held
+
+
+def shard_bytes(tree: Any) -> tuple[int, int]:
+    """(the most bytes any one device holds, bytes of the whole arrays) of a tree of jax.Arrays."""
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    return max(device_bytes(tree).values(), default=0), total
 
 
 __all__ = [
@@ -234,6 +236,7 @@ __all__ = [
     "check_batch",
     "check_batch_split",
     "check_divisible",
+    "device_bytes",
     "logical_shardings",
     "logical_to_mesh",
     "make_mesh",

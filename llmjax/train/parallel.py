@@ -71,6 +71,22 @@ class ParallelMode:
         return state
 
 
+class InMesh:
+    """A jitted function that enters its mesh and the rules table whenever it is called or
+    lowered: linen reads them while tracing, and jit may (re)trace on any call."""
+
+    def __init__(self, jitted: Any, mesh: jax.sharding.Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args: Any) -> Any:
+        with sharding.use_mesh(self.mesh):
+            return self.jitted(*args)
+
+    def lower(self, *args: Any) -> jax.stages.Lowered:
+        with sharding.use_mesh(self.mesh):
+            return self.jitted.lower(*args)
+
+
 @PARALLELISM.register("none")
 class SingleDevice(ParallelMode):
     """Plain jit on the default device: no shardings, no constraints, nothing extra per step."""
@@ -129,33 +145,25 @@ class MeshParallel(ParallelMode):
             cfg, model=dataclasses.replace(cfg.model, vocab_multiple=multiple)
         )
 
-    def _call_in_mesh(self, compiled: Callable) -> Callable:
-        def call(*args):
-            # Linen reads the mesh and the rules while tracing; entering them on every call
-            # keeps them in place whenever jit (re)traces.
-            with sharding.use_mesh(self.mesh):
-                return compiled(*args)
-
-        return call
-
     def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
-        return self._call_in_mesh(jax.jit(init, out_shardings=self.state_sharding))(key)
+        return InMesh(jax.jit(init, out_shardings=self.state_sharding), self.mesh)(key)
 
     def abstract_state(self) -> TrainState:
         return _placed(self.shapes, self.state_sharding)
 
     def train_step(self, fn: Callable) -> Callable:
-        return self._call_in_mesh(
+        return InMesh(
             jax.jit(
                 fn,
                 in_shardings=(self.state_sharding, self.batch_sharding),
                 out_shardings=(self.state_sharding, self.replicated),
                 donate_argnums=0,
-            )
+            ),
+            self.mesh,
         )
 
     def eval_step(self, fn: Callable) -> Callable:
-        return self._call_in_mesh(
+        return InMesh(
             jax.jit(
                 fn,
                 in_shardings=(
@@ -164,7 +172,8 @@ class MeshParallel(ParallelMode):
                     self.batch_sharding,
                 ),
                 out_shardings=self.replicated,
-            )
+            ),
+            self.mesh,
         )
 
     def local_slices(self, shape: tuple[int, ...]) -> tuple[slice, ...]:

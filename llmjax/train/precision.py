@@ -17,6 +17,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
 
 # Backends whose float16 arithmetic is missing, with the reason shown to the user.
 FP16_UNSUPPORTED = {
@@ -60,12 +61,17 @@ def check_compute_dtype(dtype: str, attention: str = "xla", backend: str | None 
 def _float16_attention_error(attention: str, backend: str) -> str | None:
     from llmjax.attention import ATTENTION, Mask
 
-    q = jnp.zeros((1, 4, 1, 8), jnp.float16)
-    positions = jnp.arange(4, dtype=jnp.int32)[None]
-    mask = Mask.causal_lm(positions, None, window=None, plain=True)
+    device = jax.local_devices(backend=backend)[0]
+    q = jax.ShapeDtypeStruct((1, 4, 1, 8), jnp.float16, sharding=SingleDeviceSharding(device))
     kernel = ATTENTION.get(attention)
+
+    def attend(q):
+        positions = jnp.arange(4, dtype=jnp.int32)[None]
+        mask = Mask.causal_lm(positions, None, window=None, plain=True)
+        return kernel(q, q, q, mask)
+
     try:
-        jax.jit(lambda q: kernel(q, q, q, mask), backend=backend).lower(q).compile()
+        jax.jit(attend).lower(q).compile()
     except Exception as e:  # XLA reports an unsupported op as one of several error types
         return str(e).splitlines()[0]
     return None
