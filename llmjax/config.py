@@ -59,13 +59,16 @@ class RopeScaling:
     beta_slow: float = 1.0
 
     def __post_init__(self):
-        from llmjax.layers.positions import ROPE_SCALINGS
+        from llmjax.layers.positions import ROPE_SCALING_CHECKS, ROPE_SCALINGS
 
         _check_choice("RopeScaling", "kind", self.kind, ROPE_SCALINGS)
         _check(
             self.factor >= 1.0,
             f"RopeScaling.factor must be >= 1 (it stretches the context), got {self.factor}",
         )
+        _check_positive(self, "original_max_seq_len")
+        problem = ROPE_SCALING_CHECKS.get(self.kind, lambda _: None)(self)
+        _check(problem is None, str(problem))
 
 
 @dataclass(frozen=True)
