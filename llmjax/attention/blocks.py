@@ -76,12 +76,13 @@ def gathered_attention(
     kv_blocks_ok: Bool[np.ndarray, "R M"],
     alibi_slopes: Float[Array, " N"] | None,
     scale: float,
-) -> Float[Array, "B R*block N H"]:
+) -> Float[Array, "B L N H"]:
     """Query blocks `rows` each attend to their own list of key blocks (exact softmax over them).
 
     Lengths must already be multiples of `block`; `kv_blocks_ok` marks list entries that are
-    real (False entries are padding of the ragged lists and are never seen). Cost and memory are
-    O(rows * block * M * block): linear in length when M is bounded.
+    real (False entries are padding of the ragged lists and are never seen). Returns the
+    len(rows) * block query rows in order. Cost and memory are O(rows * block * M * block):
+    linear in length when M is bounded.
     """
     n_kv = k_BxSxKxH.shape[2]
     idx = np.where(kv_blocks_ok, kv_blocks, 0)

@@ -87,8 +87,8 @@ def _slice(x: jax.Array | None, start, size: int, axis: int = 1) -> jax.Array | 
     return None if x is None else lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
-def _logits(st: _Static, q_i, k_j, mask: Mask, slopes_KxG, i, j):
-    """Masked float32 logits [B K G Q S] of query block i against key block j, and visibility."""
+def _block_mask(st: _Static, mask: Mask, i, j):
+    """Visibility [B 1 1 Q S] of query block i against key block j, and kv_pos - q_pos [B Q S]."""
     q0, k0 = i * st.block_q, j * st.block_kv
     q_pos = _slice(mask.q_positions, q0, st.block_q)
     kv_pos = _slice(mask.kv_positions, k0, st.block_kv)
@@ -104,13 +104,17 @@ def _logits(st: _Static, q_i, k_j, mask: Mask, slopes_KxG, i, j):
     )
     if mask.extra is not None:
         visible_BxQxS &= _slice(_slice(mask.extra, q0, st.block_q), k0, st.block_kv, axis=2)
+    dist_BxQxS = (kv_pos[:, None, :] - q_pos[:, :, None]).astype(jnp.float32)
+    return visible_BxQxS[:, None, None], dist_BxQxS
+
+
+def _logits(st: _Static, q_i, k_j, visible, dist_BxQxS, slopes_KxG):
+    """Masked float32 logits [B K G Q S], computed as the reference does."""
     s = jnp.einsum("BQKGH,BSKH->BKGQS", q_i, k_j, preferred_element_type=jnp.float32)
     s = s * jnp.float32(st.scale)
     if slopes_KxG is not None:
-        dist_BxQxS = (kv_pos[:, None, :] - q_pos[:, :, None]).astype(jnp.float32)
         s = s + slopes_KxG[None, :, :, None, None] * dist_BxQxS[:, None, None]
-    visible = visible_BxQxS[:, None, None]
-    return jnp.where(visible, s, MASKED_LOGIT), visible
+    return jnp.where(visible, s, MASKED_LOGIT)
 
 
 def _q_block(st: _Static, x_BxTxKxGxH, i):
@@ -135,7 +139,8 @@ def _forward(st: _Static, q, k, v, mask, slopes_KxG, seen_IxJ):
         def visit(j, carry):
             def compute(carry):
                 m, denom, acc = carry
-                s, visible = _logits(st, q_i, _kv_block(st, k, j), mask, slopes_KxG, i, j)
+                visible, dist = _block_mask(st, mask, i, j)
+                s = _logits(st, q_i, _kv_block(st, k, j), visible, dist, slopes_KxG)
                 m_new = jnp.maximum(m, s.max(-1))
                 p = jnp.where(visible, jnp.exp(s - m_new[..., None]), 0.0)
                 correction = jnp.exp(m - m_new)
@@ -169,7 +174,7 @@ def _backward(st: _Static, q, k, v, mask, slopes_KxG, seen_IxJ, out, lse, dout):
     """Gradients by recomputing each visited block's probabilities from the saved lse."""
     n_kv_blocks = seen_IxJ.shape[1]
     first, stop = _first_last(seen_IxJ.T)
-    # D_t = sum_h dout * out: the softmax Jacobian's row term (FlashAttention-2, eq. in sec. 3.1).
+    # D_t = sum_h dout * out = sum_s p * dp: the softmax Jacobian's row term (FlashAttention-2).
     d_BxKxGxT = einops.rearrange(
         jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), -1), "B T K G -> B K G T"
     )
@@ -184,7 +189,8 @@ def _backward(st: _Static, q, k, v, mask, slopes_KxG, seen_IxJ, out, lse, dout):
                 q_i, do_i = _q_block(st, q, i), _q_block(st, dout, i)
                 lse_i = lax.dynamic_slice_in_dim(lse, i * st.block_q, st.block_q, 3)
                 d_i = lax.dynamic_slice_in_dim(d_BxKxGxT, i * st.block_q, st.block_q, 3)
-                s, visible = _logits(st, q_i, k_j, mask, slopes_KxG, i, j)
+                visible, dist = _block_mask(st, mask, i, j)
+                s = _logits(st, q_i, k_j, visible, dist, slopes_KxG)
                 p = jnp.where(visible, jnp.exp(s - lse_i[..., None]), 0.0)
                 dv_j = dv_j + jnp.einsum(
                     "BKGQS,BQKGH->BSKH",
@@ -194,19 +200,14 @@ def _backward(st: _Static, q, k, v, mask, slopes_KxG, seen_IxJ, out, lse, dout):
                 )
                 dp = jnp.einsum("BQKGH,BSKH->BKGQS", do_i, v_j, preferred_element_type=jnp.float32)
                 ds = p * (dp - d_i[..., None])
-                dq_i = jnp.einsum("BKGQS,BSKH->BQKGH", ds, k_j.astype(jnp.float32)) * st.scale
+                dq_i = st.scale * jnp.einsum("BKGQS,BSKH->BQKGH", ds, k_j.astype(jnp.float32))
                 dq = lax.dynamic_update_slice_in_dim(
                     dq, _q_block(st, dq, i) + dq_i, i * st.block_q, 1
                 )
-                dk_j = dk_j + jnp.einsum("BKGQS,BQKGH->BSKH", ds, q_i.astype(jnp.float32)) * (
-                    st.scale
+                dk_j = dk_j + st.scale * jnp.einsum(
+                    "BKGQS,BQKGH->BSKH", ds, q_i.astype(jnp.float32)
                 )
-                if dslopes is not None:
-                    q0, k0 = i * st.block_q, j * st.block_kv
-                    dist = (
-                        _slice(mask.kv_positions, k0, st.block_kv)[:, None, :]
-                        - _slice(mask.q_positions, q0, st.block_q)[:, :, None]
-                    ).astype(jnp.float32)
+                if dslopes is not None:  # d logits / d slope = kv_pos - q_pos
                     dslopes = dslopes + jnp.einsum("BKGQS,BQS->KG", ds, dist)
                 return dk_j, dv_j, dq, dslopes
 
