@@ -3,11 +3,11 @@
 sliding_window and block_sparse equal the reference under their masks (forward and gradients,
 with lengths that are not a multiple of the block); linear attention equals its explicit
 quadratic formula and its recurrent form equals its parallel form; flash's compiled memory is
-far below the reference's; bad inputs fail with errors that name the problem.
+far below the reference's; bad inputs fail with errors that name the problem. RoPE scaling and
+running beyond the trained length: tests/test_rope_scaling.py.
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +27,9 @@ from llmjax.attention.linear import (
     make_linear_attention,
 )
 from llmjax.attention.sliding_window import sliding_window_attention
-from llmjax.config import ConfigError, ModelConfig, RopeScaling
-from llmjax.layers.positions import alibi_slopes, rope_frequencies
+from llmjax.config import ConfigError, ModelConfig
+from llmjax.layers.positions import alibi_slopes
+from llmjax.models import build_model, init_model
 
 B, T, N, K, H = 2, 37, 4, 2, 8  # T = 37: not a multiple of any block below
 
@@ -393,80 +394,15 @@ def test_blockwise_variants_need_self_attention():
         sliding_window_attention(q, k, v, mask)
 
 
-# ----------------------------------------------------------------------------- RoPE scaling
-
-
-def _rope_cfg(kind, factor=4.0, original=64, head_dim=32, theta=10_000.0):
-    scaling = RopeScaling(kind=kind, factor=factor, original_max_seq_len=original)
-    return ModelConfig(
-        d_model=4 * head_dim, n_heads=4, position="rope", rope_theta=theta, rope_scaling=scaling
-    )
-
-
-def _base_inv_freq(head_dim=32, theta=10_000.0):
-    return 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
-
-
-def test_linear_and_ntk_scaling_formulas():
-    inv_freq, magnitude = rope_frequencies(_rope_cfg("linear"))
-    np.testing.assert_allclose(inv_freq, _base_inv_freq() / 4.0, rtol=1e-6)
-    assert magnitude == 1.0
-    # NTK-aware: the same RoPE with base theta * factor^(d / (d - 2)).
-    inv_freq, magnitude = rope_frequencies(_rope_cfg("ntk"))
-    np.testing.assert_allclose(
-        inv_freq, _base_inv_freq(theta=10_000.0 * 4.0 ** (32 / 30)), rtol=1e-6
-    )
-    assert magnitude == 1.0
-    assert inv_freq[0] == 1.0 and math.isclose(inv_freq[-1], _base_inv_freq()[-1] / 4, rel_tol=1e-6)
-
-
-def test_yarn_scaling_formula():
-    """YaRN (Peng et al. 2023, reference code find_correction_range / linear_ramp_mask)."""
-    d, theta, factor, original, fast, slow = 32, 10_000.0, 4.0, 64, 32.0, 1.0
-
-    def correction_dim(rotations):
-        return d * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
-
-    low = max(math.floor(correction_dim(fast)), 0)
-    high = min(math.ceil(correction_dim(slow)), d - 1)
-    ramp = np.clip((np.arange(d // 2) - low) / (high - low), 0, 1)
-    base = _base_inv_freq()
-    expected = base / factor * ramp + base * (1 - ramp)
-    inv_freq, magnitude = rope_frequencies(_rope_cfg("yarn"))
-    np.testing.assert_allclose(inv_freq, expected, rtol=1e-6)
-    assert math.isclose(magnitude, 0.1 * math.log(4.0) + 1.0)
-    # High frequencies are kept, the lowest are interpolated by the full factor.
-    assert inv_freq[0] == base[0] and math.isclose(inv_freq[-1], base[-1] / factor, rel_tol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(kind="ntk", factor=0.5), "factor must be >= 1"),
-        (dict(kind="linear", factor=0.99), "factor must be >= 1"),
-        (dict(kind="yarn", factor=4.0), "original_max_seq_len"),
-        (dict(kind="yarn", factor=4.0, original_max_seq_len=0), "original_max_seq_len"),
-        (dict(kind="nope"), "valid choices"),
-    ],
-)
-def test_bad_rope_scaling_is_rejected(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
-        RopeScaling(**kwargs)
-
-
 # ----------------------------------------------------------------------------- in the model
 
 
 def _logits(cfg, params, tokens):
-    from llmjax.models import build_model
-
     return jax.jit(lambda p, x: build_model(cfg).apply({"params": p}, x))(params, tokens)
 
 
 def test_variants_run_in_the_model_through_config(tiny_model):
     """model.attention=NAME: exact variants give the xla model's logits, the others run."""
-    from llmjax.models import init_model
-
     windowed = dataclasses.replace(tiny_model, attention_window=6)
     params, _ = init_model(tiny_model, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, tiny_model.vocab_size)
@@ -479,24 +415,3 @@ def test_variants_run_in_the_model_through_config(tiny_model):
         )
     logits = _logits(dataclasses.replace(tiny_model, attention="linear"), params, tokens)
     assert logits.shape[:2] == (2, 20) and np.isfinite(logits).all()
-
-
-def test_alibi_and_rope_run_beyond_the_trained_length_but_a_learned_table_cannot(tiny_model):
-    from llmjax.models import init_model
-
-    long_tokens = jnp.ones((1, 4 * tiny_model.max_seq_len), jnp.int32)
-    alibi = dataclasses.replace(tiny_model, position="alibi")
-    params, _ = init_model(alibi, jax.random.key(0))
-    assert np.isfinite(_logits(alibi, params, long_tokens)).all()
-
-    rope = dataclasses.replace(tiny_model, position="rope")
-    params, _ = init_model(rope, jax.random.key(0))
-    yarn = dataclasses.replace(
-        rope, rope_scaling=RopeScaling("yarn", 4.0, original_max_seq_len=rope.max_seq_len)
-    )
-    plain, scaled = _logits(rope, params, long_tokens), _logits(yarn, params, long_tokens)
-    assert np.isfinite(scaled).all() and not np.allclose(plain, scaled)
-
-    params, _ = init_model(tiny_model, jax.random.key(0))  # position="learned"
-    with pytest.raises(ValueError, match="longer than the learned position table"):
-        _logits(tiny_model, params, long_tokens)

@@ -1,5 +1,9 @@
 """Attention kernels: a reference, registered variants, and structured masks.
 
+Registered: reference and xla (plain softmax), flash (exact, O(T) memory), sliding_window and
+block_sparse (exact under their sparsity, O(T) cost), linear and linear_favor (kernel feature
+maps, O(T) cost, a recurrent form for decoding), auto (a fused backend kernel where one applies).
+
 Add a variant by writing one file with a function of the reference's signature, decorated with
 `@register_attention("name")`, and importing it here (or anywhere before the model is built).
 """

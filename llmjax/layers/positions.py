@@ -105,7 +105,7 @@ def _ntk_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
     """NTK-aware scaling (bloc97, 2023): theta -> theta * factor^(H / (H - 2)).
 
     The highest frequency is kept (local order stays sharp) while the lowest is slowed by the
-    full factor, so all rotations seen at the longer length stay within the trained range.
+    full factor, so the slowest rotation never turns further than it did in training.
     """
     head_dim = cfg.dim_head
     exponent = np.arange(0, head_dim, 2, dtype=np.float64) / (head_dim - 2)
