@@ -10,12 +10,10 @@ axes over T in [1k, 16k] (where measured).
     python experiments/context_cost.py --quick    # seconds: two short lengths
 """
 
-import argparse
-
 import numpy as np
 
 from llmjax.eval.attention_cost import attention_cost, loglog_slope
-from llmjax.results import write_results
+from llmjax.results import experiment_parser, write_results
 
 WINDOW = 512
 # label -> (registered variant, sliding window or None)
@@ -55,9 +53,7 @@ def plot(rows, fits):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two short lengths, one repeat")
-    parser.add_argument("--out", default="results", help="results folder (default: results)")
+    parser = experiment_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--max-run-gib",
         type=float,
@@ -117,7 +113,12 @@ def main(argv=None):
     for label, fit in fits.items():
         print(f"  {label:>22}: {fit['time']:.2f}  {fit['memory']:.2f}")
     return write_results(
-        "context_cost", metrics, rows=rows, plots={"cost": plot(rows, fits)}, out_dir=args.out
+        "context_cost",
+        metrics,
+        rows=rows,
+        plots={"cost": plot(rows, fits)},
+        out_dir=args.out_dir,
+        quick=args.quick,
     )
 
 

@@ -14,7 +14,6 @@ fine-tuning), ALiBi, and a learned position table (which cannot run beyond L).
     python experiments/long_context.py --quick   # seconds: tiny models, few steps
 """
 
-import argparse
 import dataclasses
 
 import numpy as np
@@ -30,7 +29,7 @@ from llmjax.eval.long_context import (
     train_on_batches,
     with_rope_scaling,
 )
-from llmjax.results import write_results
+from llmjax.results import experiment_parser, write_results
 
 SCALINGS = ["none", "linear", "ntk", "yarn"]
 
@@ -207,8 +206,10 @@ def plot(recall, extrap, s):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
     for label, buckets in recall.items():
-        mids = [(b["low"] + b["high"]) / 2 for b in buckets]
-        axes[0].plot(mids, [b["accuracy"] for b in buckets], "o-", ms=3, label=label)
+        pts = [((b["low"] + b["high"]) / 2, b["accuracy"]) for b in buckets]
+        pts = [p for p in pts if p[1] is not None]
+        if pts:
+            axes[0].plot(*zip(*pts, strict=True), "o-", ms=3, label=label)
     axes[0].set(
         xlabel="distance between key and its recall (tokens)",
         ylabel="recall accuracy",
@@ -235,10 +236,8 @@ def plot(recall, extrap, s):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models, a few steps")
+    parser = experiment_parser(__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="text for part 2 (default: built-in corpus)")
-    parser.add_argument("--out", default="results", help="results folder (default: results)")
     args = parser.parse_args(argv)
     s = settings(args.quick)
     recall_rows, recall = recall_part(s)
@@ -249,7 +248,8 @@ def main(argv=None):
         metrics,
         rows=recall_rows + extrap_rows,
         plots={"long_context": plot(recall, extrap, s)},
-        out_dir=args.out,
+        out_dir=args.out_dir,
+        quick=args.quick,
     )
 
 

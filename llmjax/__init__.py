@@ -6,6 +6,8 @@ The public API, in the order a notebook meets it::
     cfg = llmjax.apply_overrides(cfg, ["model.n_layers=2"])      # checked overrides
     result = llmjax.fit(cfg, "runs/demo")                        # train, eval, checkpoint
     run = llmjax.load_run("runs/demo")                           # params + tokenizer back
+    print(llmjax.generate(run, "def ", temperature=0.8, top_p=0.95))  # KV-cached sampling
+    hf = llmjax.load_hf("checkpoints/gpt2")                      # a Hugging Face checkpoint
 """
 
 __version__ = "0.1.0"
@@ -25,6 +27,8 @@ from llmjax.config import (
     load_config,
     save_config,
 )
+from llmjax.decode import Completion, SamplingConfig, generate
+from llmjax.hf import export_hf, load_hf
 from llmjax.models import build_model, count_params, init_model, logical_axes
 from llmjax.train.loop import FitResult, LoadedRun, TrainingDiverged, evaluate, fit, load_run
 from llmjax.train.loss import cross_entropy, token_log_probs
@@ -32,6 +36,7 @@ from llmjax.train.loss import cross_entropy, token_log_probs
 __all__ = [
     "ATTENTION",
     "PRESETS",
+    "Completion",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -41,6 +46,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "RopeScaling",
+    "SamplingConfig",
     "TrainConfig",
     "TrainingDiverged",
     "apply_overrides",
@@ -48,10 +54,13 @@ __all__ = [
     "count_params",
     "cross_entropy",
     "evaluate",
+    "export_hf",
     "fit",
+    "generate",
     "get_preset",
     "init_model",
     "load_config",
+    "load_hf",
     "load_run",
     "logical_axes",
     "reference_attention",

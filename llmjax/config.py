@@ -66,6 +66,11 @@ class RopeScaling:
             self.factor >= 1.0,
             f"RopeScaling.factor must be >= 1 (it stretches the context), got {self.factor}",
         )
+        _check(
+            self.high_freq_factor > self.low_freq_factor,
+            f"RopeScaling.high_freq_factor ({self.high_freq_factor}) must be larger than "
+            f"low_freq_factor ({self.low_freq_factor}); Llama 3 uses 4.0 and 1.0",
+        )
         _check_positive(self, "original_max_seq_len")
         problem = ROPE_SCALING_CHECKS.get(self.kind, lambda _: None)(self)
         _check(problem is None, str(problem))
@@ -98,6 +103,10 @@ class ModelConfig:
     attention: str = "xla"
     attention_window: int | None = None  # sliding-window size in tokens; None: full causal
     use_bias: bool = True
+    # Per-part overrides of use_bias (None: follow use_bias), e.g. Qwen2 biases q/k/v only.
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None  # the attention output projection
+    mlp_bias: bool | None = None
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
@@ -174,6 +183,18 @@ class ModelConfig:
         if self.mlp == "swiglu":
             return _round_up(int(8 * self.d_model / 3), 64)
         return 4 * self.d_model
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def has_out_bias(self) -> bool:
+        return self.use_bias if self.out_bias is None else self.out_bias
+
+    @property
+    def has_mlp_bias(self) -> bool:
+        return self.use_bias if self.mlp_bias is None else self.mlp_bias
 
     @property
     def padded_vocab_size(self) -> int:

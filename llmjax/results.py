@@ -1,67 +1,109 @@
-"""Experiment outputs: results/NAME/metrics.json, PNG plots, and a table printed to stdout."""
+"""One results format for every experiment: results/NAME/metrics.json, PNG plots, a table.
 
+`metrics.json` holds {"experiment", "created", "quick", "environment", "metrics", "rows"}: scalar
+findings under "metrics", one dict per measured configuration under "rows".
+"""
+
+from __future__ import annotations
+
+import argparse
 import json
 import math
-from collections.abc import Mapping, Sequence
+import platform
+import time
 from pathlib import Path
 from typing import Any
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe values: NumPy scalars become floats/ints, NaN and inf become None."""
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+def environment() -> dict[str, Any]:
+    """Versions and hardware a result was measured on."""
+    import jax
+
+    import llmjax
+
+    device = jax.devices()[0]
+    return {
+        "llmjax": llmjax.__version__,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         value = value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return str(value)
     return value
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Rows of dicts as an aligned text table (columns in first-seen order)."""
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of rows (columns in first-seen order)."""
     if not rows:
         return ""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
 
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
 
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def write_results(
     name: str,
-    metrics: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]] | None = None,
-    plots: Mapping[str, Any] | None = None,
+    metrics: dict[str, Any],
+    *,
+    rows: list[dict[str, Any]] | None = None,
+    plots: dict[str, Any] | None = None,
     out_dir: str | Path = "results",
+    quick: bool = False,
 ) -> Path:
-    """Writes out_dir/name/metrics.json ({**metrics, "rows": rows}) and one PNG per matplotlib
-    figure in `plots` (file stem -> figure), prints the rows as a table; returns the folder."""
-    folder = Path(out_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = dict(metrics)
-    if rows is not None:
-        payload["rows"] = list(rows)
-    (folder / "metrics.json").write_text(json.dumps(_clean(payload), indent=2) + "\n")
-    for stem, figure in (plots or {}).items():
-        figure.savefig(folder / f"{stem}.png")
+    """Writes results/NAME/metrics.json and NAME/<plot>.png, prints the table; returns the dir."""
+    out = Path(out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "experiment": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": quick,
+        "environment": environment(),
+        "metrics": _jsonable(metrics),
+        "rows": _jsonable(rows or []),
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    for plot_name, figure in (plots or {}).items():
+        figure.savefig(out / f"{plot_name}.png", dpi=110, bbox_inches="tight")
         import matplotlib.pyplot as plt
 
         plt.close(figure)
     if rows:
         print(format_table(rows))
-    print(f"wrote {folder}")
-    return folder
+    print(f"results written to {out}")
+    return out
+
+
+def experiment_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every experiment shares: --quick and --out-dir."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds' version of the experiment (used by the tests)",
+    )
+    parser.add_argument("--out-dir", default="results", help="where results/NAME/ is written")
+    return parser

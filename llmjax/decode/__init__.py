@@ -1,1 +1,24 @@
-"""Decoding: turning a model's logits into text."""
+"""Decoding: KV-cached batched generation, samplers, beam search."""
+
+from llmjax.decode.beam import BeamOutput, beam_search
+from llmjax.decode.generate import Completion, generate
+from llmjax.decode.loop import DecodeOutput, decode
+from llmjax.decode.samplers import SamplingConfig, process_logits
+from llmjax.decode.tokens import beam_search_tokens, generate_tokens
+from llmjax.layers.kv_cache import KVCache, LayerKV, init_cache
+
+__all__ = [
+    "BeamOutput",
+    "Completion",
+    "DecodeOutput",
+    "KVCache",
+    "LayerKV",
+    "SamplingConfig",
+    "beam_search",
+    "beam_search_tokens",
+    "decode",
+    "generate",
+    "generate_tokens",
+    "init_cache",
+    "process_logits",
+]

@@ -45,7 +45,8 @@ def recall_by_distance(
     batch_size: int,
     seed: int,
 ) -> list[dict[str, float]]:
-    """Recall accuracy per distance bucket [edges[i], edges[i+1]) on fresh sequences."""
+    """Recall accuracy per distance bucket [edges[i], edges[i+1]) on fresh sequences (None for
+    a bucket no answer fell into)."""
     model = build_model(model_cfg)
     predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), axis=-1))
     rng = np.random.default_rng(seed)
@@ -65,7 +66,7 @@ def recall_by_distance(
             {
                 "low": int(low),
                 "high": int(high),
-                "accuracy": float(hit[inside].mean()) if count else float("nan"),
+                "accuracy": float(hit[inside].mean()) if count else None,
                 "count": count,
             }
         )

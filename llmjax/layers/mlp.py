@@ -10,7 +10,7 @@ MLPS: Registry = Registry("mlp")
 
 
 class Linear(nn.Module):
-    """x @ kernel (+ bias) over the last axis, with logical axis names on the kernel."""
+    """x @ kernel (+ bias when cfg.has_mlp_bias) over the last axis, with logical axis names."""
 
     features: int
     axes: tuple[str, str]
@@ -30,7 +30,7 @@ class Linear(nn.Module):
             cfg.param_dtype,
         )
         y = contract(x.astype(dtype), kernel.astype(dtype))
-        if cfg.use_bias:
+        if cfg.has_mlp_bias:
             bias = param(
                 self,
                 "bias",

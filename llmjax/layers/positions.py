@@ -100,6 +100,19 @@ def _linear_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
     return inv_freq / cfg.rope_scaling.factor, 1.0
 
 
+@ROPE_SCALINGS.register("llama3")
+def _llama3_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
+    """Llama 3.1: wavelengths longer than original/low_freq_factor are interpolated by the
+    factor, those shorter than original/high_freq_factor kept, a linear ramp in between."""
+    s = cfg.rope_scaling
+    original = s.original_max_seq_len or cfg.max_seq_len
+    rotations = original * inv_freq / (2 * math.pi)  # turns over the original context
+    keep = np.clip(
+        (rotations - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor), 0.0, 1.0
+    )
+    return (1.0 - keep) * inv_freq / s.factor + keep * inv_freq, 1.0
+
+
 @ROPE_SCALINGS.register("ntk")
 def _ntk_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
     """NTK-aware scaling (bloc97, 2023): theta -> theta * factor^(H / (H - 2)).

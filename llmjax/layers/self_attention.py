@@ -6,6 +6,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
 from llmjax.layers.common import constrain, contract, dtype_of, normal, out_std, param
+from llmjax.layers.kv_cache import LayerKV
 from llmjax.layers.positions import POSITIONS
 
 
@@ -15,7 +16,12 @@ class SelfAttention(nn.Module):
     cfg: object
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask: Mask) -> jax.Array:
+    def __call__(
+        self, x_BxTxD: jax.Array, mask: Mask, kv: LayerKV | None = None, start=None
+    ) -> jax.Array | tuple[jax.Array, LayerKV]:
+        """With a layer cache `kv`, the new keys/values are written from slot `start` on and the
+        queries attend over the whole cache (`mask` then describes the cache); returns
+        (output, updated kv)."""
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
         dtype = dtype_of(cfg.dtype)
@@ -26,7 +32,7 @@ class SelfAttention(nn.Module):
                 self, f"{name}_kernel", (D, heads, H), axes, normal(std), cfg.param_dtype
             )
             y_BxTxNxH = contract(x_BxTxD.astype(dtype), w_DxNxH.astype(dtype))
-            if cfg.use_bias:
+            if cfg.has_qkv_bias:
                 b_NxH = param(
                     self,
                     f"{name}_bias",
@@ -45,7 +51,10 @@ class SelfAttention(nn.Module):
         position = POSITIONS.get(cfg.position)
         if position.rotate is not None:
             q_BxTxNxH = position.rotate(q_BxTxNxH, mask.q_positions, cfg)
-            k_BxTxKxH = position.rotate(k_BxTxKxH, mask.kv_positions, cfg)
+            # With a cache the mask's kv positions are the cache's; the new keys sit at the
+            # new queries' positions.
+            k_positions = mask.kv_positions if kv is None else mask.q_positions
+            k_BxTxKxH = position.rotate(k_BxTxKxH, k_positions, cfg)
         q_BxTxNxH = constrain(
             checkpoint_name(q_BxTxNxH, "qkv"), ("batch", "length", "heads", "head_dim")
         )
@@ -56,9 +65,13 @@ class SelfAttention(nn.Module):
             checkpoint_name(v_BxTxKxH, "qkv"), ("batch", "length", "kv_heads", "head_dim")
         )
 
+        k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
+        if kv is not None:
+            kv = kv.write(k_BxTxKxH, v_BxTxKxH, start)
+            k_BxSxKxH, v_BxSxKxH = kv.keys(), kv.values()
         slopes = None if position.slopes is None else position.slopes(cfg)
         attend = ATTENTION.get(cfg.attention)
-        out_BxTxNxH = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes)
+        out_BxTxNxH = attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes=slopes)
         out_BxTxNxH = constrain(
             checkpoint_name(out_BxTxNxH, "attention_out"), ("batch", "length", "heads", "head_dim")
         )
@@ -72,7 +85,7 @@ class SelfAttention(nn.Module):
             cfg.param_dtype,
         )
         y_BxTxD = contract(out_BxTxNxH.astype(dtype), w_NxHxD.astype(dtype), dims=2)
-        if cfg.use_bias:
+        if cfg.has_out_bias:
             b_D = param(self, "out_bias", (D,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
             y_BxTxD = y_BxTxD + b_D.astype(dtype)
-        return y_BxTxD
+        return y_BxTxD if kv is None else (y_BxTxD, kv)

@@ -16,6 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 from llmjax.attention import Mask
 from llmjax.layers.common import constrain, dtype_of, normal
 from llmjax.layers.embeddings import Embedder
+from llmjax.layers.kv_cache import KVCache, LayerKV
 from llmjax.layers.mlp import MLPS
 from llmjax.layers.norms import NORMS
 from llmjax.layers.positions import POSITIONS
@@ -38,7 +39,9 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask: Mask) -> tuple[jax.Array, None]:
+    def __call__(
+        self, x_BxTxD: jax.Array, mask: Mask, kv: LayerKV | None = None, start=None
+    ) -> tuple[jax.Array, LayerKV | None]:
         cfg = self.cfg
         norm = NORMS.get(cfg.norm)
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
@@ -55,10 +58,18 @@ class Block(nn.Module):
 
         attention = SelfAttention(cfg, name="attention")
         mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
-        x_BxTxD = sublayer(x_BxTxD, lambda h: attention(h, mask), "attention")
+
+        def attend(h):
+            nonlocal kv
+            if kv is None:
+                return attention(h, mask)
+            y, kv = attention(h, mask, kv, start)
+            return y
+
+        x_BxTxD = sublayer(x_BxTxD, attend, "attention")
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
         x_BxTxD = sublayer(x_BxTxD, lambda h: checkpoint_name(mlp(h), "mlp_out"), "mlp")
-        return constrain(x_BxTxD, ACTIVATION), None
+        return constrain(x_BxTxD, ACTIVATION), kv
 
 
 def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
@@ -71,7 +82,12 @@ def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
 
 
 class Decoder(nn.Module):
-    """Token ids in, next-token logits (float32) out."""
+    """Token ids in, next-token logits (float32) out.
+
+    With a `cache` (llmjax.layers.kv_cache.KVCache) the tokens continue the cached ones: their
+    keys/values are written to the cache, positions default to each row's next positions
+    (negative positions mark padding), and the call returns (logits, updated cache).
+    """
 
     cfg: "ModelConfig"
 
@@ -84,20 +100,37 @@ class Decoder(nn.Module):
         *,
         deterministic: bool = True,
         return_hidden: bool = False,
-    ) -> Float[Array, "B T V"] | tuple[Float[Array, "B T V"], Float[Array, "B T D"]]:
+        cache: KVCache | None = None,
+    ) -> Float[Array, "B T V"] | tuple:
         cfg = self.cfg
         batch, length = tokens_BxT.shape
         position = POSITIONS.get(cfg.position)
         plain = positions_BxT is None
-        if plain:
-            if not position.extrapolates and length > cfg.max_seq_len:
+        start = None
+        if cache is not None:
+            if segments_BxT is not None:
                 raise ValueError(
-                    f"sequence length {length} is longer than the learned position table "
-                    f"(max_seq_len={cfg.max_seq_len}); truncate the input or train a model with "
-                    f"a larger max_seq_len (or a position scheme that extrapolates, e.g. rope)"
+                    "segments (packed documents) cannot be combined with a cache; give each "
+                    "sequence its own row"
                 )
-            positions_BxT = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        mask = Mask.causal_lm(positions_BxT, segments_BxT, window=cfg.attention_window, plain=plain)
+            if plain:
+                positions_BxT = cache.default_positions(length)
+            cache, mask, positions_BxT, start = cache.append(positions_BxT)
+        else:
+            if plain:
+                if not position.extrapolates and length > cfg.max_seq_len:
+                    raise ValueError(
+                        f"sequence length {length} is longer than the learned position table "
+                        f"(max_seq_len={cfg.max_seq_len}); truncate the input or train a model "
+                        f"with a larger max_seq_len (or a position scheme that extrapolates, "
+                        f"e.g. rope)"
+                    )
+                positions_BxT = jnp.broadcast_to(
+                    jnp.arange(length, dtype=jnp.int32), (batch, length)
+                )
+            mask = Mask.causal_lm(
+                positions_BxT, segments_BxT, window=cfg.attention_window, plain=plain
+            )
 
         embedder = Embedder(cfg, name="embed")
         x_BxTxD = embedder.encode(tokens_BxT)
@@ -110,19 +143,35 @@ class Decoder(nn.Module):
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
 
         block = _block_class(cfg)
-        if cfg.scan_layers:
-            stack = nn.scan(
-                block,
-                variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
-                length=cfg.n_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
+        # With a cache each layer also takes its k/v and the shared write slot, and hands back
+        # the updated k/v. In the scan layout the stacked cache travels in the scan's carry,
+        # each layer writing only its new slots in place.
+        scan = dict(
+            variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+            split_rngs={"params": True, "dropout": True},
+            length=cfg.n_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        if cfg.scan_layers and cache is None:
+            stack = nn.scan(block, in_axes=nn.broadcast, **scan)
             x_BxTxD, _ = stack(cfg, deterministic, name="blocks")(x_BxTxD, mask)
+        elif cfg.scan_layers:
+
+            def body(layer, carry, _):
+                x_BxTxD, kv = layer(carry[0], mask, carry[1], start)
+                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), None
+
+            carry = (x_BxTxD, cache.layers.replace(layer=jnp.zeros((), jnp.int32)))
+            stack = nn.scan(body, **scan)
+            (x_BxTxD, layers), _ = stack(block(cfg, deterministic, name="blocks"), carry, None)
+            layers = layers.replace(layer=None)
         else:
+            layers = []
             for i in range(cfg.n_layers):
-                x_BxTxD, _ = block(cfg, deterministic, name=f"blocks_{i}")(x_BxTxD, mask)
+                args = () if cache is None else (cache.layers[i], start)
+                x_BxTxD, kv = block(cfg, deterministic, name=f"blocks_{i}")(x_BxTxD, mask, *args)
+                layers.append(kv)
+            layers = tuple(layers)
 
         if cfg.norm_position == "pre":
             x_BxTxD = NORMS.get(cfg.norm)(cfg, deterministic=deterministic, name="final_norm")(
@@ -145,9 +194,8 @@ class Decoder(nn.Module):
             real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
             logits_BxTxV = jnp.where(real, logits_BxTxV, PADDED_LOGIT)
         logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
-        if return_hidden:
-            return logits_BxTxV, x_BxTxD
-        return logits_BxTxV
+        out = (logits_BxTxV, x_BxTxD) if return_hidden else logits_BxTxV
+        return out if cache is None else (out, cache.replace(layers=layers))
 
 
 # ----------------------------------------------------------------------------- params layout

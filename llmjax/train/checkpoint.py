@@ -41,8 +41,14 @@ class Checkpointer:
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, int]:
-        """Restores `step` (default: the newest that restores) onto abstract_state's shardings."""
+    def restore(
+        self, abstract_state: Any, step: int | None = None, *, partial: bool = False
+    ) -> tuple[Any, int]:
+        """Restores `step` (default: the newest that restores) onto abstract_state's shardings.
+
+        With `partial`, abstract_state may name a subset of what was saved (a dict of some of
+        the saved fields), and only that subset is read.
+        """
         steps = self.steps()
         if not steps:
             raise CheckpointError(
@@ -54,11 +60,11 @@ class Checkpointer:
                 raise CheckpointError(
                     f"no checkpoint for step {step} in {self.directory}; available: {steps}"
                 )
-            return self._restore(step, abstract_state), step
+            return self._restore(step, abstract_state, partial), step
         failures = []
         for candidate in reversed(steps):
             try:
-                state = self._restore(candidate, abstract_state)
+                state = self._restore(candidate, abstract_state, partial)
             except Exception as e:  # orbax raises many types for damaged directories
                 failures.append(f"step {candidate} ({self.directory / str(candidate)}): {e!s:.200}")
                 continue
@@ -75,8 +81,15 @@ class Checkpointer:
             f"none of the checkpoints in {self.directory} could be restored: " + "; ".join(failures)
         )
 
-    def _restore(self, step: int, abstract_state: Any) -> Any:
+    def _restore(self, step: int, abstract_state: Any, partial: bool = False) -> Any:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        if partial:
+            args = ocp.args.PyTreeRestore(
+                item=abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True,
+            )
+            return self.manager.restore(step, args=args)
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:

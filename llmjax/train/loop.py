@@ -336,9 +336,13 @@ def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
     if not run.tokenizer.exists():
         raise RunDirError(f"{run.path} has no tokenizer.json; it was not written by llmjax train")
     tokenizer = load_tokenizer(run.tokenizer)
+    # Sampling and evaluation need no optimizer state: it is not read (two thirds of a trained
+    # AdamW run's bytes), and runs made by `llmjax convert` do not store one.
+    full = abstract_state(cfg)
+    weights = {"step": full.step, "params": full.params, "model_state": full.model_state}
     with Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints) as ckpt:
-        state, step = ckpt.restore(abstract_state(cfg), step)
-    return LoadedRun(run, cfg, tokenizer, state.params, state.model_state, step)
+        restored, step = ckpt.restore(weights, step, partial=True)
+    return LoadedRun(run, cfg, tokenizer, restored["params"], restored["model_state"], step)
 
 
 __all__ = [

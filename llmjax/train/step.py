@@ -72,7 +72,7 @@ def make_train_step(
         )
         metrics = {
             **metrics,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
             "nonfinite_streak": streak,
             "nonfinite_total": total,

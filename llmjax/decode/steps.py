@@ -1,0 +1,226 @@
+"""An llmjax model as a `tokens_to_logits` function: with a KV cache, or by recomputation.
+
+Prompts of different lengths share one [B, T] array, padded on the left or the right; padding
+never counts: positions are each row's own (0, 1, ... over its real tokens), padding slots are
+invalid in the cache (or a separate segment without one), so a row's tokens and logits do not
+depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmjax.layers.kv_cache import KVCache, init_cache
+from llmjax.layers.positions import POSITIONS
+from llmjax.typing import Array, Bool, Float, Int
+
+PAD_MULTIPLE = 8  # prompt arrays are padded to a multiple of this, to reuse compiled programs
+
+
+def pad_prompts(
+    prompts: list[np.ndarray], *, padding: str = "left", length: int | None = None, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks 1-D prompts into (tokens [B, T], valid [B, T]), padded on the given side."""
+    if padding not in ("left", "right"):
+        raise ValueError(f"padding must be 'left' or 'right', got {padding!r}")
+    longest = max(len(p) for p in prompts)
+    T = length or -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+    tokens = np.full((len(prompts), T), pad_id, np.int32)
+    valid = np.zeros((len(prompts), T), bool)
+    for b, p in enumerate(prompts):
+        span = slice(T - len(p), T) if padding == "left" else slice(0, len(p))
+        tokens[b, span] = p
+        valid[b, span] = True
+    return tokens, valid
+
+
+def prompt_positions(valid_BxT: Bool[Array, "B T"]) -> Int[Array, "B T"]:
+    """0, 1, ... over each row's real tokens; -1 on padding."""
+    count = jnp.cumsum(valid_BxT, axis=1, dtype=jnp.int32) - 1
+    return jnp.where(valid_BxT, count, -1)
+
+
+def last_valid_index(valid_BxT: Bool[Array, "B T"]) -> Int[Array, " B"]:
+    T = valid_BxT.shape[1]
+    return (T - 1 - jnp.argmax(valid_BxT[:, ::-1], axis=1)).astype(jnp.int32)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Sizes for one generation call."""
+
+    prompt_len: int  # padded prompt length T
+    cache_len: int  # slots S
+    rolling: bool  # keep only the last S tokens (sliding-window models)
+    chunk: int  # prompt tokens per prefill call (T unless rolling)
+
+
+def plan_cache(
+    cfg, longest_prompt: int, max_new_tokens: int, *, use_cache: bool = True
+) -> CachePlan:
+    """Checks the lengths against the model's context and sizes the cache.
+
+    A sliding-window model whose positions extrapolate gets a rolling cache of window + chunk -
+    1 slots when that is smaller than prompt + new tokens; it may then take prompts longer than
+    max_seq_len (so may the no-cache mode, whose buffer holds everything). Otherwise the prompt
+    must fit the context, and with a learned position table so must prompt + max_new_tokens.
+    """
+    window = cfg.attention_window
+    extrapolates = POSITIONS.get(cfg.position).extrapolates
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    T = -(-longest_prompt // PAD_MULTIPLE) * PAD_MULTIPLE
+    if window is not None and extrapolates:
+        chunk = min(T, -(-window // PAD_MULTIPLE) * PAD_MULTIPLE)
+        rolling_len = window + chunk - 1
+        T_rolling = -(-longest_prompt // chunk) * chunk
+        if rolling_len < T_rolling + max_new_tokens:
+            if not use_cache:
+                return CachePlan(T, T + max_new_tokens, False, T)
+            return CachePlan(T_rolling, rolling_len, True, chunk)
+    if longest_prompt > cfg.max_seq_len:
+        raise ValueError(
+            f"a prompt of {longest_prompt} tokens is longer than the model's context "
+            f"(max_seq_len={cfg.max_seq_len}); shorten the prompt to at most {cfg.max_seq_len} "
+            f"tokens"
+        )
+    if not extrapolates and longest_prompt + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(
+            f"prompt ({longest_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"learned position table (max_seq_len={cfg.max_seq_len}); use max_new_tokens <= "
+            f"{cfg.max_seq_len - longest_prompt} or a shorter prompt"
+        )
+    return CachePlan(T, T + max_new_tokens, False, T)
+
+
+# ----------------------------------------------------------------------------- with a KV cache
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk"), donate_argnames=("cache",))
+def prefill(
+    model: nn.Module,
+    variables: Any,
+    tokens_BxT: Int[Array, "B T"],
+    valid_BxT: Bool[Array, "B T"],
+    cache: KVCache,
+    chunk: int,
+) -> tuple[Float[Array, "B V"], KVCache]:
+    """Writes the prompts into the cache (in chunks of `chunk` tokens, a multiple of T) and
+    returns each row's logits after its last real token."""
+    B, T = tokens_BxT.shape
+    positions_BxT = prompt_positions(valid_BxT)
+    last_B = last_valid_index(valid_BxT)
+    rows_B = jnp.arange(B)
+    if chunk == T:
+        logits_BxTxV, cache = model.apply(variables, tokens_BxT, positions_BxT, cache=cache)
+        return logits_BxTxV[rows_B, last_B], cache
+
+    def one_chunk(carry, xs):
+        cache, first_BxV = carry
+        c, tokens_BxC, positions_BxC = xs
+        logits_BxCxV, cache = model.apply(variables, tokens_BxC, positions_BxC, cache=cache)
+        here_B = last_B // chunk == c
+        first_BxV = jnp.where(here_B[:, None], logits_BxCxV[rows_B, last_B % chunk], first_BxV)
+        return (cache, first_BxV), None
+
+    n = T // chunk
+    split = lambda x: jnp.moveaxis(x.reshape(B, n, chunk), 1, 0)  # noqa: E731
+    V = model.cfg.padded_vocab_size
+    first = jnp.zeros((B, V), jnp.float32)
+    (cache, first), _ = jax.lax.scan(
+        one_chunk, (cache, first), (jnp.arange(n), split(tokens_BxT), split(positions_BxT))
+    )
+    return first, cache
+
+
+@functools.cache
+def cached_step(model: nn.Module):
+    """tokens_to_logits over a KVCache (one function object per model, so jit caches hit)."""
+
+    def step(variables, token_B, cache: KVCache):
+        logits_Bx1xV, cache = model.apply(variables, token_B[:, None], cache=cache)
+        return logits_Bx1xV[:, 0], cache
+
+    return step
+
+
+# ----------------------------------------------------------------------------- recomputation
+
+
+@flax.struct.dataclass
+class TokenBuffer:
+    """The whole sequence so far in a fixed [B, S] buffer: the no-cache baseline's state."""
+
+    tokens: Int[Array, "B S"]
+    valid: Bool[Array, "B S"]
+    index: Int[Array, ""]  # next slot to write
+
+    def take(self, rows_R: Int[Array, " R"]) -> TokenBuffer:
+        return self.replace(tokens=self.tokens[rows_R], valid=self.valid[rows_R])
+
+
+def _full_logits(model, variables, buffer: TokenBuffer) -> Float[Array, "B S V"]:
+    # Padding and unwritten slots form their own segment (0), invisible to real tokens (1).
+    positions_BxS = jnp.maximum(prompt_positions(buffer.valid), 0)
+    segments_BxS = buffer.valid.astype(jnp.int32)
+    return model.apply(variables, buffer.tokens, positions_BxS, segments_BxS)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length"))
+def prefill_no_cache(
+    model: nn.Module,
+    variables: Any,
+    tokens_BxT: Int[Array, "B T"],
+    valid_BxT: Bool[Array, "B T"],
+    length: int,
+) -> tuple[Float[Array, "B V"], TokenBuffer]:
+    """The prompts in a buffer of `length` slots, and the logits after each last real token."""
+    B, T = tokens_BxT.shape
+    pad = ((0, 0), (0, length - T))
+    buffer = TokenBuffer(jnp.pad(tokens_BxT, pad), jnp.pad(valid_BxT, pad), jnp.asarray(T))
+    logits_BxSxV = _full_logits(model, variables, buffer)
+    return logits_BxSxV[jnp.arange(B), last_valid_index(valid_BxT)], buffer
+
+
+@functools.cache
+def recompute_step(model: nn.Module):
+    """tokens_to_logits that reruns the model over the whole buffer every step."""
+
+    def step(variables, token_B, buffer: TokenBuffer):
+        at = (0, buffer.index)
+        buffer = TokenBuffer(
+            jax.lax.dynamic_update_slice(buffer.tokens, token_B[:, None], at),
+            jax.lax.dynamic_update_slice(buffer.valid, jnp.ones_like(buffer.valid[:, :1]), at),
+            buffer.index + 1,
+        )
+        logits_BxSxV = _full_logits(model, variables, buffer)
+        return jax.lax.dynamic_index_in_dim(logits_BxSxV, buffer.index - 1, 1, False), buffer
+
+    return step
+
+
+def start(
+    model: nn.Module,
+    variables: Any,
+    tokens_BxT: np.ndarray,
+    valid_BxT: np.ndarray,
+    plan: CachePlan,
+    *,
+    use_cache: bool = True,
+):
+    """(tokens_to_logits, first logits, model state) for prompts already padded to the plan."""
+    tokens_BxT, valid_BxT = jnp.asarray(tokens_BxT), jnp.asarray(valid_BxT)
+    if use_cache:
+        cache = init_cache(model.cfg, tokens_BxT.shape[0], plan.cache_len, rolling=plan.rolling)
+        first, cache = prefill(model, variables, tokens_BxT, valid_BxT, cache, plan.chunk)
+        return cached_step(model), first, cache
+    first, buffer = prefill_no_cache(model, variables, tokens_BxT, valid_BxT, plan.cache_len)
+    return recompute_step(model), first, buffer

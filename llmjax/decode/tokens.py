@@ -1,0 +1,126 @@
+"""Batched generation on token ids for an llmjax model: sampling or beam search."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from llmjax.decode import steps
+from llmjax.decode.beam import BeamOutput, beam_search
+from llmjax.decode.loop import DecodeOutput, OnChunk, decode
+from llmjax.decode.samplers import SamplingConfig
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[np.ndarray]:
+    """1-D int32 arrays of ids in [0, vocab_size); an empty prompt is an error."""
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 1:
+        raise ValueError("prompts must be a list of token-id sequences (one per row), got 1-D ids")
+    out = []
+    if len(prompts) == 0:
+        raise ValueError("no prompts given; pass at least one token-id sequence")
+    for i, p in enumerate(prompts):
+        ids = np.asarray(p)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(
+                f"prompt {i} is empty (or not 1-D); every prompt needs at least one token, "
+                f"e.g. the tokenizer's BOS id"
+            )
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"prompt {i} must hold integer token ids, got dtype {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+            raise ValueError(f"prompt {i} has token id {bad}; valid ids: 0..{vocab_size - 1}")
+        out.append(ids.astype(np.int32))
+    return out
+
+
+def _start(model, variables, prompts, max_new_tokens, use_cache, padding):
+    cfg = model.cfg
+    prompts = check_prompts(prompts, cfg.vocab_size)
+    plan = steps.plan_cache(cfg, max(len(p) for p in prompts), max_new_tokens, use_cache=use_cache)
+    if plan.rolling:
+        padding = "left"  # right padding would evict real tokens from a rolling cache
+    tokens_BxT, valid_BxT = steps.pad_prompts(prompts, padding=padding, length=plan.prompt_len)
+    fn, first_BxV, state = steps.start(
+        model, variables, tokens_BxT, valid_BxT, plan, use_cache=use_cache
+    )
+    return fn, first_BxV, state, tokens_BxT, valid_BxT
+
+
+def generate_tokens(
+    model: nn.Module,
+    variables: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    key: jax.Array,
+    sampling: SamplingConfig | None = None,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    use_cache: bool = True,
+    padding: str = "left",
+    on_chunk: OnChunk | None = None,
+    chunk_size: int | None = None,
+) -> DecodeOutput:
+    """Continues each prompt (a sequence of ids; lengths may differ) by up to max_new_tokens.
+
+    `variables` are the model's {"params": ..., **model_state}. `key` is one PRNG key (row b
+    uses fold_in(key, b)) or one key per row. `use_cache=False` recomputes the whole sequence
+    every step (the baseline the cache is measured against). Rows stop at any of `stop_ids`.
+    """
+    fn, first_BxV, state, tokens_BxT, valid_BxT = _start(
+        model, variables, prompts, max_new_tokens, use_cache, padding
+    )
+    sampling = SamplingConfig() if sampling is None else sampling
+    needs_prompt = {"repetition", "no_repeat_ngram"} & set(sampling.stages())
+    return decode(
+        fn,
+        variables,
+        state,
+        first_BxV,
+        max_new_tokens=max_new_tokens,
+        key=key,
+        sampling=sampling,
+        stop_ids=stop_ids,
+        pad_id=pad_id,
+        prompt_BxP=tokens_BxT if needs_prompt else None,
+        prompt_valid_BxP=valid_BxT if needs_prompt else None,
+        on_chunk=on_chunk,
+        chunk_size=chunk_size,
+    )
+
+
+def beam_search_tokens(
+    model: nn.Module,
+    variables: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    length_penalty: float = 1.0,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    padding: str = "left",
+) -> BeamOutput:
+    """Beam search from each prompt; returns num_beams hypotheses per prompt, best first."""
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams={num_beams!r} is out of range; valid: an integer >= 1")
+    fn, first_BxV, state, _, _ = _start(
+        model, variables, prompts, max_new_tokens, use_cache, padding
+    )
+    return beam_search(
+        fn,
+        variables,
+        state,
+        first_BxV,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos_ids,
+        length_penalty=length_penalty,
+        pad_id=pad_id,
+    )

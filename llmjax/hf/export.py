@@ -1,0 +1,89 @@
+"""Writing llmjax params as a Hugging Face checkpoint directory that `transformers` loads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmjax.config import DTYPES, Config, ConfigError, ModelConfig
+from llmjax.data import BPETokenizer, Tokenizer
+from llmjax.hf.family import choose_family
+from llmjax.hf.outdir import check_new, fresh_directory
+from llmjax.hf.params import export_layout, write_tensors
+from llmjax.hf.safetensors_io import write_safetensors
+
+log = logging.getLogger(__name__)
+
+
+def _token(tokenizer: BPETokenizer, i: int | None) -> str | None:
+    return None if i is None else tokenizer.hf.id_to_token(i)
+
+
+def _write_tokenizer(tokenizer: BPETokenizer, directory: Path, max_seq_len: int) -> None:
+    (directory / "tokenizer.json").write_text(tokenizer.to_json())
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_seq_len,
+        "bos_token": _token(tokenizer, tokenizer.bos_id),
+        "eos_token": _token(tokenizer, tokenizer.eos_id),
+        "pad_token": _token(tokenizer, tokenizer.pad_id),
+    }
+    text = json.dumps({k: v for k, v in config.items() if v is not None}, indent=2)
+    (directory / "tokenizer_config.json").write_text(text + "\n")
+
+
+def export_hf(
+    cfg: Config | ModelConfig,
+    params: dict[str, Any],
+    out: str | Path,
+    *,
+    tokenizer: Tokenizer | None = None,
+    model_type: str | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Writes `out/` with config.json, model.safetensors and (for BPE) tokenizer files.
+
+    `model_type` picks the HF family (default: the first that holds the model exactly, else one
+    that only adds zero biases); `dtype` casts the weights (default: the params' own). `out`
+    must not exist.
+    """
+    model_cfg = cfg.model if isinstance(cfg, Config) else cfg
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not known; valid choices: {', '.join(DTYPES)}")
+    check_new(out)
+    family = choose_family(model_cfg, model_type)
+    target, flat = export_layout(family, model_cfg, params)
+    out_dtype = np.dtype(dtype or next(iter(flat.values())).dtype)
+    tensors = write_tensors(family, target, flat, out_dtype)
+    del flat
+    hf_config = {
+        "architectures": [family.architecture],
+        "model_type": family.model_type,
+        **family.config_to_hf(target),
+        "tie_word_embeddings": target.tie_embeddings,
+        "torch_dtype": out_dtype.name,
+        "use_cache": True,
+    }
+    bpe = tokenizer if isinstance(tokenizer, BPETokenizer) else None
+    # Always written: transformers' defaults (e.g. GPT-2's 50256) may not exist in this vocab.
+    hf_config.update(
+        bos_token_id=None if tokenizer is None else tokenizer.bos_id,
+        eos_token_id=None if tokenizer is None else tokenizer.eos_id,
+        pad_token_id=None if tokenizer is None else tokenizer.pad_id,
+    )
+    if tokenizer is not None and bpe is None:
+        log.warning(
+            "the %s tokenizer has no Hugging Face form; %s gets no tokenizer.json",
+            tokenizer.kind,
+            out,
+        )
+    with fresh_directory(out) as tmp:
+        write_safetensors(tensors, tmp)
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        if bpe is not None:
+            _write_tokenizer(bpe, tmp, target.max_seq_len)
+    return Path(out)

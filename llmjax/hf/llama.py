@@ -1,0 +1,294 @@
+"""The Llama family: Llama 2/3 (`llama`), Mistral (sliding window) and Qwen2 (q/k/v biases).
+
+All three are pre-RMSNorm, SwiGLU, RoPE decoders with grouped-query attention; llmjax's RoPE
+already rotates the two halves of each head as transformers does, so q/k weights are copied
+without a permutation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from llmjax.config import ModelConfig, RopeScaling
+from llmjax.hf.family import (
+    HFError,
+    HFFamily,
+    TensorMap,
+    bias,
+    linear,
+    mismatch,
+    register_hf,
+    required,
+    same,
+)
+
+# transformers' rope_type -> llmjax RopeScaling.kind, for the kinds whose formulas match.
+ROPE_FROM_HF = {"default": "none", "linear": "linear", "llama3": "llama3"}
+ROPE_TO_HF = {kind: rope_type for rope_type, kind in ROPE_FROM_HF.items()}
+
+
+def rope_from_hf(hf: dict[str, Any], model_type: str) -> tuple[float, RopeScaling]:
+    """(theta, scaling) from `rope_theta` + `rope_scaling` (transformers 4) or
+    `rope_parameters` (transformers 5)."""
+    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ROPE_FROM_HF:
+        raise HFError(
+            f"config.json (model_type={model_type!r}) uses RoPE scaling {rope_type!r}; llmjax "
+            f"converts: {', '.join(ROPE_FROM_HF)}"
+        )
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise HFError("partial_rotary_factor != 1 (RoPE on part of each head) is not supported")
+    kind = ROPE_FROM_HF[rope_type]
+    if kind == "none":
+        return theta, RopeScaling()
+    factor = float(required(params, "factor", model_type))
+    if kind == "linear":
+        return theta, RopeScaling(kind, factor)
+    return theta, RopeScaling(
+        kind,
+        factor,
+        original_max_seq_len=int(required(params, "original_max_position_embeddings", model_type)),
+        low_freq_factor=float(required(params, "low_freq_factor", model_type)),
+        high_freq_factor=float(required(params, "high_freq_factor", model_type)),
+    )
+
+
+def rope_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """`rope_theta` and `rope_scaling`, the keys both transformers 4 and 5 read."""
+    s = cfg.rope_scaling
+    out: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_scaling": None}
+    if s.kind == "linear":
+        out["rope_scaling"] = {"rope_type": "linear", "factor": s.factor}
+    elif s.kind == "llama3":
+        out["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "original_max_position_embeddings": s.original_max_seq_len or cfg.max_seq_len,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+        }
+    return out
+
+
+@register_hf("llama")
+class Llama(HFFamily):
+    """Llama 2 and 3 (3.1/3.2 "llama3" RoPE scaling), and models saved as `llama`."""
+
+    architecture = "LlamaForCausalLM"
+    base_prefix = "model."
+    ignored = (r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+    export_rank = 0
+
+    # ---- the parts the variants change
+    def window_from_hf(self, hf: dict[str, Any]) -> int | None:
+        return None
+
+    def biases_from_hf(self, hf: dict[str, Any]) -> dict[str, bool | None]:
+        attention = bool(hf.get("attention_bias", False))
+        return {
+            "qkv_bias": attention or None,
+            "out_bias": attention or None,
+            "mlp_bias": bool(hf.get("mlp_bias", False)) or None,
+        }
+
+    def extra_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        return {"attention_bias": cfg.has_qkv_bias, "mlp_bias": cfg.has_mlp_bias}
+
+    def variant_cannot_express(self, cfg: ModelConfig) -> list[str]:
+        return mismatch(cfg, "attention_window", None, "Llama")
+
+    def export_config(self, cfg: ModelConfig) -> ModelConfig:
+        # One `attention_bias` switch covers q, k, v and o: a missing one is exported as zeros.
+        attention = cfg.has_qkv_bias or cfg.has_out_bias
+        return dataclasses.replace(
+            cfg,
+            use_bias=False,
+            qkv_bias=attention or None,
+            out_bias=attention or None,
+            mlp_bias=cfg.has_mlp_bias or None,
+        )
+
+    # ---- shared by the family
+    def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
+        t = self.model_type
+        activation = hf.get("hidden_act", "silu")
+        if activation != "silu":
+            raise HFError(
+                f"config.json (model_type={t!r}) has hidden_act={activation!r}; llmjax's SwiGLU "
+                f"MLP uses silu"
+            )
+        d_model = required(hf, "hidden_size", t)
+        n_heads = required(hf, "num_attention_heads", t)
+        n_kv = hf.get("num_key_value_heads") or n_heads
+        head_dim = hf.get("head_dim") or d_model // n_heads
+        theta, scaling = rope_from_hf(hf, t)
+        return ModelConfig(
+            vocab_size=required(hf, "vocab_size", t),
+            max_seq_len=required(hf, "max_position_embeddings", t),
+            d_model=d_model,
+            n_layers=required(hf, "num_hidden_layers", t),
+            n_heads=n_heads,
+            n_kv_heads=None if n_kv == n_heads else n_kv,
+            head_dim=None if head_dim * n_heads == d_model else head_dim,
+            d_ff=required(hf, "intermediate_size", t),
+            mlp="swiglu",
+            norm="rmsnorm",
+            norm_position="pre",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            position="rope",
+            rope_theta=theta,
+            rope_scaling=scaling,
+            attention_window=self.window_from_hf(hf),
+            use_bias=False,
+            **self.biases_from_hf(hf),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            init_std=hf.get("initializer_range", 0.02),
+        )
+
+    def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        return {
+            "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_seq_len,
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.ffn_dim,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.kv_heads,
+            "head_dim": cfg.dim_head,
+            "hidden_act": "silu",
+            "rms_norm_eps": cfg.norm_eps,
+            "initializer_range": cfg.init_std,
+            **rope_to_hf(cfg),
+            **self.extra_to_hf(cfg),
+        }
+
+    def tensors(self, cfg: ModelConfig) -> list[TensorMap]:
+        V, D, F = cfg.vocab_size, cfg.d_model, cfg.ffn_dim
+        N, K, H = cfg.n_heads, cfg.kv_heads, cfg.dim_head
+        L, A = "model.layers.{i}.", "blocks/attention/"
+        maps = [
+            same("model.embed_tokens.weight", "embed/embedding", (V, D)),
+            same("model.norm.weight", "final_norm/scale", (D,)),
+            same(L + "input_layernorm.weight", "blocks/attention_norm/scale", (D,)),
+            same(L + "post_attention_layernorm.weight", "blocks/mlp_norm/scale", (D,)),
+            linear(L + "self_attn.q_proj.weight", A + "query_kernel", (D,), (N, H)),
+            linear(L + "self_attn.k_proj.weight", A + "key_kernel", (D,), (K, H)),
+            linear(L + "self_attn.v_proj.weight", A + "value_kernel", (D,), (K, H)),
+            linear(L + "self_attn.o_proj.weight", A + "out_kernel", (N, H), (D,)),
+            linear(L + "mlp.gate_proj.weight", "blocks/mlp/gate/kernel", (D,), (F,)),
+            linear(L + "mlp.up_proj.weight", "blocks/mlp/up/kernel", (D,), (F,)),
+            linear(L + "mlp.down_proj.weight", "blocks/mlp/down/kernel", (F,), (D,)),
+        ]
+        if cfg.has_qkv_bias:
+            maps += [
+                bias(L + "self_attn.q_proj.bias", A + "query_bias", (N, H)),
+                bias(L + "self_attn.k_proj.bias", A + "key_bias", (K, H)),
+                bias(L + "self_attn.v_proj.bias", A + "value_bias", (K, H)),
+            ]
+        if cfg.has_out_bias:
+            maps.append(same(L + "self_attn.o_proj.bias", A + "out_bias", (D,)))
+        if cfg.has_mlp_bias:
+            maps += [
+                same(L + "mlp.gate_proj.bias", "blocks/mlp/gate/bias", (F,)),
+                same(L + "mlp.up_proj.bias", "blocks/mlp/up/bias", (F,)),
+                same(L + "mlp.down_proj.bias", "blocks/mlp/down/bias", (D,)),
+            ]
+        if not cfg.tie_embeddings:
+            maps.append(linear("lm_head.weight", "lm_head/kernel", (D,), (V,)))
+        return maps
+
+    def cannot_express(self, cfg: ModelConfig) -> list[str]:
+        name = type(self).__name__
+        reasons = []
+        for field, wanted in (
+            ("arch", "transformer"),
+            ("position", "rope"),
+            ("norm", "rmsnorm"),
+            ("mlp", "swiglu"),
+            ("norm_position", "pre"),
+            ("residual", True),
+        ):
+            reasons += mismatch(cfg, field, wanted, name)
+        if cfg.rope_scaling.kind not in ROPE_TO_HF:
+            reasons.append(
+                f"RoPE scaling {cfg.rope_scaling.kind!r} has no transformers equivalent here "
+                f"(exportable: {', '.join(ROPE_TO_HF)})"
+            )
+        return reasons + self.variant_cannot_express(cfg)
+
+
+@register_hf("mistral")
+class Mistral(Llama):
+    """Mistral: Llama without biases, with an optional sliding attention window."""
+
+    architecture = "MistralForCausalLM"
+    export_rank = 1
+
+    def window_from_hf(self, hf: dict[str, Any]) -> int | None:
+        return hf.get("sliding_window")
+
+    def biases_from_hf(self, hf: dict[str, Any]) -> dict[str, bool | None]:
+        return {}
+
+    def extra_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        return {"sliding_window": cfg.attention_window}
+
+    def variant_cannot_express(self, cfg: ModelConfig) -> list[str]:
+        if cfg.has_qkv_bias or cfg.has_out_bias or cfg.has_mlp_bias:
+            return ["Mistral has no attention or MLP biases"]
+        return []
+
+    def export_config(self, cfg: ModelConfig) -> ModelConfig:
+        return cfg
+
+
+@register_hf("qwen2")
+class Qwen2(Llama):
+    """Qwen2 / Qwen2.5: biases on q, k and v only; a sliding window if every layer uses it."""
+
+    architecture = "Qwen2ForCausalLM"
+    export_rank = 2
+
+    def window_from_hf(self, hf: dict[str, Any]) -> int | None:
+        n_layers = required(hf, "num_hidden_layers", "qwen2")
+        window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
+        layer_types = hf.get("layer_types") or [
+            "sliding_attention"
+            if window is not None and i >= hf.get("max_window_layers", n_layers)
+            else "full_attention"
+            for i in range(n_layers)
+        ]
+        kinds = set(layer_types)
+        if kinds == {"full_attention"}:
+            return None
+        if kinds == {"sliding_attention"} and window is not None:
+            return window
+        raise HFError(
+            f"this Qwen2 checkpoint has layer_types={layer_types} with use_sliding_window="
+            f"{hf.get('use_sliding_window', False)} and sliding_window={hf.get('sliding_window')}; "
+            f"llmjax runs either full attention in every layer or the same window in every layer"
+        )
+
+    def biases_from_hf(self, hf: dict[str, Any]) -> dict[str, bool | None]:
+        return {"qkv_bias": True}
+
+    def extra_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        window = cfg.attention_window
+        return {
+            "use_sliding_window": window is not None,
+            "sliding_window": window,
+            "max_window_layers": 0 if window is not None else cfg.n_layers,
+            "layer_types": ["sliding_attention" if window is not None else "full_attention"]
+            * cfg.n_layers,
+        }
+
+    def variant_cannot_express(self, cfg: ModelConfig) -> list[str]:
+        if cfg.has_out_bias or cfg.has_mlp_bias:
+            return ["Qwen2 has biases on q, k and v only (none on o_proj or the MLP)"]
+        return []
+
+    def export_config(self, cfg: ModelConfig) -> ModelConfig:
+        return dataclasses.replace(cfg, use_bias=False, qkv_bias=True, out_bias=None, mlp_bias=None)

@@ -1,0 +1,81 @@
+"""Converting a Hugging Face checkpoint directory to an llmjax run directory, and back.
+
+A converted run holds config.json, tokenizer.json and an orbax checkpoint at step 0 with the
+step, params and model state, but no optimizer state: `load_run` reads only those, so
+`llmjax sample` and `llmjax eval` work on it, and a float32 AdamW state would triple the bytes
+written for no use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from llmjax.config import save_config
+from llmjax.hf.export import export_hf
+from llmjax.hf.family import HFError
+from llmjax.hf.load import load_hf, load_tokenizer_file
+from llmjax.hf.outdir import check_new, fresh_directory
+from llmjax.train.checkpoint import Checkpointer
+from llmjax.train.loop import load_run
+from llmjax.train.rundir import RunDir
+from llmjax.train.state import TrainState
+
+
+def convert_from_hf(
+    hf_dir: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "float32",
+    tokenizer: str | Path | None = None,
+) -> Path:
+    """Writes a new llmjax run directory `out` from a HF checkpoint directory.
+
+    `tokenizer` is a tokenizer.json to use when `hf_dir` has none (a run needs one).
+    """
+    check_new(out)
+    loaded = load_hf(hf_dir, dtype=dtype)
+    tok = loaded.tokenizer
+    if tokenizer is not None:
+        tok = load_tokenizer_file(tokenizer, loaded.config.model.vocab_size)
+    if tok is None:
+        raise HFError(
+            f"{hf_dir} has no tokenizer.json, and a run needs one to turn text into ids; pass "
+            f"--tokenizer FILE (the model's HF tokenizer.json)"
+        )
+    run_tokenizer = Path(out).absolute() / "tokenizer.json"
+    cfg = dataclasses.replace(
+        loaded.config, data=dataclasses.replace(loaded.config.data, tokenizer=str(run_tokenizer))
+    )
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=loaded.params, opt_state=None, model_state={}
+    )
+    with fresh_directory(out) as tmp:
+        run = RunDir(tmp)
+        save_config(cfg, run.config)
+        tok.save(tmp)
+        with Checkpointer(run.checkpoints, keep=1, async_save=False) as ckpt:
+            ckpt.save(0, state)
+    return Path(out)
+
+
+def convert_to_hf(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    model_type: str | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Writes a new HF checkpoint directory `out` from an llmjax run's newest checkpoint."""
+    check_new(out)
+    loaded = load_run(run_dir)
+    return export_hf(
+        loaded.config,
+        loaded.params,
+        out,
+        tokenizer=loaded.tokenizer,
+        model_type=model_type,
+        dtype=dtype,
+    )

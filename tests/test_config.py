@@ -1,0 +1,106 @@
+"""Configs: validation messages, presets, overrides, serialization."""
+
+import dataclasses
+
+import pytest
+
+from llmjax.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    ModelConfig,
+    apply_overrides,
+    from_dict,
+    get_preset,
+    load_config,
+    save_config,
+    to_dict,
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(d_model=130, n_heads=4), r"d_model=130 is not divisible by n_heads=4.*e\.g\. 128"),
+        (dict(n_heads=4, n_kv_heads=3), r"n_kv_heads=3 does not divide n_heads=4"),
+        (dict(position="rope", d_model=20, n_heads=4), r"RoPE.*head_dim must be even.*head_dim=5"),
+        (dict(norm="groupnorm"), r"norm='groupnorm' is not known; valid choices: batchnorm, "),
+        (dict(attention="nope"), r"attention='nope' is not known; valid choices:.*reference"),
+        (dict(remat="some"), r"remat='some' is not known; valid choices:.*full"),
+        (dict(n_layers=0), r"n_layers must be a positive integer"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(dtype="float64"), r"dtype='float64' is not known"),
+    ],
+)
+def test_bad_model_configs_say_how_to_fix_them(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**fields)
+
+
+def test_sequence_longer_than_learned_table_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"data.seq_len=128 is longer than the learned position"):
+        apply_overrides(get_preset("nano"), ["data.seq_len=128"])
+    # RoPE has no table: a longer training window is allowed.
+    apply_overrides(get_preset("nano"), ["model.position=rope", "data.seq_len=128"])
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ConfigError, match="valid presets: test-tiny, nano"):
+        get_preset("gpt5")
+
+
+def test_overrides_parse_types():
+    cfg = apply_overrides(
+        get_preset("nano"),
+        [
+            "model.n_layers=6",
+            "optim.lr=3e-4",
+            "model.use_bias=true",
+            "optim.clip_norm=none",
+            "model.norm=rmsnorm",
+            "data.path=/tmp/x.txt",
+            "model.rope_scaling.factor=2",
+        ],
+    )
+    assert cfg.model.n_layers == 6 and cfg.optim.lr == 3e-4 and cfg.model.use_bias is True
+    assert cfg.optim.clip_norm is None and cfg.model.norm == "rmsnorm"
+    assert cfg.data.path == "/tmp/x.txt" and cfg.model.rope_scaling.factor == 2.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.n_layers=abc", r"model.n_layers expects an integer, got 'abc'"),
+        ("model.use_bias=maybe", r"expects a boolean"),
+        ("model.depth=3", r"unknown option 'model.depth'.*valid fields: arch, vocab_size"),
+        ("modle.n_layers=3", r"unknown option 'modle.n_layers'.*valid fields: model, data"),
+        ("model=3", r"'model' is a section"),
+        ("model.n_layers", r"must look like section.field=value"),
+        ("optim.lr=-1", r"optim.lr must be > 0"),
+    ],
+)
+def test_bad_overrides_are_explained(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(get_preset("nano"), [override])
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_round_trip_through_json(name, tmp_path):
+    cfg = PRESETS[name]
+    save_config(cfg, tmp_path / "c.json")
+    assert load_config(tmp_path / "c.json") == cfg
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_from_dict_rejects_unknown_fields():
+    data = to_dict(Config())
+    data["model"]["colour"] = "blue"
+    with pytest.raises(ConfigError, match=r"config.model: unknown field\(s\) \['colour'\]"):
+        from_dict(data)
+
+
+def test_derived_sizes():
+    llama = PRESETS["llama-1b"].model
+    assert (llama.kv_heads, llama.dim_head, llama.ffn_dim) == (8, 64, 8192)
+    assert PRESETS["gpt2-small"].model.padded_vocab_size == 50304
+    assert dataclasses.replace(PRESETS["nano"].model, mlp="swiglu").ffn_dim == 384

@@ -1,0 +1,283 @@
+"""Run directories from and to Hugging Face checkpoints, the CLI, exporting llmjax-born models,
+and tokenizer ids against transformers."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmjax.cli import main
+from llmjax.config import Config, ModelConfig, save_config
+from llmjax.data import BPETokenizer, ByteTokenizer, load_tokenizer, prepare_data, val_batches
+from llmjax.hf import HFError, convert_from_hf, convert_to_hf, export_hf
+from llmjax.hf.params import abstract_params, unflatten
+from llmjax.models import build_model
+from llmjax.train.checkpoint import Checkpointer
+from llmjax.train.loop import create_state, load_run
+from tests.hf_helpers import (
+    TOKENIZER_TEXT,
+    build_tokenizer_json,
+    make_hf_model,
+    random_tokens,
+    save_hf_model,
+)
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_logits(model, tokens) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(tokens, np.int64))).logits.numpy()
+
+
+def _llmjax_logits(cfg: ModelConfig, params, tokens) -> np.ndarray:
+    model = build_model(cfg)
+    return np.asarray(jax.jit(lambda p, t: model.apply({"params": p}, t))(params, tokens))
+
+
+def _load_hf(directory):
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        directory, attn_implementation="eager"
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def byte_level_json(tmp_path_factory):
+    return build_tokenizer_json(tmp_path_factory.mktemp("tok") / "tokenizer.json", "byte-level")
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory, byte_level_json):
+    """(HF dir with tokenizer.json, transformers model) of a tiny GPT-2 over the tokenizer."""
+    vocab = BPETokenizer.from_file(byte_level_json).vocab_size
+    model = make_hf_model("gpt2", vocab_size=vocab)
+    directory = tmp_path_factory.mktemp("gpt2")
+    return save_hf_model(model, directory, tokenizer_json=byte_level_json), model
+
+
+@pytest.fixture(scope="module")
+def gpt2_run(gpt2, tmp_path_factory):
+    return convert_from_hf(gpt2[0], tmp_path_factory.mktemp("runs") / "gpt2")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_from_hf_writes_a_run_that_load_run_reads(gpt2, tmp_path, capsys):
+    directory, hf = gpt2
+    run = tmp_path / "runs" / "gpt2"
+    assert main(["convert", "--from-hf", str(directory), "--out", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"out": str(run)}
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "tokenizer.json"]
+    loaded = load_run(run)
+    assert loaded.step == 0 and loaded.config.model.max_seq_len == hf.config.n_positions
+    wte = hf.transformer.wte.weight.detach().numpy()
+    np.testing.assert_array_equal(np.asarray(loaded.params["embed"]["embedding"]), wte)
+    assert loaded.tokenizer == BPETokenizer.from_file(directory / "tokenizer.json")
+
+
+def test_cli_sample_on_converted_run_matches_transformers_greedy(gpt2, gpt2_run, capsys):
+    _, hf = gpt2
+    tokenizer = load_tokenizer(gpt2_run)
+    prompt = tokenizer.encode("The quick brown")
+    with torch.no_grad():
+        ids = hf.generate(
+            torch.as_tensor(prompt[None].astype(np.int64)),
+            attention_mask=torch.ones((1, len(prompt)), dtype=torch.long),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=0,
+        )[0].numpy()
+    argv = ["sample", "--run", str(gpt2_run), "--prompt", "The quick brown"]
+    assert main([*argv, "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == tokenizer.decode(ids) + "\n"
+
+
+def test_cli_eval_on_converted_run_matches_transformers_loss(
+    gpt2, gpt2_run, tiny_text_file, capsys
+):
+    _, hf = gpt2
+    argv = ["eval", "--run", str(gpt2_run), "--data", str(tiny_text_file), "--batches", "1"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    cfg = load_run(gpt2_run).config
+    data = prepare_data(tiny_text_file, load_tokenizer(gpt2_run), val_fraction=0.1)
+    batch = next(val_batches(data.val, batch_size=cfg.data.batch_size, seq_len=cfg.seq_len))
+    log_probs = torch.log_softmax(torch.as_tensor(_hf_logits(hf, batch["inputs"])), -1).numpy()
+    nll = -np.take_along_axis(log_probs, batch["targets"][..., None], -1)[..., 0]
+    want = (nll * batch["mask"]).sum() / batch["mask"].sum()
+    assert abs(result["loss"] - want) < 1e-4
+
+
+def test_cli_to_hf_round_trip_with_tokenizer(gpt2, gpt2_run, tmp_path, capsys):
+    _, hf = gpt2
+    out = tmp_path / "gpt2-hf"
+    assert main(["convert", "--to-hf", str(gpt2_run), "--out", str(out)]) == 0
+    back = _load_hf(out)
+    tokens = random_tokens(2, 16, vocab_size=hf.config.vocab_size)
+    np.testing.assert_allclose(_hf_logits(back, tokens), _hf_logits(hf, tokens), atol=1e-6)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ours = load_tokenizer(gpt2_run)
+    text = TOKENIZER_TEXT[:300]
+    assert hf_tokenizer(text, add_special_tokens=False)["input_ids"] == ours.encode(text).tolist()
+
+
+@pytest.mark.parametrize("direction", ["--from-hf", "--to-hf"])
+@pytest.mark.parametrize("empty", [True, False])
+def test_cli_refuses_existing_out(gpt2, gpt2_run, tmp_path, capsys, direction, empty):
+    out = tmp_path / "exists"
+    out.mkdir()
+    if not empty:
+        (out / "keep.txt").write_text("mine")
+    source = gpt2[0] if direction == "--from-hf" else gpt2_run
+    assert main(["convert", direction, str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "llmjax convert: error:" in err and "already exists" in err and str(out) in err
+    assert [p.name for p in out.iterdir()] == ([] if empty else ["keep.txt"])
+    assert empty or (out / "keep.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- run dirs
+
+
+@pytest.fixture(scope="module")
+def metaspace_json(tmp_path_factory):
+    return build_tokenizer_json(tmp_path_factory.mktemp("tok") / "tokenizer.json", "metaspace")
+
+
+def test_llama_run_round_trip(metaspace_json, tmp_path):
+    vocab = BPETokenizer.from_file(metaspace_json).vocab_size
+    hf = make_hf_model("llama-gqa-llama3-untied", vocab_size=vocab)
+    directory = save_hf_model(hf, tmp_path / "llama", tokenizer_json=metaspace_json)
+    run = convert_from_hf(directory, tmp_path / "run")
+    loaded = load_run(run)
+    tokens = random_tokens(2, 16, vocab_size=vocab)
+    want = _hf_logits(hf, tokens)
+    ours = _llmjax_logits(loaded.config.model, loaded.params, tokens)
+    assert np.abs(ours - want).max() < 1e-4
+    back = _load_hf(convert_to_hf(run, tmp_path / "back"))
+    np.testing.assert_allclose(_hf_logits(back, tokens), want, atol=1e-6)
+
+
+def test_missing_tokenizer_needs_tokenizer_option(gpt2, byte_level_json, tmp_path):
+    directory = save_hf_model(gpt2[1], tmp_path / "no-tokenizer")
+    with pytest.raises(HFError, match="--tokenizer"):
+        convert_from_hf(directory, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    run = convert_from_hf(directory, tmp_path / "run", tokenizer=byte_level_json)
+    assert load_tokenizer(run) == BPETokenizer.from_file(byte_level_json)
+
+
+def test_load_run_still_reads_a_trained_run(tmp_path, tiny_model):
+    """load_run restores only step, params and model state, also from a full TrainState."""
+    cfg = Config(model=tiny_model)
+    _, _, state = create_state(cfg)
+    save_config(cfg, tmp_path / "config.json")
+    ByteTokenizer().save(tmp_path)
+    with Checkpointer(tmp_path / "checkpoints", async_save=False) as ckpt:
+        ckpt.save(7, state.replace(step=state.step + 7))
+    loaded = load_run(tmp_path)
+    assert loaded.step == 7
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, state.params)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _random_params(cfg: ModelConfig, seed: int) -> dict:
+    """Params of cfg's shapes drawn wide (no init compile); norm scales near 1."""
+    rng = np.random.default_rng(seed)
+    flat = {
+        path: (1.0 if path.endswith("scale") else 0.0) + 0.2 * rng.standard_normal(x.shape)
+        for path, x in abstract_params(cfg).items()
+    }
+    return unflatten({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+
+
+def test_export_llmjax_gpt2_shape_adds_zero_biases_and_drops_vocab_padding(tmp_path):
+    cfg = ModelConfig(
+        vocab_size=61,
+        vocab_multiple=16,
+        max_seq_len=32,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        use_bias=False,
+    )
+    params = _random_params(cfg, 0)
+    out = export_hf(cfg, params, tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    tokens = random_tokens(2, 16, vocab_size=61)
+    ours = _llmjax_logits(cfg, params, tokens)
+    assert ours.shape[-1] == 64 and np.all(ours[..., 61:] < -1e8)
+    assert np.abs(_hf_logits(_load_hf(out), tokens) - ours[..., :61]).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def llama_like():
+    """An llmjax-born Llama-shaped model in the loop layout, and its logits on a batch."""
+    cfg = ModelConfig(
+        vocab_size=64,
+        max_seq_len=32,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=64,
+        mlp="swiglu",
+        norm="rmsnorm",
+        position="rope",
+        use_bias=False,
+        tie_embeddings=False,
+        scan_layers=False,
+    )
+    params = _random_params(cfg, 1)
+    tokens = random_tokens(2, 16, vocab_size=64)
+    return cfg, params, tokens, _llmjax_logits(cfg, params, tokens)
+
+
+@pytest.mark.parametrize("model_type", [None, "mistral", "qwen2"])
+def test_export_llmjax_llama_shape(llama_like, tmp_path, model_type):
+    """As llama (chosen), mistral (same weights) or qwen2 (zero q/k/v biases)."""
+    cfg, params, tokens, ours = llama_like
+    out = export_hf(cfg, params, tmp_path / "out", model_type=model_type)
+    assert json.loads((out / "config.json").read_text())["model_type"] == (model_type or "llama")
+    assert np.abs(_hf_logits(_load_hf(out), tokens) - ours).max() < 1e-4
+
+
+def test_export_refuses_a_model_no_family_holds(tmp_path, tiny_model):
+    cfg = dataclasses.replace(tiny_model, position="alibi")
+    with pytest.raises(HFError, match="gpt2: GPT-2 needs model.position='learned'"):
+        export_hf(cfg, {}, tmp_path / "out")
+    with pytest.raises(HFError, match="cannot export this model as 'llama'"):
+        export_hf(cfg, {}, tmp_path / "out", model_type="llama")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+TEXTS = [
+    TOKENIZER_TEXT,
+    "  leading spaces, trailing spaces  ",
+    "new\nlines\n\n\tand tabs",
+    "unseen: Ωμέγα ß 漢字 🚀🚀 ￼",
+    "",
+]
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "metaspace"])
+def test_tokenizer_ids_match_transformers(kind, tmp_path):
+    path = build_tokenizer_json(tmp_path / "tokenizer.json", kind)
+    config = '{"tokenizer_class": "PreTrainedTokenizerFast"}'
+    (tmp_path / "tokenizer_config.json").write_text(config)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = load_tokenizer(path)
+    assert isinstance(ours, BPETokenizer)
+    for text in TEXTS:
+        ids = ours.encode(text).tolist()
+        assert ids == hf(text, add_special_tokens=False)["input_ids"], text
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True), text

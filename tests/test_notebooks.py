@@ -1,0 +1,53 @@
+"""Notebooks run top to bottom (a few training steps) in a fresh kernel."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("ipykernel")
+NotebookClient = pytest.importorskip("nbclient").NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _run(name: str, env: dict[str, str], timeout: int = 600) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")]
+    )
+    try:
+        NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(NOTEBOOKS)}},
+        ).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def _outputs(nb) -> str:
+    text = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text.append(out.get("text", "") or str(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(text)
+
+
+def test_quickstart_runs():
+    nb = _run("quickstart.ipynb", {"QUICKSTART_STEPS": "6"})
+    text = _outputs(nb)
+    assert "'bits_per_byte'" in text
+    assert "log p(text | first token) =" in text
+    assert any(
+        o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])
+    )  # the loss plot
