@@ -11,6 +11,10 @@ number of visible blocks per row (no stride) cost is O(T); a stride adds O(T^2 /
 
 Under a causal mask key blocks after the query block are skipped, which assumes positions do not
 decrease along the sequence. Lengths that are not a multiple of the block are padded.
+
+Decoding over a KV cache (`over_cache`) takes a token's block from its position (position //
+block), which is its index in the sequence for rows that start at position 0 with no padding
+before them; the pattern then becomes a mask over the cache (O(cache length) per new token).
 """
 
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmjax.attention.blocks import gathered_attention, pad_keys, pad_queries
-from llmjax.attention.core import register_attention
+from llmjax.attention.core import reference_attention, register_attention
 from llmjax.attention.masks import Mask
 from llmjax.attention.support import check_block, check_self_attention, reject
 from llmjax.typing import Array, Bool, Float
@@ -44,16 +48,18 @@ class BlockSparsePattern:
         if self.stride is not None:
             check_block("block_sparse", "stride", self.stride)
 
-    def layout(self, n_q_blocks: int, n_kv_blocks: int, causal: bool) -> Bool[np.ndarray, "I J"]:
-        i = np.arange(n_q_blocks)[:, None]
-        j = np.arange(n_kv_blocks)[None, :]
-        seen = (np.abs(i - j) < self.local_blocks) | (j < self.global_blocks)
+    def visible(self, i, j, causal: bool):
+        """Whether query block i sees key block j (NumPy or JAX integer arrays, broadcast)."""
+        seen = (abs(i - j) < self.local_blocks) | (j < self.global_blocks)
         seen |= i < self.global_blocks
         if self.stride is not None:
             seen |= (i - j) % self.stride == 0
         if causal:
             seen &= j <= i
         return seen
+
+    def layout(self, n_q_blocks: int, n_kv_blocks: int, causal: bool) -> Bool[np.ndarray, "I J"]:
+        return self.visible(np.arange(n_q_blocks)[:, None], np.arange(n_kv_blocks)[None, :], causal)
 
 
 def block_sparse_mask(
@@ -125,7 +131,32 @@ def make_block_sparse(pattern: BlockSparsePattern):
                 )
         return jnp.concatenate(outs, axis=1)[:, :length]
 
+    def over_cache(
+        q_BxTxNxH: Float[Array, "B T N H"],
+        k_BxSxKxH: Float[Array, "B S K H"],
+        v_BxSxKxH: Float[Array, "B S K H"],
+        mask: Mask,
+        *,
+        alibi_slopes: Float[Array, " N"] | None = None,
+        scale: float | None = None,
+    ) -> Float[Array, "B T N H"]:
+        reject(
+            "block_sparse", mask, alibi_slopes, ["extra"], "its pattern is the extra mask itself"
+        )
+        q_block_BxTx1 = (mask.q_positions // pattern.block)[:, :, None]
+        kv_block_Bx1xS = (mask.kv_positions // pattern.block)[:, None, :]
+        extra = pattern.visible(q_block_BxTx1, kv_block_Bx1xS, mask.causal)
+        return reference_attention(
+            q_BxTxNxH,
+            k_BxSxKxH,
+            v_BxSxKxH,
+            mask.replace(extra=extra),
+            alibi_slopes=alibi_slopes,
+            scale=scale,
+        )
+
     block_sparse_attention.pattern = pattern
+    block_sparse_attention.over_cache = over_cache
     return block_sparse_attention
 
 

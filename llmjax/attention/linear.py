@@ -4,7 +4,8 @@ S_t = sum_{s<=t} phi(k_s) v_s^T and z_t = sum_{s<=t} phi(k_s).
 
 The parallel (training) form works in chunks: exact quadratic attention inside a chunk plus
 the prefix state of earlier chunks: O(T * chunk * H + T * F * H). The recurrent form
-(`linear_attention_step`) carries (S, z) and costs O(1) per token, for decoding. Queries and
+(`LinearRecurrence`, the variant's `.recurrent`) carries (S, z) instead of a KV cache and costs
+O(1) per token, for decoding; a prompt continues the state chunk by chunk. Queries and
 keys are multiplied by sqrt(scale) before the feature map, so phi(q).phi(k) estimates
 exp(q.k * scale) for FAVOR+. A causal mask is taken in index order (query t sees keys 0..t);
 padded keys (kv_valid) are dropped; windows, segments, ALiBi and dense masks are not served.
@@ -82,13 +83,7 @@ def make_linear_attention(feature_map: FeatureMap = elu_plus_one, chunk: int = 6
         alibi_slopes: Float[Array, " N"] | None = None,
         scale: float | None = None,
     ) -> Float[Array, "B T N H"]:
-        reject(
-            "linear",
-            mask,
-            alibi_slopes,
-            ["window", "segments", "alibi", "extra"],
-            "a kernel feature map has no logit matrix to mask or bias",
-        )
+        _reject(mask, alibi_slopes)
         n_kv, length = k_BxSxKxH.shape[2], q_BxTxNxH.shape[1]
         scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
         fq_BxTxKxGxF = einops.rearrange(
@@ -104,16 +99,28 @@ def make_linear_attention(feature_map: FeatureMap = elu_plus_one, chunk: int = 6
             den = jnp.einsum("BTKGF,BKF->BTKG", fq_BxTxKxGxF, fk_BxSxKxF.sum(1))
         else:
             check_self_attention("linear (causal)", length, k_BxSxKxH.shape[1])
-            num, den = _causal_chunks(fq_BxTxKxGxF, fk_BxSxKxF, v, min(chunk, length))
+            num, den, _ = _causal_chunks(fq_BxTxKxGxF, fk_BxSxKxF, v, min(chunk, length))
         out = _divide(num, den)
         return einops.rearrange(out, "B T K G H -> B T (K G) H").astype(q_BxTxNxH.dtype)
 
     linear_attention.feature_map = feature_map
+    linear_attention.recurrent = LinearRecurrence(feature_map, chunk)
     return linear_attention
 
 
-def _causal_chunks(fq_BxTxKxGxF, fk_BxTxKxF, v_BxTxKxH, chunk: int):
-    """Numerator and denominator of causal linear attention, chunk by chunk."""
+def _reject(mask: Mask, alibi_slopes) -> None:
+    reject(
+        "linear",
+        mask,
+        alibi_slopes,
+        ["window", "segments", "alibi", "extra"],
+        "a kernel feature map has no logit matrix to mask or bias",
+    )
+
+
+def _causal_chunks(fq_BxTxKxGxF, fk_BxTxKxF, v_BxTxKxH, chunk: int, state=None):
+    """Numerator, denominator and final state of causal linear attention, chunk by chunk,
+    continuing `state` (a LinearState of earlier tokens; None: no earlier tokens)."""
     length = fq_BxTxKxGxF.shape[1]
     pad = -length % chunk
 
@@ -127,6 +134,12 @@ def _causal_chunks(fq_BxTxKxGxF, fk_BxTxKxF, v_BxTxKxH, chunk: int):
     # State before each chunk: the sum over all earlier chunks (exclusive prefix sum).
     s_BxCxKxFxH = jnp.cumsum(kv_BxCxKxFxH, axis=1) - kv_BxCxKxFxH
     z_BxCxKxF = jnp.cumsum(k_BxCxKxF, axis=1) - k_BxCxKxF
+    if state is not None:
+        s_BxCxKxFxH = s_BxCxKxFxH + state.kv_BxKxFxH[:, None]
+        z_BxCxKxF = z_BxCxKxF + state.k_BxKxF[:, None]
+    final = LinearState(
+        s_BxCxKxFxH[:, -1] + kv_BxCxKxFxH[:, -1], z_BxCxKxF[:, -1] + k_BxCxKxF[:, -1]
+    )
     within_BxCxKxGxTxS = jnp.einsum("BCTKGF,BCSKF->BCKGTS", fq, fk)
     within_BxCxKxGxTxS = within_BxCxKxGxTxS * jnp.tril(jnp.ones((chunk, chunk), bool))
     num = jnp.einsum("BCTKGF,BCKFH->BCTKGH", fq, s_BxCxKxFxH) + jnp.einsum(
@@ -137,7 +150,7 @@ def _causal_chunks(fq_BxTxKxGxF, fk_BxTxKxF, v_BxTxKxH, chunk: int):
     )
     num = num.reshape(num.shape[0], -1, *num.shape[3:])[:, :length]
     den = den.reshape(den.shape[0], -1, *den.shape[3:])[:, :length]
-    return num, den
+    return num, den, final
 
 
 # ----------------------------------------------------------------------------- recurrent form
@@ -179,6 +192,22 @@ def linear_prefill(
     return LinearState(kv, fk_BxSxKxF.sum(1))
 
 
+def _extend(feature_map, chunk, state, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, valid_BxT, scale):
+    """Outputs of T new tokens continuing `state`, and the state after them."""
+    n_kv, length = k_BxTxKxH.shape[2], q_BxTxNxH.shape[1]
+    scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
+    fq_BxTxKxGxF = einops.rearrange(
+        _features(feature_map, q_BxTxNxH, scale), "B T (K G) F -> B T K G F", K=n_kv
+    )
+    fk_BxTxKxF = _features(feature_map, k_BxTxKxH, scale)
+    if valid_BxT is not None:
+        fk_BxTxKxF = fk_BxTxKxF * valid_BxT[:, :, None, None]
+    v = v_BxTxKxH.astype(jnp.float32)
+    num, den, state = _causal_chunks(fq_BxTxKxGxF, fk_BxTxKxF, v, min(chunk, length), state)
+    out = einops.rearrange(_divide(num, den), "B T K G H -> B T (K G) H")
+    return out.astype(q_BxTxNxH.dtype), state
+
+
 def linear_attention_step(
     state: LinearState,
     q_BxNxH: Float[Array, "B N H"],
@@ -193,20 +222,53 @@ def linear_attention_step(
 
     `valid_B` False leaves that row's state unchanged (a padded step).
     """
-    n_kv = k_BxKxH.shape[1]
-    scale = q_BxNxH.shape[-1] ** -0.5 if scale is None else scale
-    fk_BxKxF = _features(feature_map, k_BxKxH, scale)
-    if valid_B is not None:
-        fk_BxKxF = fk_BxKxF * valid_B[:, None, None]
-    kv = state.kv_BxKxFxH + jnp.einsum("BKF,BKH->BKFH", fk_BxKxF, v_BxKxH.astype(jnp.float32))
-    z = state.k_BxKxF + fk_BxKxF
-    fq_BxKxGxF = einops.rearrange(
-        _features(feature_map, q_BxNxH, scale), "B (K G) F -> B K G F", K=n_kv
+    valid_Bx1 = None if valid_B is None else valid_B[:, None]
+    out_Bx1xNxH, state = _extend(
+        feature_map,
+        1,
+        state,
+        q_BxNxH[:, None],
+        k_BxKxH[:, None],
+        v_BxKxH[:, None],
+        valid_Bx1,
+        scale,
     )
-    num = jnp.einsum("BKGF,BKFH->BKGH", fq_BxKxGxF, kv)
-    den = jnp.einsum("BKGF,BKF->BKG", fq_BxKxGxF, z)
-    out = einops.rearrange(_divide(num, den), "B K G H -> B (K G) H").astype(q_BxNxH.dtype)
-    return LinearState(kv, z), out
+    return state, out_Bx1xNxH[:, 0]
+
+
+@dataclass(frozen=True)
+class LinearRecurrence:
+    """Decoding of causal linear attention with its running sums (llmjax.attention.decoding)."""
+
+    feature_map: FeatureMap = elu_plus_one
+    chunk: int = 64
+
+    def init(self, batch: int, n_kv: int, head_dim: int) -> LinearState:
+        return init_linear_state(batch, n_kv, head_dim, self.feature_map)
+
+    def extend(
+        self,
+        state: LinearState,
+        q_BxTxNxH: Float[Array, "B T N H"],
+        k_BxTxKxH: Float[Array, "B T K H"],
+        v_BxTxKxH: Float[Array, "B T K H"],
+        mask: Mask,
+        *,
+        alibi_slopes: Float[Array, " N"] | None = None,
+        scale: float | None = None,
+    ) -> tuple[Float[Array, "B T N H"], LinearState]:
+        """T new tokens continue the state (one token: O(F * H) work, whatever came before)."""
+        _reject(mask, alibi_slopes)
+        return _extend(
+            self.feature_map,
+            self.chunk,
+            state,
+            q_BxTxNxH,
+            k_BxTxKxH,
+            v_BxTxKxH,
+            mask.kv_valid,
+            scale,
+        )
 
 
 DEFAULT_FAVOR = FavorFeatures()

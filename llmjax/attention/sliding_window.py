@@ -6,6 +6,9 @@ the same windowed mask. Keys more than W blocks back are never read: this assume
 grow by at least one per index along the sequence (true for causal LM inputs, packed or
 left-padded), and self-attention (as many queries as keys). Lengths that are not a multiple of
 the block are padded and the padding is dropped.
+
+Decoding attends over a KV cache directly (`over_cache`): a rolling cache holds only the last
+window + chunk - 1 tokens (llmjax.layers.kv_cache), so each new token costs O(window).
 """
 
 import math
@@ -13,7 +16,7 @@ import math
 import numpy as np
 
 from llmjax.attention.blocks import gathered_attention, pad_keys, pad_queries
-from llmjax.attention.core import register_attention
+from llmjax.attention.core import reference_attention, register_attention
 from llmjax.attention.masks import Mask
 from llmjax.attention.support import (
     UnsupportedMask,
@@ -33,6 +36,16 @@ def window_blocks(n_blocks: int, window: int, block: int) -> tuple[np.ndarray, n
     return np.maximum(idx, 0), idx >= 0
 
 
+def _check_mask(mask: Mask, alibi_slopes) -> None:
+    if mask.window is None or mask.window <= 0:
+        raise UnsupportedMask(
+            f"attention variant 'sliding_window' needs a positive mask.window, got "
+            f"{mask.window!r}; set model.attention_window (e.g. model.attention_window=256) or "
+            f"use another variant"
+        )
+    reject("sliding_window", mask, alibi_slopes, ["non_causal", "extra"])
+
+
 @register_attention("sliding_window")
 def sliding_window_attention(
     q_BxTxNxH: Float[Array, "B T N H"],
@@ -44,13 +57,7 @@ def sliding_window_attention(
     scale: float | None = None,
     block: int = DEFAULT_BLOCK,
 ) -> Float[Array, "B T N H"]:
-    if mask.window is None or mask.window <= 0:
-        raise UnsupportedMask(
-            f"attention variant 'sliding_window' needs a positive mask.window, got "
-            f"{mask.window!r}; set model.attention_window (e.g. model.attention_window=256) or "
-            f"use another variant"
-        )
-    reject("sliding_window", mask, alibi_slopes, ["non_causal", "extra"])
+    _check_mask(mask, alibi_slopes)
     check_block("sliding_window", "block", block)
     length = q_BxTxNxH.shape[1]
     check_self_attention("sliding_window", length, k_BxSxKxH.shape[1])
@@ -73,3 +80,23 @@ def sliding_window_attention(
         scale=scale,
     )
     return out[:, :length]
+
+
+def _over_cache(
+    q_BxTxNxH: Float[Array, "B T N H"],
+    k_BxSxKxH: Float[Array, "B S K H"],
+    v_BxSxKxH: Float[Array, "B S K H"],
+    mask: Mask,
+    *,
+    alibi_slopes: Float[Array, " N"] | None = None,
+    scale: float | None = None,
+) -> Float[Array, "B T N H"]:
+    """New queries over a KV cache: its slots are in no particular order (a rolling cache wraps
+    around), so no block structure applies; the window in the mask does the work."""
+    _check_mask(mask, alibi_slopes)
+    return reference_attention(
+        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes=alibi_slopes, scale=scale
+    )
+
+
+sliding_window_attention.over_cache = _over_cache
