@@ -1,10 +1,11 @@
-"""Long-context attention variants against their definitions, and RoPE scaling formulas.
+"""Long-context attention variants against their definitions.
 
 sliding_window and block_sparse equal the reference under their masks (forward and gradients,
 with lengths that are not a multiple of the block); linear attention equals its explicit
 quadratic formula and its recurrent form equals its parallel form; flash's compiled memory is
 far below the reference's; bad inputs fail with errors that name the problem. RoPE scaling and
-running beyond the trained length: tests/test_rope_scaling.py.
+running beyond the trained length: tests/test_rope_scaling.py; decoding with every variant:
+tests/test_decode_variants.py.
 """
 
 import dataclasses
@@ -218,16 +219,33 @@ def test_linear_attention_equals_quadratic_formula(feature_map, causal):
 
 
 def test_linear_recurrent_form_equals_parallel_form():
-    """Prefill the first 20 tokens into the state, then one step per token."""
+    """Prefill the first 20 tokens into the state, then one step per token; and the decoding
+    recurrence: a 13-token prompt in chunks of 4 continues the state, the rest in one call."""
     q, k, v = _qkv()
-    parallel = make_linear_attention(elu_plus_one, chunk=8)(q, k, v, Mask.causal_lm(_positions()))
-    state = linear_prefill(k[:, :20], v[:, :20])
+    mask = Mask.causal_lm(_positions())
+    parallel = jax.jit(make_linear_attention(elu_plus_one, chunk=8))(q, k, v, mask)
+    state = jax.jit(linear_prefill)(k[:, :20], v[:, :20])
     step = jax.jit(linear_attention_step)
     outs = []
     for t in range(20, T):
         state, out = step(state, q[:, t], k[:, t], v[:, t])
         outs.append(out)
     np.testing.assert_allclose(jnp.stack(outs, 1), parallel[:, 20:], atol=1e-5, rtol=1e-5)
+
+    recurrence = dataclasses.replace(ATTENTION.get("linear").recurrent, chunk=4)
+
+    @jax.jit
+    def prompt_then_rest(q, k, v):
+        split = lambda x, m: jax.tree.map(lambda a: a[:, :13] if m else a[:, 13:], x)  # noqa: E731
+        state = recurrence.init(B, K, H)
+        first, state = recurrence.extend(state, *split((q, k, v), 1), split(mask, 1))
+        rest, _ = recurrence.extend(state, *split((q, k, v), 0), split(mask, 0))
+        return jnp.concatenate([first, rest], 1), state
+
+    both, after_prompt = prompt_then_rest(q, k, v)
+    np.testing.assert_allclose(both, parallel, atol=1e-5, rtol=1e-5)
+    prefill = linear_prefill(k[:, :13], v[:, :13])
+    np.testing.assert_allclose(after_prompt.kv_BxKxFxH, prefill.kv_BxKxFxH, atol=1e-5, rtol=1e-5)
     empty = init_linear_state(B, K, H)
     assert empty.kv_BxKxFxH.shape == (B, K, H, H) and not empty.k_BxKxF.any()
     # A padded step (valid False) leaves the state unchanged.
@@ -249,43 +267,13 @@ def test_favor_features_estimate_softmax_attention():
     assert many < 0.1 and many < few / 3, (few, many)
 
 
-# ----------------------------------------------------------------------------- decoding recipes
-
-
-def test_rolling_cache_decoding_equals_sliding_window():
-    """Decoding recipe: a ring buffer of `window` slots (position p in slot p % window) attended
-    under Mask(kv_positions=slot positions, kv_valid=written, window) reproduces sliding_window."""
-    window, length = 5, 12
-    q, k, v = _qkv(length)
-    full = sliding_window_attention(q, k, v, Mask.causal_lm(_positions(length), window=window))
-
-    @jax.jit
-    def step(cache, q_t, k_t, v_t, p):
-        cache_k, cache_v, cache_pos, written = cache
-        slot = p % window
-        cache = (
-            cache_k.at[:, slot].set(k_t),
-            cache_v.at[:, slot].set(v_t),
-            cache_pos.at[:, slot].set(p),
-            written.at[:, slot].set(True),
-        )
-        mask = Mask(jnp.full((B, 1), p), cache[2], kv_valid=cache[3], window=window)
-        return cache, reference_attention(q_t[:, None], cache[0], cache[1], mask)[:, 0]
-
-    zeros = jnp.zeros((B, window, K, H))
-    cache = (zeros, zeros, jnp.zeros((B, window), jnp.int32), jnp.zeros((B, window), bool))
-    for p in range(length):
-        cache, out = step(cache, q[:, p], k[:, p], v[:, p], p)
-        np.testing.assert_allclose(out, full[:, p], atol=1e-5, rtol=1e-5)
-
-
 # ----------------------------------------------------------------------------- conformance
 
 
 def test_conformance_check_passes_exact_variants_and_catches_a_leak():
     from llmjax.attention.conformance import check_variant
 
-    for row in check_variant(ATTENTION.get("xla")):
+    for row in check_variant(ATTENTION.get("xla"), masks=["segments", "left-padding"]):
         assert row["max_out_error"] < 1e-5 and row["max_grad_error"] < 1e-5, row
         assert row["reads_only_visible_keys"] and row["gqa_equals_repeated_mha"], row
     linear = {
@@ -402,7 +390,8 @@ def _logits(cfg, params, tokens):
 
 
 def test_variants_run_in_the_model_through_config(tiny_model):
-    """model.attention=NAME: exact variants give the xla model's logits, the others run."""
+    """model.attention=NAME: exact variants give the xla model's logits (the others run in
+    the model in tests/test_decode_variants.py)."""
     windowed = dataclasses.replace(tiny_model, attention_window=6)
     params, _ = init_model(tiny_model, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, tiny_model.vocab_size)
@@ -413,5 +402,3 @@ def test_variants_run_in_the_model_through_config(tiny_model):
             atol=1e-5,
             err_msg=variant,
         )
-    logits = _logits(dataclasses.replace(tiny_model, attention="linear"), params, tokens)
-    assert logits.shape[:2] == (2, 20) and np.isfinite(logits).all()
