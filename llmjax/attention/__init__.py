@@ -6,6 +6,7 @@ maps, O(T) cost, a recurrent form for decoding), auto (a fused backend kernel wh
 
 Add a variant by writing one file with a function of the reference's signature, decorated with
 `@register_attention("name")`, and importing it here (or anywhere before the model is built).
+How a variant decodes (over a KV cache, or with a recurrent state): `decoding.py`.
 """
 
 # Importing a variant's module registers it.
@@ -18,7 +19,15 @@ from llmjax.attention import (  # noqa: F401
     xla,
 )
 from llmjax.attention.core import ATTENTION, reference_attention, register_attention
+from llmjax.attention.decoding import UnsupportedCache
 from llmjax.attention.masks import Mask
 from llmjax.attention.support import UnsupportedMask
 
-__all__ = ["ATTENTION", "Mask", "UnsupportedMask", "reference_attention", "register_attention"]
+__all__ = [
+    "ATTENTION",
+    "Mask",
+    "UnsupportedCache",
+    "UnsupportedMask",
+    "reference_attention",
+    "register_attention",
+]
