@@ -10,8 +10,8 @@ Part 2: models trained on text at length L are evaluated at L, 2L and 4L: RoPE w
 with linear interpolation, NTK-aware and YaRN scaling (applied at evaluation only, no
 fine-tuning), ALiBi, and a learned position table (which cannot run beyond L).
 
-    python experiments/long_context.py           # full: ~45 minutes on 2 shared CPU cores
-    python experiments/long_context.py --quick   # seconds: tiny models, few steps
+    python -m experiments.long_context           # full: ~45 minutes on 2 shared CPU cores
+    python -m experiments.long_context --quick   # seconds: tiny models, few steps
 """
 
 import dataclasses
