@@ -30,6 +30,7 @@ from llmjax.config import (
 from llmjax.decode import Completion, SamplingConfig, generate
 from llmjax.hf import export_hf, load_hf
 from llmjax.models import build_model, count_params, init_model, logical_axes
+from llmjax.runtime import enable_compilation_cache
 from llmjax.train.loop import FitResult, LoadedRun, TrainingDiverged, evaluate, fit, load_run
 from llmjax.train.loss import cross_entropy, token_log_probs
 
@@ -53,6 +54,7 @@ __all__ = [
     "build_model",
     "count_params",
     "cross_entropy",
+    "enable_compilation_cache",
     "evaluate",
     "export_hf",
     "fit",

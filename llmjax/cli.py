@@ -449,9 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from llmjax.runtime import enable_compilation_cache
     from llmjax.train.checkpoint import CheckpointError
     from llmjax.train.loop import TrainingDiverged
 
+    enable_compilation_cache()
     try:
         return args.func(args)
     except (*USER_ERRORS, CheckpointError) as e:

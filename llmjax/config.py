@@ -112,6 +112,9 @@ class ModelConfig:
     init_std: float = 0.02
     scaled_residual_init: bool = True  # output projections get std / sqrt(2 * n_layers)
     scan_layers: bool = True
+    # Layers per scan iteration (n_layers: fully unrolled, same params layout). XLA:CPU runs an
+    # unrolled stack faster than a while loop; unrolling costs compile time.
+    scan_unroll: int = 1
     remat: str = "none"
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -135,6 +138,7 @@ class ModelConfig:
             "head_dim",
             "d_ff",
             "attention_window",
+            "scan_unroll",
         )
         if self.head_dim is None:
             nearest = self.n_heads * max(1, round(self.d_model / self.n_heads))
@@ -235,7 +239,8 @@ class OptimConfig:
     b2: float = 0.99
     eps: float = 1e-8
     weight_decay: float = 0.1
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # sgd and muon
+    muon_adam_lr: float | None = None  # muon: peak lr of the Adam part (None: lr)
     clip_norm: float | None = 1.0
     decay_embeddings: bool = False
 
@@ -329,10 +334,29 @@ PRESETS: dict[str, Config] = {
     ),
     # nanoGPT's CPU shape (4 layers, 4 heads, d=128, ctx 64, batch 12, no biases).
     "nano": Config(
-        model=ModelConfig(max_seq_len=64, d_model=128, n_layers=4, n_heads=4, use_bias=False),
+        model=ModelConfig(
+            max_seq_len=64, d_model=128, n_layers=4, n_heads=4, use_bias=False, scan_unroll=4
+        ),
         data=DataConfig(batch_size=12),
         optim=OptimConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99),
         train=TrainConfig(steps=2000),
+    ),
+    # The nano shape and batch with RoPE, Muon and a short schedule, characters as tokens: on
+    # tiny Shakespeare (--data tinyshakespeare.txt) it reaches val loss ~1.83 in 400 steps, where
+    # nanoGPT's AdamW recipe needs ~2000 for 1.89. Evaluates once, on the whole val split.
+    "shakespeare-char": Config(
+        model=ModelConfig(
+            max_seq_len=64,
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            use_bias=False,
+            position="rope",
+            scan_unroll=4,
+        ),
+        data=DataConfig(tokenizer="char", batch_size=12),
+        optim=OptimConfig(name="muon", lr=1e-2, momentum=0.95, warmup_steps=30, b2=0.99),
+        train=TrainConfig(steps=400, eval_every=400, eval_batches=10_000, checkpoint_every=400),
     ),
     # nanoGPT's shakespeare GPU shape (6 layers, 6 heads, d=384, ctx 256, batch 64).
     "medium": Config(

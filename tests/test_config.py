@@ -104,3 +104,22 @@ def test_derived_sizes():
     assert (llama.kv_heads, llama.dim_head, llama.ffn_dim) == (8, 64, 8192)
     assert PRESETS["gpt2-small"].model.padded_vocab_size == 50304
     assert dataclasses.replace(PRESETS["nano"].model, mlp="swiglu").ffn_dim == 384
+
+
+def test_compilation_cache_setting(tmp_path, monkeypatch):
+    import jax
+
+    from llmjax.runtime import COMPILE_CACHE_ENV, enable_compilation_cache
+
+    old = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv(COMPILE_CACHE_ENV, "off")
+        assert enable_compilation_cache() is None
+        monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "xla"))
+        assert enable_compilation_cache() == tmp_path / "xla"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        monkeypatch.delenv(COMPILE_CACHE_ENV)
+        monkeypatch.setenv("LLMJAX_CACHE_DIR", str(tmp_path / "root"))
+        assert enable_compilation_cache() == tmp_path / "root" / "xla"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old)

@@ -126,6 +126,11 @@ def test_scan_equals_loop(tiny_model):
     )
     restacked = stack_layer_params(loop_params, cfg.n_layers)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, restacked))
+    # An unrolled scan keeps the scan's params layout and computes the same thing.
+    unrolled = dataclasses.replace(cfg, scan_unroll=cfg.n_layers)
+    np.testing.assert_allclose(
+        _logits(unrolled, params, tokens), _logits(cfg, params, tokens), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES.names() if p != "none"])

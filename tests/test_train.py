@@ -13,7 +13,7 @@ import pytest
 from llmjax.config import PRESETS, apply_overrides
 from llmjax.train.loop import TrainingDiverged, create_state, fit, load_run
 from llmjax.train.loss import bits_per_byte, cross_entropy, perplexity, token_log_probs
-from llmjax.train.optim import SCHEDULES, decay_mask, make_optimizer
+from llmjax.train.optim import SCHEDULES, decay_mask, make_optimizer, muon_dimensions
 from llmjax.train.step import make_train_step
 
 # ----------------------------------------------------------------------------- loss
@@ -71,6 +71,21 @@ def test_decay_mask_excludes_norms_biases_and_embeddings(tiny_model):
     assert not any(("embedding" in k or "bias" in k or "scale" in k) for k in decayed)
     with_emb = jax.tree.leaves(decay_mask(params, decay_embeddings=True))
     assert sum(with_emb) == len(decayed) + 2  # token and position tables
+
+
+def test_muon_sees_every_kernel_as_a_matrix_and_the_rest_as_adam(tiny_model):
+    from llmjax.models import init_model
+
+    params, _ = init_model(tiny_model, jax.random.key(0))
+    dims = muon_dimensions(params)
+    attention = dims["blocks"]["attention"]  # scanned: axis 0 is the layer (batch) axis
+    assert attention["query_kernel"] == optax.contrib.MuonDimensionNumbers((1,), (2, 3))
+    assert attention["out_kernel"] == optax.contrib.MuonDimensionNumbers((1, 2), (3,))
+    assert dims["blocks"]["mlp"]["fc_in"]["kernel"] == optax.contrib.MuonDimensionNumbers(
+        (1,), (2,)
+    )
+    assert dims["embed"]["embedding"] is None
+    assert dims["final_norm"]["scale"] is None
 
 
 def test_adamw_decouples_weight_decay_but_adam_l2_does_not():
@@ -132,9 +147,11 @@ def _tiny_cfg(**overrides):
     return apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
 
 
-def test_a_single_batch_is_overfit():
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_single_batch_is_overfit(optimizer):
     cfg = _tiny_cfg(
         **{
+            "optim.name": optimizer,
             "optim.lr": 3e-3,
             "optim.warmup_steps": 0,
             "optim.schedule": "constant",

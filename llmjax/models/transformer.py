@@ -152,6 +152,7 @@ class Decoder(nn.Module):
             variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
             split_rngs={"params": True, "dropout": True},
             length=cfg.n_layers,
+            unroll=min(cfg.scan_unroll, cfg.n_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         if cfg.scan_layers and cache is None:

@@ -114,6 +114,55 @@ def sgd(cfg: "OptimConfig", schedule: optax.Schedule) -> optax.GradientTransform
     )
 
 
+# Matrix shapes for Muon: (reduction axes, output axes), counted from the end so a leading
+# `layers` axis (scanned params) is a batch axis. Everything else (embeddings, norms, biases)
+# is updated by Adam.
+_MUON_AXES = {
+    "query_kernel": ((-3,), (-2, -1)),  # (D, heads, H)
+    "key_kernel": ((-3,), (-2, -1)),
+    "value_kernel": ((-3,), (-2, -1)),
+    "out_kernel": ((-3, -2), (-1,)),  # (heads, H, D)
+    "kernel": ((-2,), (-1,)),  # dense (in, out)
+}
+
+
+def muon_dimensions(params: Any) -> Any:
+    """Per leaf: how Muon sees it as a matrix, or None for leaves Adam updates."""
+
+    def dims(path, leaf):
+        axes = _MUON_AXES.get(_leaf_name(path))
+        if axes is None or leaf.ndim < 2:
+            return None
+        reduction, output = ([a % leaf.ndim for a in group] for group in axes)
+        return optax.contrib.MuonDimensionNumbers(tuple(reduction), tuple(output))
+
+    return jax.tree_util.tree_map_with_path(dims, params)
+
+
+@OPTIMIZERS.register("muon")
+def muon(cfg: "OptimConfig", schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Muon (orthogonalized momentum) on weight matrices, AdamW on everything else.
+
+    Both follow `schedule`; Muon's weight decay is scaled by the learning rate.
+    """
+    return optax.contrib.muon(
+        schedule,
+        beta=cfg.b1 if cfg.momentum is None else cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        weight_decay_mask=lambda p: decay_mask(p, cfg.decay_embeddings),
+        adam_b1=cfg.b1,
+        adam_b2=cfg.b2,
+        adam_learning_rate=schedule if cfg.muon_adam_lr is None else _scaled(schedule, cfg),
+        muon_weight_dimension_numbers=muon_dimensions,
+        consistent_rms=0.2,
+    )
+
+
+def _scaled(schedule: optax.Schedule, cfg: "OptimConfig") -> optax.Schedule:
+    ratio = cfg.muon_adam_lr / cfg.lr
+    return lambda step: schedule(step) * ratio
+
+
 def make_optimizer(
     cfg: "OptimConfig", steps: int, *, max_nonfinite: int | None = None
 ) -> optax.GradientTransformation:

@@ -1,0 +1,31 @@
+"""Process-wide JAX settings: the persistent compilation cache.
+
+XLA compiles every jitted function on first use (seconds each on a CPU). With the cache on, a
+second run of the same model and shapes loads the compiled code from disk instead. The command
+line turns it on; from Python call `enable_compilation_cache()` once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llmjax.data.cache import resolve_cache_dir
+
+COMPILE_CACHE_ENV = "LLMJAX_COMPILE_CACHE"
+_OFF = ("0", "off", "false", "no", "none")
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Caches compiled XLA programs in `path` (default: $LLMJAX_COMPILE_CACHE, else
+    <llmjax cache dir>/xla). $LLMJAX_COMPILE_CACHE=off disables it; returns the directory used."""
+    import jax
+
+    setting = os.environ.get(COMPILE_CACHE_ENV, "").strip()
+    if path is None and setting.lower() in _OFF and setting:
+        return None
+    directory = Path(path or setting or resolve_cache_dir() / "xla").expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    # Only programs that took a while to compile are worth a disk read.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return directory
