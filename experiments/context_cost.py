@@ -6,7 +6,7 @@ attention (reference, xla) grows as T^2; flash keeps memory O(T) but still does 
 sliding window, block-sparse and linear variants do O(T) work. Slopes are fitted on log-log
 axes over T in [1k, 16k] (where measured).
 
-    python -m experiments.context_cost            # full: ~20 minutes on 2 CPU cores
+    python -m experiments.context_cost            # full: ~10 minutes on 2 shared CPU cores
     python -m experiments.context_cost --quick    # seconds: two short lengths
 """
 
