@@ -59,7 +59,7 @@ class RopeScaling:
     beta_slow: float = 1.0
 
     def __post_init__(self):
-        from llmjax.layers.positions import ROPE_SCALINGS
+        from llmjax.layers.positions import ROPE_SCALING_CHECKS, ROPE_SCALINGS
 
         _check_choice("RopeScaling", "kind", self.kind, ROPE_SCALINGS)
         _check(
@@ -71,6 +71,9 @@ class RopeScaling:
             f"RopeScaling.high_freq_factor ({self.high_freq_factor}) must be larger than "
             f"low_freq_factor ({self.low_freq_factor}); Llama 3 uses 4.0 and 1.0",
         )
+        _check_positive(self, "original_max_seq_len")
+        problem = ROPE_SCALING_CHECKS.get(self.kind, lambda _: None)(self)
+        _check(problem is None, str(problem))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ class Mask:
 
     Query t sees key s when all hold: kv_pos[s] <= q_pos[t] (causal); q_pos[t] - kv_pos[s] <
     window (sliding window); q_seg[t] == kv_seg[s] (packed documents); kv_valid[s] (padding or
-    unwritten cache slots).
+    unwritten cache slots); extra[t, s] (an optional dense pattern, e.g. a block-sparse layout).
     """
 
     q_positions: Int[Array, "B T"]
@@ -26,6 +26,9 @@ class Mask:
     q_segments: Int[Array, "B T"] | None = None
     kv_segments: Int[Array, "B S"] | None = None
     kv_valid: Bool[Array, "B S"] | None = None
+    # A dense pattern ANDed with the rules above, for sparsity no position rule can express.
+    # It costs T x S memory, so the fast paths avoid it; most variants reject it by name.
+    extra: Bool[Array, "B T S"] | None = None
     causal: bool = flax.struct.field(pytree_node=False, default=True)
     window: int | None = flax.struct.field(pytree_node=False, default=None)
     # True when q and kv positions are both 0..T-1 with no segments or padding: the plain lower
@@ -53,19 +56,45 @@ class Mask:
         )
 
     def dense(self) -> Bool[Array, "B T S"]:
-        q_BxTx1 = self.q_positions[:, :, None]
-        k_Bx1xS = self.kv_positions[:, None, :]
-        visible = jnp.ones(jnp.broadcast_shapes(q_BxTx1.shape, k_Bx1xS.shape), bool)
-        if self.causal:
-            visible &= k_Bx1xS <= q_BxTx1
-        if self.window is not None:
-            visible &= q_BxTx1 - k_Bx1xS < self.window
-        if self.q_segments is not None and self.kv_segments is not None:
-            visible &= self.q_segments[:, :, None] == self.kv_segments[:, None, :]
-        if self.kv_valid is not None:
-            visible &= self.kv_valid[:, None, :]
+        segments = self.q_segments is not None and self.kv_segments is not None
+        visible = visible_pairs(
+            self.q_positions,
+            self.kv_positions,
+            self.q_segments if segments else None,
+            self.kv_segments if segments else None,
+            self.kv_valid,
+            causal=self.causal,
+            window=self.window,
+        )
+        if self.extra is not None:
+            visible &= self.extra
         return visible
 
     def distance(self) -> Int[Array, "B T S"]:
         """kv_pos - q_pos: the (non-positive, when causal) offset ALiBi scales per head."""
         return self.kv_positions[:, None, :] - self.q_positions[:, :, None]
+
+
+def visible_pairs(
+    q_pos: Int[Array, "*b T"],
+    kv_pos: Int[Array, "*b S"],
+    q_seg: Int[Array, "*b T"] | None = None,
+    kv_seg: Int[Array, "*b S"] | None = None,
+    kv_valid: Bool[Array, "*b S"] | None = None,
+    *,
+    causal: bool,
+    window: int | None,
+) -> Bool[Array, "*b T S"]:
+    """The `Mask` rule but `extra`, over any leading dims (blockwise kernels use it per block)."""
+    q_xTx1 = q_pos[..., :, None]
+    k_x1xS = kv_pos[..., None, :]
+    visible = jnp.ones(jnp.broadcast_shapes(q_xTx1.shape, k_x1xS.shape), bool)
+    if causal:
+        visible &= k_x1xS <= q_xTx1
+    if window is not None:
+        visible &= q_xTx1 - k_x1xS < window
+    if q_seg is not None and kv_seg is not None:
+        visible &= q_seg[..., :, None] == kv_seg[..., None, :]
+    if kv_valid is not None:
+        visible &= kv_valid[..., None, :]
+    return visible

@@ -21,7 +21,7 @@ def xla_attention(
     bias = None
     if alibi_slopes is not None:
         bias = alibi_bias(mask, jnp.asarray(alibi_slopes, jnp.float32)).astype(q_BxTxNxH.dtype)
-    if mask.plain and mask.causal:
+    if mask.plain and mask.causal and mask.extra is None:
         # The standard lower triangle: let the backend build it (cuDNN never reads a mask).
         window = None if mask.window is None else (mask.window - 1, 0)
         return jax.nn.dot_product_attention(

@@ -6,6 +6,7 @@ from llmjax.decode.loop import DecodeOutput, decode
 from llmjax.decode.samplers import SamplingConfig, process_logits
 from llmjax.decode.tokens import beam_search_tokens, generate_tokens
 from llmjax.layers.kv_cache import KVCache, LayerKV, init_cache
+from llmjax.layers.state_cache import LayerState, StateCache
 
 __all__ = [
     "BeamOutput",
@@ -13,7 +14,9 @@ __all__ = [
     "DecodeOutput",
     "KVCache",
     "LayerKV",
+    "LayerState",
     "SamplingConfig",
+    "StateCache",
     "beam_search",
     "beam_search_tokens",
     "decode",

@@ -20,6 +20,7 @@ import numpy as np
 
 from llmjax.layers.kv_cache import KVCache, init_cache
 from llmjax.layers.positions import POSITIONS
+from llmjax.layers.state_cache import StateCache
 from llmjax.typing import Array, Bool, Float, Int
 
 PAD_MULTIPLE = 8  # prompt arrays are padded to a multiple of this, to reuse compiled programs
@@ -110,9 +111,9 @@ def prefill(
     variables: Any,
     tokens_BxT: Int[Array, "B T"],
     valid_BxT: Bool[Array, "B T"],
-    cache: KVCache,
+    cache: KVCache | StateCache,
     chunk: int,
-) -> tuple[Float[Array, "B V"], KVCache]:
+) -> tuple[Float[Array, "B V"], KVCache | StateCache]:
     """Writes the prompts into the cache (in chunks of `chunk` tokens, a multiple of T) and
     returns each row's logits after its last real token."""
     B, T = tokens_BxT.shape
@@ -143,9 +144,10 @@ def prefill(
 
 @functools.cache
 def cached_step(model: nn.Module):
-    """tokens_to_logits over a KVCache (one function object per model, so jit caches hit)."""
+    """tokens_to_logits over a KVCache or StateCache (one function object per model, so jit
+    caches hit)."""
 
-    def step(variables, token_B, cache: KVCache):
+    def step(variables, token_B, cache: KVCache | StateCache):
         logits_Bx1xV, cache = model.apply(variables, token_B[:, None], cache=cache)
         return logits_Bx1xV[:, 0], cache
 

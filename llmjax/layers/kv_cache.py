@@ -13,6 +13,10 @@ the mask, measured in positions, hides anything older than the window.
 
 Convention: a negative position marks a padding token; it is written as invalid and no query
 ever sees it.
+
+Each attention variant says how it attends over the cache (llmjax.attention.decoding); a variant
+with a recurrent state (linear attention) decodes with a `StateCache` instead, which
+`init_cache` builds for it.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from llmjax.attention import ATTENTION
+from llmjax.attention.decoding import UnsupportedCache, over_cache, recurrence
 from llmjax.attention.masks import Mask
 from llmjax.layers.common import dtype_of
+from llmjax.layers.state_cache import StateCache, init_state_cache
 from llmjax.typing import Array, Bool, Float, Int
 
 if TYPE_CHECKING:
@@ -54,6 +61,29 @@ class LayerKV:
 
     def values(self) -> Float[Array, "B S K H"]:
         return self._this_layer(self.v)
+
+    def attend(
+        self,
+        variant: str,
+        q_BxTxNxH: Float[Array, "B T N H"],
+        k_BxTxKxH: Float[Array, "B T K H"],
+        v_BxTxKxH: Float[Array, "B T K H"],
+        mask: Mask,
+        start,
+        *,
+        alibi_slopes: Float[Array, " N"] | None = None,
+    ) -> tuple[Float[Array, "B T N H"], LayerKV]:
+        """Writes the new keys/values from slot `start` on, then attends the new queries over
+        the cache (`mask` describes the cache) with the variant's `over_cache`."""
+        attend = ATTENTION.get(variant)
+        if recurrence(attend) is not None:
+            raise UnsupportedCache(
+                f"attention variant {variant!r} decodes with its recurrent state, not a KV "
+                f"cache; build the cache with init_cache(cfg, ...) for this model's config"
+            )
+        kv = self.write(k_BxTxKxH, v_BxTxKxH, start)
+        out = over_cache(attend)(q_BxTxNxH, kv.keys(), kv.values(), mask, alibi_slopes=alibi_slopes)
+        return out, kv
 
     def write(
         self, k_BxTxKxH: Float[Array, "B T K H"], v_BxTxKxH: Float[Array, "B T K H"], start
@@ -157,14 +187,24 @@ class KVCache:
         )
 
 
-def init_cache(cfg: ModelConfig, batch_size: int, length: int, *, rolling: bool = False) -> KVCache:
+def init_cache(
+    cfg: ModelConfig, batch_size: int, length: int, *, rolling: bool = False
+) -> KVCache | StateCache:
     """An empty cache of `length` slots for a model config (layout follows cfg.scan_layers).
 
     `rolling` keeps only the last `length` tokens; it needs a sliding-window model
-    (cfg.attention_window) and length >= the window.
+    (cfg.attention_window) and length >= the window. A variant with a recurrent state (linear
+    attention) gets a `StateCache`, whose size does not depend on `length`.
     """
     if batch_size < 1 or length < 1:
         raise ValueError(f"cache batch_size and length must be >= 1, got {batch_size}, {length}")
+    if recurrence(ATTENTION.get(cfg.attention)) is not None:
+        if rolling:
+            raise UnsupportedCache(
+                f"attention variant {cfg.attention!r} decodes with a fixed-size recurrent state, "
+                f"so a rolling cache does not apply; use rolling=False"
+            )
+        return init_state_cache(cfg, batch_size)
     window = cfg.attention_window
     if rolling and (window is None or length < window):
         raise ValueError(

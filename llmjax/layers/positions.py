@@ -115,6 +115,57 @@ def _llama3_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
     return (1.0 - keep) * inv_freq / s.factor + keep * inv_freq, 1.0
 
 
+@ROPE_SCALINGS.register("ntk")
+def _ntk_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
+    """NTK-aware scaling (bloc97, 2023): theta -> theta * factor^(H / (H - 2)).
+
+    The highest frequency is kept (local order stays sharp) while the lowest is slowed by the
+    full factor, so the slowest rotation never turns further than it did in training.
+    """
+    head_dim = cfg.dim_head
+    exponent = np.arange(0, head_dim, 2, dtype=np.float64) / (head_dim - 2)
+    return inv_freq * cfg.rope_scaling.factor ** (-exponent), 1.0
+
+
+def _yarn_correction_dim(rotations: float, head_dim: int, theta: float, length: int) -> float:
+    """The dimension index whose wavelength fits `rotations` times into `length` tokens."""
+    return head_dim * math.log(length / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+
+@ROPE_SCALINGS.register("yarn")
+def _yarn_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
+    """YaRN (Peng et al. 2023): interpolate low frequencies, keep high ones, ramp between.
+
+    Dimensions rotating more than beta_fast times over the original context keep their
+    frequency, those rotating fewer than beta_slow times are divided by the factor, and a linear
+    ramp blends the band in between; cos/sin are scaled by 0.1 ln(factor) + 1 so attention
+    logits keep their magnitude (the same as HF transformers' "yarn").
+    """
+    sc, head_dim = cfg.rope_scaling, cfg.dim_head
+    low = math.floor(
+        _yarn_correction_dim(sc.beta_fast, head_dim, cfg.rope_theta, sc.original_max_seq_len)
+    )
+    high = math.ceil(
+        _yarn_correction_dim(sc.beta_slow, head_dim, cfg.rope_theta, sc.original_max_seq_len)
+    )
+    low, high = max(low, 0), min(high, head_dim - 1)
+    ramp = (np.arange(head_dim // 2, dtype=np.float64) - low) / ((high - low) or 1e-3)
+    extrapolate = 1.0 - np.clip(ramp, 0.0, 1.0)  # 1: keep the frequency, 0: interpolate it
+    scaled = inv_freq / sc.factor * (1.0 - extrapolate) + inv_freq * extrapolate
+    return scaled, 0.1 * math.log(sc.factor) + 1.0
+
+
+# kind -> check(scaling) returning a problem to report, or None (RopeScaling validation).
+ROPE_SCALING_CHECKS: dict[str, Callable] = {
+    "yarn": lambda sc: (
+        None
+        if sc.original_max_seq_len
+        else "RopeScaling(kind='yarn') needs original_max_seq_len, the context length the model "
+        "was trained at (e.g. model.rope_scaling.original_max_seq_len=2048)"
+    ),
+}
+
+
 def apply_rope(
     x_BxTxNxH: Float[Array, "B T N H"],
     positions_BxT: Int[Array, "B T"],

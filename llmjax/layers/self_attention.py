@@ -8,6 +8,7 @@ from llmjax.attention import ATTENTION, Mask
 from llmjax.layers.common import constrain, contract, dtype_of, normal, out_std, param
 from llmjax.layers.kv_cache import LayerKV
 from llmjax.layers.positions import POSITIONS
+from llmjax.layers.state_cache import LayerState
 
 
 class SelfAttention(nn.Module):
@@ -17,11 +18,15 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxTxD: jax.Array, mask: Mask, kv: LayerKV | None = None, start=None
-    ) -> jax.Array | tuple[jax.Array, LayerKV]:
+        self,
+        x_BxTxD: jax.Array,
+        mask: Mask,
+        kv: LayerKV | LayerState | None = None,
+        start=None,
+    ) -> jax.Array | tuple[jax.Array, LayerKV | LayerState]:
         """With a layer cache `kv`, the new keys/values are written from slot `start` on and the
-        queries attend over the whole cache (`mask` then describes the cache); returns
-        (output, updated kv)."""
+        queries attend over the whole cache (`mask` then describes the cache), or, for a
+        recurrent variant, continue its state; returns (output, updated kv)."""
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
         dtype = dtype_of(cfg.dtype)
@@ -65,13 +70,14 @@ class SelfAttention(nn.Module):
             checkpoint_name(v_BxTxKxH, "qkv"), ("batch", "length", "kv_heads", "head_dim")
         )
 
-        k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
-        if kv is not None:
-            kv = kv.write(k_BxTxKxH, v_BxTxKxH, start)
-            k_BxSxKxH, v_BxSxKxH = kv.keys(), kv.values()
         slopes = None if position.slopes is None else position.slopes(cfg)
-        attend = ATTENTION.get(cfg.attention)
-        out_BxTxNxH = attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes=slopes)
+        if kv is None:
+            attend = ATTENTION.get(cfg.attention)
+            out_BxTxNxH = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes)
+        else:  # a KV cache or a recurrent state, each attending as the variant says
+            out_BxTxNxH, kv = kv.attend(
+                cfg.attention, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, start, alibi_slopes=slopes
+            )
         out_BxTxNxH = constrain(
             checkpoint_name(out_BxTxNxH, "attention_out"), ("batch", "length", "heads", "head_dim")
         )

@@ -22,6 +22,7 @@ from llmjax.layers.mlp import MLPS
 from llmjax.layers.norms import NORMS
 from llmjax.layers.positions import POSITIONS
 from llmjax.layers.self_attention import SelfAttention
+from llmjax.layers.state_cache import LayerState, StateCache
 from llmjax.models.remat import REMAT_POLICIES
 from llmjax.typing import Array, Float, Int
 
@@ -41,8 +42,8 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxTxD: jax.Array, mask: Mask, kv: LayerKV | None = None, start=None
-    ) -> tuple[jax.Array, LayerKV | None]:
+        self, x_BxTxD: jax.Array, mask: Mask, kv: LayerKV | LayerState | None = None, start=None
+    ) -> tuple[jax.Array, LayerKV | LayerState | None]:
         cfg = self.cfg
         norm = NORMS.get(cfg.norm)
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
@@ -85,9 +86,10 @@ def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
 class Decoder(nn.Module):
     """Token ids in, next-token logits (float32) out.
 
-    With a `cache` (llmjax.layers.kv_cache.KVCache) the tokens continue the cached ones: their
-    keys/values are written to the cache, positions default to each row's next positions
-    (negative positions mark padding), and the call returns (logits, updated cache).
+    With a `cache` (llmjax.layers.kv_cache.KVCache, or a StateCache for recurrent variants) the
+    tokens continue the cached ones: their keys/values are written to the cache, positions
+    default to each row's next positions (negative positions mark padding), and the call
+    returns (logits, updated cache).
     """
 
     cfg: "ModelConfig"
@@ -101,7 +103,7 @@ class Decoder(nn.Module):
         *,
         deterministic: bool = True,
         return_hidden: bool = False,
-        cache: KVCache | None = None,
+        cache: KVCache | StateCache | None = None,
     ) -> Float[Array, "B T V"] | tuple:
         cfg = self.cfg
         batch, length = tokens_BxT.shape

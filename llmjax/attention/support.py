@@ -1,0 +1,50 @@
+"""Clear errors when a variant is asked for a mask feature it cannot compute."""
+
+from collections.abc import Callable, Iterable
+
+from llmjax.attention.masks import Mask
+
+# feature name -> (what it means, whether the call uses it)
+MASK_FEATURES: dict[str, tuple[str, Callable[[Mask, object], bool]]] = {
+    "window": ("a sliding window (mask.window)", lambda m, s: m.window is not None),
+    "segments": (
+        "packed segments (mask.q_segments/kv_segments)",
+        lambda m, s: m.q_segments is not None and m.kv_segments is not None,
+    ),
+    "kv_valid": ("padded or unwritten keys (mask.kv_valid)", lambda m, s: m.kv_valid is not None),
+    "extra": ("a dense extra mask (mask.extra)", lambda m, s: m.extra is not None),
+    "alibi": ("ALiBi slopes (alibi_slopes)", lambda m, s: s is not None),
+    "non_causal": ("a non-causal mask (mask.causal=False)", lambda m, s: not m.causal),
+}
+
+EVERY_MASK = "'reference', 'xla' and 'flash' serve every mask"
+
+
+class UnsupportedMask(ValueError):
+    """An attention variant cannot compute the requested mask feature."""
+
+
+def reject(variant: str, mask: Mask, alibi_slopes, features: Iterable[str], hint: str = "") -> None:
+    """Raises UnsupportedMask naming the variant and the first requested feature it lacks."""
+    for name in features:
+        meaning, used = MASK_FEATURES[name]
+        if used(mask, alibi_slopes):
+            raise UnsupportedMask(
+                f"attention variant {variant!r} cannot serve {meaning}; "
+                f"{hint + '; ' if hint else ''}{EVERY_MASK}"
+            )
+
+
+def check_block(variant: str, name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{variant} attention: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_self_attention(variant: str, q_len: int, kv_len: int) -> None:
+    if q_len != kv_len:
+        raise UnsupportedMask(
+            f"attention variant {variant!r} needs queries and keys of the same length "
+            f"(self-attention over one sequence), got {q_len} queries and {kv_len} keys; "
+            f"{EVERY_MASK}"
+        )

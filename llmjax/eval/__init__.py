@@ -1,0 +1,1 @@
+"""Evaluation and measurement helpers that experiments and notebooks share."""
