@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,9 +111,10 @@ class _Progress:
         metrics: MetricsLog | None,
         bar: tqdm | None,
         start: int,
-        peak_flops: float | None = None,
+        peak_flops: Callable[[], float | None] | None = None,
     ):
         self.cfg, self.metrics, self.bar = cfg, metrics, bar
+        # Called at the first log record (on CPU it times a matmul), not while compiling.
         self.peak_flops = peak_flops
         self.flops_per_token = scaling.train_flops_per_token(cfg.model, cfg.seq_len)
         self.reset(start)
@@ -151,10 +153,9 @@ class _Progress:
                 "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
                 "nonfinite_total": int(m["nonfinite_total"]),
             }
-            if self.peak_flops:
-                record["mfu"] = scaling.mfu(
-                    self.flops_per_token, record["tokens_per_s"], self.peak_flops
-                )
+            peak = self.peak_flops() if self.peak_flops else None
+            if peak:
+                record["mfu"] = scaling.mfu(self.flops_per_token, record["tokens_per_s"], peak)
             if "loss_scale" in m:
                 record["loss_scale"] = float(m["loss_scale"])
             self.emit(record)
@@ -247,6 +248,9 @@ def fit(
     if run is not None:
         checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
         metrics = MetricsLog(run.metrics) if primary else None
+    warm: list[threading.Thread] = []
+    if cfg.parallel.kind == "none" and not resume:
+        warm = _precompile(training, train_step, eval_step, data)
     if resume and checkpointer is not None:
         state, start = checkpointer.restore(training.abstract_state())
         state = parallel.device_state(state)
@@ -264,7 +268,7 @@ def fit(
         desc="train",
         dynamic_ncols=True,
     )
-    tracker = _Progress(cfg, metrics, bar, start, scaling.peak_flops() if cfg.train.mfu else None)
+    tracker = _Progress(cfg, metrics, bar, start, scaling.peak_flops if cfg.train.mfu else None)
     if run is not None:
         tracker.history = [r for r in read_metrics(run.metrics)]
     final_eval: dict[str, float] = {}
@@ -309,6 +313,8 @@ def fit(
             tracker.record(*pending)
     finally:
         bar.close()
+        for thread in warm:
+            thread.join()
         if checkpointer is not None:
             checkpointer.close()
     if run is not None and primary:
@@ -322,6 +328,50 @@ def fit(
         tracker.history,
         time.perf_counter() - t_start,
     )
+
+
+def _precompile(
+    training: Any, train_step: Callable, eval_step: Callable, data: TokenData
+) -> list[threading.Thread]:
+    """Compiles the train and eval steps on two more threads (and cores) while the caller
+    compiles and runs the initializer: a fresh run's start-up takes the longest compile, not
+    the sum. JAX keeps the programs, so the first real calls find them ready.
+
+    The stand-ins match a fresh single-device state (uncommitted arrays, no shardings).
+    """
+    cfg = training.cfg
+    state = jax.eval_shape(training.init, jax.random.key(cfg.train.seed))
+    spec = dict(batch_size=cfg.data.batch_size, seq_len=cfg.seq_len)
+    batch = train_batch(data.train, 0, seed=cfg.train.seed, **spec)
+    val = next(val_batches(data.val, **spec))
+
+    def shapes(tree: Any) -> Any:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+    return [
+        _compile_in_background(lambda: train_step.lower(state, shapes(batch)).compile()),
+        _compile_in_background(
+            lambda: eval_step.lower(state.params, state.model_state, shapes(val)).compile()
+        ),
+    ]
+
+
+def _compile_in_background(compile_fn: Callable[[], Any]) -> threading.Thread:
+    """Compiles a step on a second thread (and core) while the first train step compiles.
+
+    JAX keeps the compiled program, so the later call finds it ready. Purely a head start: if
+    it fails, the call compiles as usual.
+    """
+
+    def run() -> None:
+        try:
+            compile_fn()
+        except Exception:  # noqa: BLE001  (the real call reports any genuine error)
+            log.debug("background compile failed", exc_info=True)
+
+    thread = threading.Thread(target=run, name="llmjax-compile", daemon=True)
+    thread.start()
+    return thread
 
 
 def _check_resumable(saved: Config, requested: Config) -> None:
