@@ -23,7 +23,7 @@ import jax  # noqa: E402
 
 from llmjax import sharding  # noqa: E402
 from llmjax.config import PRESETS, apply_overrides  # noqa: E402
-from llmjax.results import experiment_parser, write_results  # noqa: E402
+from llmjax.results import bar_pair, experiment_parser, write_results  # noqa: E402
 from llmjax.train.bench import compile_step  # noqa: E402
 
 # 128 divides every tensor axis swept, so all meshes hold the same (padded) vocabulary.
@@ -69,30 +69,21 @@ def main(argv: list[str] | None = None):
         "fsdp8_state_fraction": by_mesh["fsdp=8"]["state_fraction_of_one_device"],
         "data8_state_fraction": by_mesh["data=8"]["state_fraction_of_one_device"],
     }
+    plot = bar_pair(
+        rows,
+        "mesh",
+        ("state_MB_per_device", "params + optimizer state per device (MB)"),
+        ("temp_MB_per_device", "compiled train-step temp memory per device (MB)"),
+        f"sharding on 8 devices, {metrics['shape']}",
+    )
     return write_results(
-        "fsdp_memory", metrics, rows=rows, plots={"fsdp_memory": _plot(rows, metrics)},
-        out_dir=args.out_dir, quick=args.quick,
-    )  # fmt: skip
-
-
-def _plot(rows, metrics):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    names = [r["mesh"] for r in rows]
-    left.barh(names, [r["state_MB_per_device"] for r in rows], color="tab:blue")
-    left.set_xlabel("params + optimizer state per device (MB)")
-    right.barh(names, [r["temp_MB_per_device"] for r in rows], color="tab:orange")
-    right.set_xlabel("compiled train-step temp memory per device (MB)")
-    for ax in (left, right):
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"sharding on 8 devices, {metrics['shape']}")
-    fig.tight_layout()
-    return fig
+        "fsdp_memory",
+        metrics,
+        rows=rows,
+        plots={"fsdp_memory": plot},
+        out_dir=args.out_dir,
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

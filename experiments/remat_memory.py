@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from llmjax.config import PRESETS, apply_overrides
 from llmjax.models import REMAT_POLICIES
-from llmjax.results import experiment_parser, write_results
+from llmjax.results import bar_pair, experiment_parser, write_results
 from llmjax.train.bench import compile_step, time_round_robin
 
 QUICK = ["model.n_layers=2", "model.n_heads=2", "model.d_model=64", "model.max_seq_len=64",
@@ -46,30 +46,21 @@ def main(argv: list[str] | None = None):
         "full_time_ratio": steps["full"].step_s / none.step_s,
         "step_times_s": {name: s.times for name, s in steps.items()},
     }
+    plot = bar_pair(
+        rows,
+        "policy",
+        ("temp_MB", "compiled temp memory (MB)"),
+        ("step_s", "step time (s, fastest of the timed steps)"),
+        f"remat policies, {metrics['shape']}",
+    )
     return write_results(
-        "remat_memory", metrics, rows=rows, plots={"remat_memory": _plot(rows, metrics)},
-        out_dir=args.out_dir, quick=args.quick,
-    )  # fmt: skip
-
-
-def _plot(rows, metrics):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    names = [r["policy"] for r in rows]
-    left.barh(names, [r["temp_MB"] for r in rows], color="tab:blue")
-    left.set_xlabel("compiled temp memory (MB)")
-    right.barh(names, [r["step_s"] for r in rows], color="tab:orange")
-    right.set_xlabel("step time (s, fastest of the timed steps)")
-    for ax in (left, right):
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"remat policies, {metrics['shape']}")
-    fig.tight_layout()
-    return fig
+        "remat_memory",
+        metrics,
+        rows=rows,
+        plots={"remat_memory": plot},
+        out_dir=args.out_dir,
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -97,6 +97,33 @@ def write_results(
     return out
 
 
+def bar_pair(
+    rows: list[dict[str, Any]],
+    label: str,
+    left: tuple[str, str],
+    right: tuple[str, str],
+    title: str,
+) -> Any:
+    """Two side-by-side horizontal bar charts of the rows, one bar per row labelled by
+    row[label]; `left` and `right` are (column, x-axis label). Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    names = [r[label] for r in rows]
+    panels = zip(axes, (left, right), ("tab:blue", "tab:orange"), strict=True)
+    for ax, (column, xlabel), color in panels:
+        ax.barh(names, [r[column] for r in rows], color=color)
+        ax.set_xlabel(xlabel)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def experiment_parser(description: str) -> argparse.ArgumentParser:
     """The flags every experiment shares: --quick and --out-dir."""
     parser = argparse.ArgumentParser(description=description)
