@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         step.run()
 
     tokens = cfg.data.batch_size * cfg.seq_len
-    median = statistics.median(step.times)
+    median = step.median_s
     tokens_per_s = tokens / median
     flops_per_token = train_flops_per_token(cfg.model, cfg.seq_len)
     peak = peak_flops()
