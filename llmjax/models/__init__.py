@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from llmjax.models.remat import REMAT_POLICIES
 from llmjax.models.transformer import Decoder, stack_layer_params, unstack_layer_params
 from llmjax.registry import Registry
+from llmjax.runtime import jit_once
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -28,7 +29,7 @@ def _init_variables(cfg: "ModelConfig", key: jax.Array) -> dict[str, Any]:
 
 
 # Compiled once per config: run eagerly, initialization dispatches hundreds of tiny ops.
-_init_variables_jit = jax.jit(_init_variables, static_argnums=0)
+_init_variables_jit = jit_once(_init_variables, static_argnums=0)
 
 
 def init_variables(cfg: "ModelConfig", key: jax.Array) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 from llmjax import sharding
 from llmjax.distributed import DistributedError, local_region
 from llmjax.registry import Registry
+from llmjax.runtime import jit_once
 
 if TYPE_CHECKING:
     from llmjax.config import Config
@@ -97,7 +98,7 @@ class SingleDevice(ParallelMode):
         self._init_boxed = init_boxed
 
     def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
-        return jax.jit(init)(key)
+        return jit_once(init)(key)
 
     def abstract_state(self) -> TrainState:
         shapes, _ = _abstract(self._init_boxed)  # traced only when a checkpoint is restored
@@ -146,7 +147,7 @@ class MeshParallel(ParallelMode):
         )
 
     def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
-        return InMesh(jax.jit(init, out_shardings=self.state_sharding), self.mesh)(key)
+        return InMesh(jit_once(init, out_shardings=self.state_sharding), self.mesh)(key)
 
     def abstract_state(self) -> TrainState:
         return _placed(self.shapes, self.state_sharding)
@@ -220,7 +221,7 @@ class PmapParallel(ParallelMode):
         return jax.tree.map(copy, tree)
 
     def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
-        return self._replicate(jax.jit(init)(key))
+        return self._replicate(jit_once(init)(key))
 
     def abstract_state(self) -> TrainState:
         shapes, _ = _abstract(self._init_boxed)
