@@ -22,7 +22,7 @@ from llmjax.distributed import barrier, is_primary
 from llmjax.models import build_model
 from llmjax.train.checkpoint import Checkpointer
 from llmjax.train.loss import bits_per_byte, perplexity
-from llmjax.train.metrics import MetricsLog, plot_losses, read_metrics
+from llmjax.train.metrics import MetricsLog, plot_losses, preload_plotting, read_metrics
 from llmjax.train.parallel import PARALLELISM
 from llmjax.train.rundir import RunDir, RunDirError
 from llmjax.train.setup import build_training
@@ -251,6 +251,8 @@ def fit(
     warm: list[threading.Thread] = []
     if cfg.parallel.kind == "none" and not resume:
         warm = _precompile(training, train_step, eval_step, data)
+    if run is not None and primary:
+        warm.append(preload_plotting())
     if resume and checkpointer is not None:
         state, start = checkpointer.restore(training.abstract_state())
         state = parallel.device_state(state)

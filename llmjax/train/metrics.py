@@ -1,8 +1,10 @@
 """Metrics as JSON lines (one record per log or eval step) and the loss-curve plot."""
 
+import contextlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,20 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def preload_plotting() -> threading.Thread:
+    """Imports matplotlib (about a second) on a background thread, so that the loss plot at the
+    end of a run does not pay for it; XLA compiles meanwhile with the interpreter lock free."""
+
+    def load() -> None:
+        # A broken install is plot_losses's to report, at the end of the run.
+        with contextlib.suppress(Exception):
+            import matplotlib.pyplot  # noqa: F401
+
+    thread = threading.Thread(target=load, name="llmjax-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
