@@ -1,5 +1,7 @@
 """Whole runs on a mesh: a run moves to another mesh on resume, and loads on one device."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -49,3 +51,22 @@ def test_a_run_resumes_on_another_mesh_and_loads_on_one_device(mesh_cfg, tmp_pat
     assert loaded.step == 4
     assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(loaded.params))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state.params), loaded.params)
+
+
+@pytest.mark.parametrize("mesh", [None, "data=2,fsdp=2,tensor=2"], ids=["one-device", "mesh"])
+def test_a_fresh_run_compiles_each_step_once(mesh_cfg, mesh, tmp_path, caplog):
+    """The steps compiled ahead of the first call (on other threads) are the ones the run
+    uses: with the wrong stand-in shapes or shardings, each step would compile twice."""
+    cfg = apply_overrides(mesh_cfg, ["train.steps=1", "train.eval_every=1"])
+    if mesh is None:
+        cfg = apply_overrides(cfg, ["parallel.mesh="])
+    caplog.set_level(logging.WARNING, logger="jax._src.interpreters.pxla")
+    # Globally, not jax.log_compiles(): the steps compile on other threads.
+    jax.config.update("jax_log_compiles", True)
+    try:
+        fit(cfg, tmp_path / "run", progress=False)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage().split(" with ")[0] for r in caplog.records]
+    assert compiled.count("Compiling jit(train_step)") == 1, compiled
+    assert compiled.count("Compiling jit(eval_step)") == 1, compiled

@@ -249,7 +249,7 @@ def fit(
         checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
         metrics = MetricsLog(run.metrics) if primary else None
     warm: list[threading.Thread] = []
-    if cfg.parallel.kind == "none" and not resume:
+    if cfg.parallel.kind in ("none", "mesh") and not resume and jax.process_count() == 1:
         warm = _precompile(training, train_step, eval_step, data)
     if run is not None and primary:
         warm.append(preload_plotting())
@@ -339,21 +339,18 @@ def _precompile(
     compiles and runs the initializer: a fresh run's start-up takes the longest compile, not
     the sum. JAX keeps the programs, so the first real calls find them ready.
 
-    The stand-ins match a fresh single-device state (uncommitted arrays, no shardings).
+    The stand-ins are the shapes (and, on a mesh, the shardings) the real calls will have.
     """
     cfg = training.cfg
-    state = jax.eval_shape(training.init, jax.random.key(cfg.train.seed))
     spec = dict(batch_size=cfg.data.batch_size, seq_len=cfg.seq_len)
-    batch = train_batch(data.train, 0, seed=cfg.train.seed, **spec)
-    val = next(val_batches(data.val, **spec))
-
-    def shapes(tree: Any) -> Any:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-
+    parallel = training.parallel
+    state = parallel.fresh_state_shapes(training.init, jax.random.key(cfg.train.seed))
+    batch = parallel.batch_shapes(train_batch(data.train, 0, seed=cfg.train.seed, **spec))
+    val = parallel.batch_shapes(next(val_batches(data.val, **spec)))
     return [
-        _compile_in_background(lambda: train_step.lower(state, shapes(batch)).compile()),
+        _compile_in_background(lambda: train_step.lower(state, batch).compile()),
         _compile_in_background(
-            lambda: eval_step.lower(state.params, state.model_state, shapes(val)).compile()
+            lambda: eval_step.lower(state.params, state.model_state, val).compile()
         ),
     ]
 

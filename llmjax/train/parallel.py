@@ -71,6 +71,15 @@ class ParallelMode:
         """A restored host state placed for train_step."""
         return state
 
+    # Shapes of a fresh state and of a placed host batch, matching what the compiled steps
+    # are then called with (so that a step can be compiled before its first call).
+
+    def fresh_state_shapes(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> Any:
+        return jax.eval_shape(init, key)
+
+    def batch_shapes(self, batch: HostBatch) -> Any:
+        return _placed(batch, None)
+
 
 class InMesh:
     """A jitted function that enters its mesh and the rules table whenever it is called or
@@ -151,6 +160,12 @@ class MeshParallel(ParallelMode):
 
     def abstract_state(self) -> TrainState:
         return _placed(self.shapes, self.state_sharding)
+
+    def fresh_state_shapes(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> Any:
+        return self.abstract_state()
+
+    def batch_shapes(self, batch: HostBatch) -> Any:
+        return _placed(batch, self.batch_sharding)
 
     def train_step(self, fn: Callable) -> Callable:
         return InMesh(
@@ -254,8 +269,9 @@ class PmapParallel(ParallelMode):
 
 
 def _placed(shapes: Any, where: Any) -> Any:
-    """ShapeDtypeStructs carrying shardings: one sharding for all leaves, or a tree of them."""
-    if not isinstance(where, jax.sharding.Sharding):
+    """ShapeDtypeStructs carrying shardings: one sharding for all leaves (None: none), or a
+    tree of them."""
+    if where is not None and not isinstance(where, jax.sharding.Sharding):
         return jax.tree.map(
             lambda s, w: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=w), shapes, where
         )
