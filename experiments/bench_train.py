@@ -11,6 +11,11 @@ float32 matmul timed now (printed as `matmul_peak_gflops`), elsewhere the datash
 
 `--cpu-devices N` splits the CPU into N XLA devices (set before JAX starts) so a data-parallel
 mesh runs the shards on separate cores; the peak is then still the whole process's.
+
+`--profile N` then runs the step N more times under the JAX profiler and adds where the time
+goes: each kind of XLA op's milliseconds per step and share (`profile` in the JSON), e.g.
+
+    python -m experiments.bench_train --preset nano --profile 20 --top 10
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import argparse
 import json
 import os
 import sys
+
+# XLA:CPU records per-op events in a profile only with this flag, set before JAX starts.
+CPU_OP_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-devices", type=int, default=None, help="split the CPU into this many devices"
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="profile N more steps (default: off)"
+    )
+    parser.add_argument("--top", type=int, default=15, help="op kinds to list with --profile")
     args = parser.parse_args(argv)
+    if args.profile < 0 or args.top < 1:
+        parser.error("--profile must be >= 0 and --top >= 1")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if args.cpu_devices is not None and args.cpu_devices < 1:
@@ -43,20 +57,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    flags = []
     if args.cpu_devices is not None:
         if "jax" in sys.modules:
             sys.exit(
                 "bench_train: --cpu-devices must be set before JAX starts; "
                 "run the module as its own process"
             )
-        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        flags.append(f"--xla_force_host_platform_device_count={args.cpu_devices}")
+    if args.profile and "jax" not in sys.modules:
+        flags.append(CPU_OP_TRACE_FLAG)  # otherwise XLA:CPU records no per-op events
+    if flags:
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
 
     import jax
 
     from llmjax.config import apply_overrides, get_preset
     from llmjax.scaling import mfu, peak_flops, train_flops_per_token
-    from llmjax.train.bench import compile_step
+    from llmjax.train.bench import compile_step, profile_ops
 
     cfg = apply_overrides(get_preset(args.preset), [f"model.vocab_size={args.vocab}", *args.set])
     step = compile_step(cfg)
@@ -89,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
         "temp_memory_mb": round(step.memory["temp"] / 2**20, 2),
         "loss_first_last": [round(step.metrics[0]["loss"], 4), round(step.metrics[-1]["loss"], 4)],
     }
+    if args.profile:
+        result["profile"] = profile_ops(step, args.profile, args.top)
     print(json.dumps(result))
     return result
 

@@ -3,9 +3,11 @@
 import os
 
 # Tests check numerics, not speed: LLVM's -O0 compiles 3x faster on this 2-core machine.
+# Per-op trace events (free unless a profiler runs) let the profiling test see XLA:CPU's ops.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    + " --xla_cpu_enable_xprof_traceme=true"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

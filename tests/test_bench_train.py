@@ -16,8 +16,23 @@ def test_bench_train_reports_step_time_throughput_and_mfu(monkeypatch, capsys):
     assert '"ms_per_step"' in capsys.readouterr().out
 
 
+def test_bench_train_profile_says_where_the_step_time_goes(monkeypatch):
+    monkeypatch.setenv("LLMJAX_PEAK_FLOPS", "1e11")
+    argv = ["--preset", "test-tiny", "--steps", "1", "--warmup", "1", "--profile", "3"]
+    profile = bench_train.main([*argv, "--top", "4"])["profile"]
+    ops = profile["ops"]
+    assert 1 <= len(ops) <= 4
+    assert [o["ms_per_step"] for o in ops] == sorted((o["ms_per_step"] for o in ops), reverse=True)
+    assert all(o["ms_per_step"] > 0 and o["calls_per_step"] > 0 for o in ops)
+    assert all(not o["op"].endswith(tuple("0123456789")) for o in ops)  # grouped by kind
+    assert sum(o["share"] for o in ops) <= 1.0 + 1e-6
+    assert profile["op_ms_per_step"] >= sum(o["ms_per_step"] for o in ops) - 1e-2
+
+
 def test_bench_train_rejects_bad_flags():
     with pytest.raises(SystemExit):
         bench_train.main(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        bench_train.main(["--profile", "-1"])
     with pytest.raises(SystemExit):
         bench_train.main(["--cpu-devices", "2"])  # JAX is already imported in this process

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -104,3 +108,54 @@ def time_round_robin(steps: Mapping[Any, CompiledStep], rounds: int, warmup: int
     for _ in range(rounds):
         for step in steps.values():
             step.run()
+
+
+def profile_ops(step: CompiledStep, runs: int, top: int = 15) -> dict[str, Any]:
+    """Runs `step` `runs` times under the JAX profiler and sums each XLA op's time per step.
+
+    Ops are grouped by kind (an op's name without its ".N" suffix: `ynn_fusion`, `dot`,
+    `multiply_tanh_fusion`, `all-reduce` ...). On a CPU, op events exist only if the process
+    started with --xla_cpu_enable_xprof_traceme=true in XLA_FLAGS; without it the result is
+    empty. Time on
+    several threads or devices adds up, so the total may exceed the step's wall time.
+    """
+    with tempfile.TemporaryDirectory(prefix="llmjax-profile-") as folder:
+        with jax.profiler.trace(folder):
+            for _ in range(runs):
+                step.run()
+        traces = sorted(Path(folder).rglob("*.xplane.pb"))
+        data = jax.profiler.ProfileData.from_file(str(traces[-1])) if traces else None
+    per_kind: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for name, duration_ns in _op_events(data):
+        kind = re.sub(r"\.\d+$", "", name)
+        per_kind[kind] += duration_ns
+        calls[kind] += 1
+    total = sum(per_kind.values())
+    ops = [
+        {
+            "op": kind,
+            "ms_per_step": round(ns / runs / 1e6, 3),
+            "share": round(ns / total, 4),
+            "calls_per_step": round(calls[kind] / runs, 1),
+        }
+        for kind, ns in per_kind.most_common(top)
+    ]
+    return {"op_ms_per_step": round(total / runs / 1e6, 2), "ops": ops}
+
+
+def _op_events(data: Any) -> Iterator[tuple[str, int]]:
+    """(name, duration) of every XLA op: the "XLA Ops" lines of accelerator planes, else the
+    events on XLA:CPU's worker threads (minus the executor's own enclosing events)."""
+    if data is None:
+        return
+    devices = [p for p in data.planes if p.name.startswith("/device:")]
+    for plane in devices or [p for p in data.planes if p.name.startswith("/host:CPU")]:
+        for line in plane.lines:
+            if devices and line.name != "XLA Ops":
+                continue
+            if not devices and not line.name.startswith("tf_XLA"):
+                continue
+            for event in line.events:
+                if "ThunkExecutor" not in event.name:
+                    yield event.name, event.duration_ns
