@@ -8,6 +8,7 @@ line turns it on; from Python call `enable_compilation_cache()` once.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +23,25 @@ _OFF = ("0", "off", "false", "no", "none")
 RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-def jit_once(fn: Callable, **kwargs: Any) -> Any:
+def jit_once(fn: Callable, **kwargs: Any) -> Callable:
     """`jax.jit` for programs that run once per process, such as initializers: compiled without
     the backend's optimizations. Initial params may differ from an optimized build's in the
-    last bit (transcendental functions), so every initializer uses this one setting."""
+    last bit (transcendental functions), so every initializer uses this one setting.
+
+    Called inside another trace (jit, eval_shape), where jit takes no compiler options, `fn`
+    is traced inline and the enclosing program's options apply.
+    """
     import jax
 
-    return jax.jit(fn, compiler_options=RUN_ONCE_COMPILER_OPTIONS, **kwargs)
+    quick = jax.jit(fn, compiler_options=RUN_ONCE_COMPILER_OPTIONS, **kwargs)
+    nested = jax.jit(fn, **kwargs)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kw: Any) -> Any:
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw)))
+        return (nested if traced else quick)(*args, **kw)
+
+    return call
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:

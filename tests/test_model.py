@@ -240,3 +240,16 @@ def test_param_count_matches_gpt2_small():
     shapes = jax.eval_shape(lambda k: _init_variables(cfg, k), jax.random.key(0))["params"]
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     assert n == 124_439_808  # GPT-2 small with tied embeddings, as HF counts it
+
+
+def test_init_model_runs_inside_other_traces(tiny_model):
+    """The initializer compiles with its own options when called directly, and inline when an
+    enclosing jit or eval_shape traces it (jit refuses nested compiler options)."""
+    key = jax.random.key(0)
+    params, _ = init_model(tiny_model, key)
+    shapes = jax.eval_shape(lambda k: init_model(tiny_model, k)[0], key)
+    assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, params)
+    inside = jax.jit(lambda k: init_model(tiny_model, k)[0])(key)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), inside, params
+    )
