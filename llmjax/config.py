@@ -241,6 +241,9 @@ class OptimConfig:
     weight_decay: float = 0.1
     momentum: float = 0.9  # sgd and muon
     muon_adam_lr: float | None = None  # muon: peak lr of the Adam part (None: lr)
+    # muon: Newton-Schulz iterations that orthogonalize each update (fewer: a cheaper step, a
+    # rougher orthogonalization)
+    muon_ns_steps: int = 5
     clip_norm: float | None = 1.0
     decay_embeddings: bool = False
 
@@ -261,6 +264,9 @@ class OptimConfig:
         )
         _check(0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0, "optim.b1 and b2 must be in [0, 1)")
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(
+            self.muon_ns_steps >= 1, f"optim.muon_ns_steps must be >= 1, got {self.muon_ns_steps}"
+        )
         _check(
             self.clip_norm is None or self.clip_norm > 0,
             f"optim.clip_norm must be > 0 or none, got {self.clip_norm}",

@@ -77,6 +77,7 @@ def test_overrides_parse_types():
         ("model=3", r"'model' is a section"),
         ("model.n_layers", r"must look like section.field=value"),
         ("optim.lr=-1", r"optim.lr must be > 0"),
+        ("optim.muon_ns_steps=0", r"optim.muon_ns_steps must be >= 1"),
     ],
 )
 def test_bad_overrides_are_explained(override, message):

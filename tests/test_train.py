@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from llmjax.config import PRESETS, apply_overrides
+from llmjax.config import PRESETS, OptimConfig, apply_overrides
 from llmjax.train.loop import TrainingDiverged, create_state, fit, load_run
 from llmjax.train.loss import bits_per_byte, cross_entropy, perplexity, token_log_probs
 from llmjax.train.optim import SCHEDULES, decay_mask, make_optimizer, muon_dimensions
@@ -86,6 +86,25 @@ def test_muon_sees_every_kernel_as_a_matrix_and_the_rest_as_adam(tiny_model):
     )
     assert dims["embed"]["embedding"] is None
     assert dims["final_norm"]["scale"] is None
+
+
+def test_more_newton_schulz_steps_orthogonalize_muon_updates_further():
+    """A Muon update's singular values approach one value as the iterations grow."""
+    grad = {"kernel": jax.random.normal(jax.random.key(1), (16, 32)) * jnp.linspace(0.1, 3, 32)}
+    params = jax.tree.map(jnp.zeros_like, grad)
+
+    def spread(ns_steps):
+        cfg = OptimConfig(
+            name="muon", warmup_steps=0, weight_decay=0.0, clip_norm=None, muon_ns_steps=ns_steps
+        )
+        tx = make_optimizer(cfg, steps=10)
+        updates, _ = tx.update(grad, tx.init(params), params)
+        singular = np.linalg.svd(np.asarray(updates["kernel"]), compute_uv=False)
+        return singular.max() / singular.min()
+
+    one, five = spread(1), spread(5)
+    assert five < one
+    assert five < 2.0  # the quintic iteration aims at [0.7, 1.2], not exactly 1
 
 
 def test_adamw_decouples_weight_decay_but_adam_l2_does_not():
