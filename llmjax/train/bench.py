@@ -116,8 +116,8 @@ def profile_ops(step: CompiledStep, runs: int, top: int = 15) -> dict[str, Any]:
     Ops are grouped by kind (an op's name without its ".N" suffix: `ynn_fusion`, `dot`,
     `multiply_tanh_fusion`, `all-reduce` ...). On a CPU, op events exist only if the process
     started with --xla_cpu_enable_xprof_traceme=true in XLA_FLAGS; without it the result is
-    empty. Time on
-    several threads or devices adds up, so the total may exceed the step's wall time.
+    empty. Time on several threads or devices adds up, so the total may exceed the step's wall
+    time.
     """
     with tempfile.TemporaryDirectory(prefix="llmjax-profile-") as folder:
         with jax.profiler.trace(folder):

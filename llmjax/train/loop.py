@@ -249,7 +249,7 @@ def fit(
         checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
         metrics = MetricsLog(run.metrics) if primary else None
     warm: list[threading.Thread] = []
-    if cfg.parallel.kind in ("none", "mesh") and not resume and jax.process_count() == 1:
+    if parallel.compiles_ahead and not resume and jax.process_count() == 1:
         warm = _precompile(training, train_step, eval_step, data)
     if run is not None and primary:
         warm.append(preload_plotting())

@@ -49,6 +49,8 @@ class ParallelMode:
     """What every mode provides; the defaults suit one process holding whole batches."""
 
     axis_name: str | None = None  # the pmap axis a step sums over, if any
+    # Whether fit may compile the steps before their first call, from the stand-ins below.
+    compiles_ahead: bool = True
 
     @staticmethod
     def adapt_config(cfg: Config) -> Config:
@@ -215,6 +217,7 @@ class PmapParallel(ParallelMode):
     and the step sums gradients over the "batch" axis (see make_train_step's axis_name)."""
 
     axis_name = "batch"
+    compiles_ahead = False  # its steps take per-device stacks, not the stand-ins' shapes
 
     def __init__(self, cfg: Config, init_boxed: Callable[[jax.Array], TrainState]):
         _single_process("pmap")
