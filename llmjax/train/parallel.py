@@ -108,8 +108,8 @@ class SingleDevice(ParallelMode):
         self.device = jax.devices()[0]
         self._init_boxed = init_boxed
 
-    def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
-        return jit_once(init)(key)
+    def init_state(self, init: Callable[..., TrainState], *args: Any) -> TrainState:
+        return jit_once(init)(*args)
 
     def abstract_state(self) -> TrainState:
         shapes, _ = _abstract(self._init_boxed)  # traced only when a checkpoint is restored
@@ -157,8 +157,8 @@ class MeshParallel(ParallelMode):
             cfg, model=dataclasses.replace(cfg.model, vocab_multiple=multiple)
         )
 
-    def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
-        return InMesh(jit_once(init, out_shardings=self.state_sharding), self.mesh)(key)
+    def init_state(self, init: Callable[..., TrainState], *args: Any) -> TrainState:
+        return InMesh(jit_once(init, out_shardings=self.state_sharding), self.mesh)(*args)
 
     def abstract_state(self) -> TrainState:
         return _placed(self.shapes, self.state_sharding)
@@ -238,8 +238,8 @@ class PmapParallel(ParallelMode):
 
         return jax.tree.map(copy, tree)
 
-    def init_state(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> TrainState:
-        return self._replicate(jit_once(init)(key))
+    def init_state(self, init: Callable[..., TrainState], *args: Any) -> TrainState:
+        return self._replicate(jit_once(init)(*args))
 
     def abstract_state(self) -> TrainState:
         shapes, _ = _abstract(self._init_boxed)

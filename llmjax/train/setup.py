@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,7 +15,7 @@ from llmjax.models import build_model
 from llmjax.train.optim import make_optimizer, make_schedule
 from llmjax.train.parallel import PARALLELISM, ParallelMode
 from llmjax.train.precision import DynamicLossScale, check_compute_dtype, loss_scaler
-from llmjax.train.state import TrainState, state_initializer
+from llmjax.train.state import TrainState, state_from_params, state_initializer
 from llmjax.train.step import make_eval_step, make_train_step
 
 
@@ -33,6 +34,12 @@ class Training:
     def init_state(self) -> TrainState:
         """A fresh state, placed as the parallel mode wants it."""
         return self.parallel.init_state(self.init, jax.random.key(self.cfg.train.seed))
+
+    def state_from(self, params: Any, model_state: dict[str, Any]) -> TrainState:
+        """A step-0 state around given params (placed as abstract_state().params says) with a
+        fresh optimizer state, placed as init_state places a fresh one."""
+        create = state_from_params(self.tx, self.scaler)
+        return self.parallel.init_state(create, params, model_state)
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the state: the target a checkpoint restores onto."""

@@ -78,6 +78,20 @@ def state_initializer(
     return init
 
 
+def state_from_params(
+    tx: optax.GradientTransformation, scaler: "DynamicLossScale | None" = None
+) -> Callable[[Any, dict[str, Any]], TrainState]:
+    """(params, model_state) -> a step-0 TrainState around them with a fresh optimizer state:
+    the start of a run that fine-tunes given weights."""
+
+    def create(params: Any, model_state: dict[str, Any]) -> TrainState:
+        return TrainState.create(
+            params, model_state, tx, None if scaler is None else scaler.init_state()
+        )
+
+    return create
+
+
 def _box_like_params(opt_state: optax.OptState, params_boxed: Any) -> optax.OptState:
     """Gives every optimizer-state leaf that mirrors a param (Adam's moments, momentum, ...) the
     param's logical axes: a leaf whose path ends with the param's path and has its shape."""
