@@ -6,6 +6,7 @@ The public API, in the order a notebook meets it::
     cfg = llmjax.apply_overrides(cfg, ["model.n_layers=2"])      # checked overrides
     result = llmjax.fit(cfg, "runs/demo")                        # train, eval, checkpoint
     run = llmjax.load_run("runs/demo")                           # params + tokenizer back
+    ft = llmjax.fit(llmjax.init_from_config("runs/demo"), "runs/ft")  # fine-tune those params
     print(llmjax.generate(run, "def ", temperature=0.8, top_p=0.95))  # KV-cached sampling
     hf = llmjax.load_hf("checkpoints/gpt2")                      # a Hugging Face checkpoint
 """
@@ -32,6 +33,7 @@ from llmjax.decode import Completion, SamplingConfig, generate
 from llmjax.hf import export_hf, load_hf
 from llmjax.models import build_model, count_params, init_model, logical_axes
 from llmjax.runtime import enable_compilation_cache
+from llmjax.train.init_from import init_from_config
 from llmjax.train.loop import FitResult, LoadedRun, TrainingDiverged, evaluate, fit, load_run
 from llmjax.train.loss import cross_entropy, token_log_probs
 
@@ -62,6 +64,7 @@ __all__ = [
     "fit",
     "generate",
     "get_preset",
+    "init_from_config",
     "init_model",
     "load_config",
     "load_hf",

@@ -42,6 +42,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
     )
     p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from another run's newest params (trained, or made by `llmjax convert`) "
+        "with a fresh optimizer: fine-tuning. The model and tokenizer come from RUN; the rest "
+        "from --preset if given, else from RUN's config",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -84,6 +92,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from llmjax import distributed
     from llmjax.config import load_config
+    from llmjax.train.init_from import init_from_config
     from llmjax.train.loop import fit
     from llmjax.train.rundir import RunDir
 
@@ -95,8 +104,15 @@ def _train(args: argparse.Namespace) -> int:
                 "--preset cannot be combined with --resume: the run's saved config "
                 "is used; change train settings with --set train.KEY=VALUE"
             )
+        if args.init_from is not None:
+            raise ConfigError(
+                "--init-from starts a new run and --resume continues one; drop one of them"
+            )
         # The run's own config is the base; --set may change train.* (e.g. more steps).
         cfg = load_config(RunDir.open(args.out).config)
+    elif args.init_from is not None:
+        base = None if args.preset is None else get_preset(args.preset)
+        cfg = init_from_config(args.init_from, base)
     else:
         cfg = get_preset(args.preset or "nano")
     overrides = list(args.overrides)
@@ -118,7 +134,8 @@ def _train(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         process_id=args.process_id,
     )
-    out = args.out or f"runs/{args.preset or 'nano'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.preset or (Path(args.init_from).name if args.init_from else "nano")
+    out = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = fit(
         cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )

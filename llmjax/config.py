@@ -294,6 +294,9 @@ class TrainConfig:
     loss_scale_init: float = 32768.0
     loss_scale_growth_interval: int = 2000  # finite steps in a row before the scale doubles
     mfu: bool = True  # log model FLOPs utilization (on CPU this times a matmul once)
+    # A run directory (trained, or made by `llmjax convert`) whose newest params this run starts
+    # from, with a fresh optimizer: fine-tuning. Empty: random init. Ignored on resume.
+    init_from: str = ""
 
     def __post_init__(self):
         from llmjax.train.precision import LOSS_SCALE_MODES

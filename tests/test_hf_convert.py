@@ -113,6 +113,30 @@ def test_cli_eval_on_converted_run_matches_transformers_loss(
     assert abs(result["loss"] - want) < 1e-4
 
 
+def test_cli_fine_tunes_a_converted_run(gpt2_run, tmp_path, capsys):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TOKENIZER_TEXT * 20)
+    out = tmp_path / "ft"
+    argv = ["train", "--init-from", str(gpt2_run), "--data", str(corpus), "--steps", "2"]
+    argv += [
+        "--set",
+        "optim.lr=1e-9",
+        "--set",
+        "optim.warmup_steps=0",
+        "--set",
+        "data.batch_size=2",
+    ]
+    argv += ["--set", "train.eval_every=2", "--set", "train.eval_batches=1"]
+    argv += ["--set", "train.mfu=false", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 2
+    tuned, base = load_run(out), load_run(gpt2_run)
+    assert tuned.step == 2 and tuned.tokenizer == base.tokenizer
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), tuned.params, base.params
+    )
+
+
 def test_cli_to_hf_round_trip_with_tokenizer(gpt2, gpt2_run, tmp_path, capsys):
     _, hf = gpt2
     out = tmp_path / "gpt2-hf"

@@ -21,6 +21,12 @@ from llmjax.data import TokenData, Tokenizer, load_tokenizer, prepare_data, trai
 from llmjax.distributed import barrier, is_primary
 from llmjax.models import build_model
 from llmjax.train.checkpoint import Checkpointer
+from llmjax.train.init_from import (
+    check_not_overwritten,
+    open_source,
+    restore_params,
+    source_tokenizer,
+)
 from llmjax.train.loss import bits_per_byte, perplexity
 from llmjax.train.metrics import MetricsLog, plot_losses, preload_plotting, read_metrics
 from llmjax.train.parallel import PARALLELISM
@@ -186,11 +192,17 @@ def fit(
     """Trains a model as `cfg` says; writes a run directory when `out` is given.
 
     With `resume`, continues the run in `out` from its newest checkpoint and ends with exactly
-    the params an uninterrupted run would have. `stop_after` ends the loop early after that many
-    total steps (with a checkpoint), as an interruption would.
+    the params an uninterrupted run would have. With cfg.train.init_from (and no `resume`), a
+    new run starts from that run's newest params and tokenizer with a fresh optimizer.
+    `stop_after` ends the loop early after that many total steps (with a checkpoint), as an
+    interruption would.
     """
     t_start = time.perf_counter()
     primary = is_primary()  # only process 0 writes config, tokenizer, metrics and plots
+    init_from = None if resume else (cfg.train.init_from or None)
+    if init_from is not None:  # checked before a run directory is created or replaced
+        open_source(init_from)
+        check_not_overwritten(init_from, out)
     run = None
     if out is not None:
         if resume:
@@ -209,6 +221,8 @@ def fit(
         tokenizer_spec: str | Tokenizer = cfg.data.tokenizer
         if resume and run is not None and run.tokenizer.exists():
             tokenizer_spec = load_tokenizer(run.tokenizer)
+        elif init_from is not None:
+            tokenizer_spec = source_tokenizer(init_from)
         data = prepare_data(
             cfg.data.path,
             tokenizer_spec,
@@ -259,6 +273,12 @@ def fit(
         if metrics is not None:
             metrics.truncate_after(start)
         log.info("resumed %s at step %d", run.path, start)
+    elif init_from is not None:
+        target = training.abstract_state()
+        params, model_state, _ = restore_params(
+            init_from, cfg.model, target.params, target.model_state
+        )
+        state = training.state_from(params, model_state)
     else:
         state = training.init_state()
 

@@ -1,0 +1,144 @@
+"""Starting a run from another run's params (fine-tuning), with a fresh optimizer state.
+
+The source is any run directory: one `llmjax train` wrote, or one `llmjax convert` made from a
+Hugging Face checkpoint. The new run takes the source's tokenizer and newest params; its model
+config must give the same parameter shapes (settings that change no shape, such as dropout,
+remat, the attention kernel or the compute dtype, may differ). The source is only read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from llmjax.config import Config, ModelConfig, load_config
+from llmjax.data import Tokenizer, load_tokenizer
+from llmjax.train.checkpoint import Checkpointer
+from llmjax.train.rundir import RunDir, RunDirError
+
+log = logging.getLogger(__name__)
+
+
+def open_source(path: str | Path) -> tuple[RunDir, Config]:
+    """The source run directory and its config, checked to hold what a start needs."""
+    run = RunDir.open(path)
+    if not run.tokenizer.is_file():
+        raise RunDirError(
+            f"train.init_from={path} has no tokenizer.json, so its token ids mean nothing to a "
+            f"new run; pass a directory written by `llmjax train` or `llmjax convert`"
+        )
+    if not run.checkpoints.is_dir():
+        raise RunDirError(
+            f"train.init_from={path} has no checkpoints/ directory; pass a run that saved at "
+            f"least one checkpoint"
+        )
+    return run, load_config(run.config)
+
+
+def init_from_config(source: str | Path, base: Config | None = None) -> Config:
+    """The config of a run starting from `source`: `base` (default: the source's own config)
+    with the source's model section and tokenizer, and train.init_from set to the source."""
+    run, saved = open_source(source)
+    cfg = saved if base is None else base
+    return dataclasses.replace(
+        cfg,
+        model=saved.model,
+        data=dataclasses.replace(cfg.data, tokenizer=str(run.tokenizer.absolute())),
+        train=dataclasses.replace(cfg.train, init_from=str(run.path.absolute())),
+    )
+
+
+def source_tokenizer(path: str | Path) -> Tokenizer:
+    run, _ = open_source(path)
+    return load_tokenizer(run.tokenizer)
+
+
+def check_not_overwritten(source: str | Path, out: str | Path | None) -> None:
+    """A run may not be written over the run it starts from (--overwrite would delete it)."""
+    if out is not None and Path(out).resolve() == Path(source).resolve():
+        raise RunDirError(
+            f"train.init_from and the output directory are both {out}; starting there would "
+            f"replace the params being read. Choose another --out"
+        )
+
+
+def restore_params(
+    source: str | Path, model: ModelConfig, target: Any, target_model_state: Any
+) -> tuple[Any, dict[str, Any], int]:
+    """(params, model_state, step) of the source's newest restorable checkpoint, restored onto
+    `target` (abstract params with the new run's shardings), after checking the shapes."""
+    from llmjax.train.loop import abstract_state
+
+    run, saved = open_source(source)
+    if saved.model.vocab_size != model.vocab_size:
+        raise RunDirError(
+            f"train.init_from={source} has a vocabulary of {saved.model.vocab_size} ids and "
+            f"this run's tokenizer {model.vocab_size}; a run that starts from another uses its "
+            f"tokenizer (leave data.tokenizer unset, or pass that run's tokenizer.json)"
+        )
+    have = abstract_state(saved).params
+    resized = _check_shapes(source, saved.model, model, have, target)
+    with Checkpointer(run.checkpoints, keep=saved.train.keep_checkpoints) as ckpt:
+        # Params whose padded vocabulary differs (a mesh may pad it further) are read whole and
+        # then cut or padded; the padding rows' logits are masked, so their values never matter.
+        onto = have if resized else target
+        restored, step = ckpt.restore(
+            {"params": onto, "model_state": target_model_state}, partial=True
+        )
+    params = restored["params"]
+    if resized:
+        params = jax.tree.map(_fit_to, params, target)
+    log.info("starting from %s at its step %d", run.path, step)
+    return params, restored["model_state"], step
+
+
+def _fit_to(x: jax.Array, want: jax.ShapeDtypeStruct) -> jax.Array:
+    """x cut or zero-padded at the end of each axis to `want`'s shape, placed as `want` says."""
+    x = np.asarray(jax.device_get(x))
+    x = x[tuple(slice(0, n) for n in want.shape)]
+    x = np.pad(x, [(0, n - m) for m, n in zip(x.shape, want.shape, strict=True)])
+    return jax.device_put(x.astype(want.dtype), want.sharding)
+
+
+def _check_shapes(source, saved: ModelConfig, model: ModelConfig, have: Any, want: Any) -> bool:
+    """Whether some params differ only in their padded vocabulary; raises if any differ
+    otherwise."""
+    paths = lambda tree: {  # noqa: E731
+        jax.tree_util.keystr(p): tuple(x.shape)
+        for p, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
+    have, want = paths(have), paths(want)
+    vocab = {saved.padded_vocab_size, model.padded_vocab_size}
+
+    def padding_only(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:
+        return (
+            a is not None
+            and b is not None
+            and len(a) == len(b)
+            and all(m == n or {m, n} == vocab for m, n in zip(a, b, strict=True))
+        )
+
+    differ = [k for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+    wrong = [
+        f"{k}: {have.get(k, 'missing')} in the source, {want.get(k, 'missing')} here"
+        for k in differ
+        if not padding_only(have.get(k), want.get(k))
+    ]
+    if not wrong:
+        return bool(differ)
+    changed = [
+        f"model.{f.name} ({getattr(saved, f.name)!r} -> {getattr(model, f.name)!r})"
+        for f in dataclasses.fields(saved)
+        if getattr(saved, f.name) != getattr(model, f.name) and f.name != "vocab_multiple"
+    ]
+    raise RunDirError(
+        f"train.init_from={source} has params of other shapes than this run's model "
+        f"({len(wrong)} differ, e.g. {'; '.join(wrong[:3])}). Changed model settings: "
+        f"{', '.join(changed) or 'none'}; drop those --set model.* options (the model section "
+        f"comes from the source run)"
+    )
