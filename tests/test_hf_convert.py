@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import llmjax
 from llmjax.cli import main
 from llmjax.config import Config, ModelConfig, save_config
 from llmjax.data import BPETokenizer, ByteTokenizer, load_tokenizer, prepare_data, val_batches
@@ -185,6 +186,24 @@ def test_llama_run_round_trip(metaspace_json, tmp_path):
     assert np.abs(ours - want).max() < 1e-4
     back = _load_hf(convert_to_hf(run, tmp_path / "back"))
     np.testing.assert_allclose(_hf_logits(back, tokens), want, atol=1e-6)
+    # A text prompt starts with the BOS that the tokenizer's post-processor adds, as in HF.
+    import tokenizers
+
+    prompt = tokenizers.Tokenizer.from_file(str(metaspace_json)).encode("The quick brown").ids
+    assert prompt[0] == loaded.tokenizer.bos_id
+    assert loaded.tokenizer.prompt_prefix.tolist() == [loaded.tokenizer.bos_id]
+    with torch.no_grad():
+        logits = hf(torch.as_tensor([prompt])).logits[0, -1].double()
+    want_log_probs = torch.log_softmax(logits, -1).numpy()
+    out = llmjax.generate(loaded, "The quick brown", max_new_tokens=1, temperature=0.0)
+    assert out.tokens[0] == want_log_probs.argmax()
+    np.testing.assert_allclose(out.log_probs[0], want_log_probs.max(), atol=1e-4)
+
+
+def test_byte_level_tokenizers_add_nothing_before_a_prompt(byte_level_json):
+    assert BPETokenizer.from_file(byte_level_json).prompt_prefix.tolist() == []
+    assert BPETokenizer.train("some text to learn from", 300).prompt_prefix.tolist() == []
+    assert ByteTokenizer().prompt_prefix.tolist() == []
 
 
 def test_missing_tokenizer_needs_tokenizer_option(gpt2, byte_level_json, tmp_path):

@@ -64,7 +64,7 @@ def _encode(prompts, tokenizer: Tokenizer | None) -> tuple[list[str | None], lis
         if isinstance(p, str):
             if tokenizer is None:
                 raise ValueError("text prompts need a tokenizer (tokenizer=...)")
-            encoded = tokenizer.encode(p)
+            encoded = np.concatenate([tokenizer.prompt_prefix, tokenizer.encode(p)])
             if len(encoded) == 0:
                 if tokenizer.bos_id is None:
                     raise ValueError(
@@ -114,12 +114,14 @@ def generate(
     `model_or_run`: a LoadedRun from llmjax.load_run, a run directory, or an llmjax model with
     `params` (a params tree or {"params": ..., **model_state}) and `tokenizer` (needed for text
     prompts and stop strings). Prompts are strings or token-id sequences; an empty string
-    starts from the tokenizer's BOS token. Sampling options are those of
-    llmjax.decode.SamplingConfig (temperature 0 is greedy); num_beams > 1 runs beam search
-    instead (deterministic: temperature is ignored, other sampling options are rejected). Rows
-    stop at the tokenizer's EOS (unless stop_at_eos=False), at any of `stop_token_ids`, or when
-    their text contains one of the `stop` strings. `stream(row, text)` receives each row's text
-    as it becomes final, every `chunk_size` tokens.
+    starts from the tokenizer's BOS token. Text prompts start with the ids the tokenizer's own
+    post-processor adds (Llama's BOS: see Tokenizer.prompt_prefix), as transformers does.
+    Sampling options are those of llmjax.decode.SamplingConfig (temperature 0 is greedy);
+    num_beams > 1 runs beam search instead (deterministic: temperature is ignored, other
+    sampling options are rejected). Rows stop at the tokenizer's EOS (unless
+    stop_at_eos=False), at any of `stop_token_ids`, or when their text contains one of the
+    `stop` strings. `stream(row, text)` receives each row's text as it becomes final, every
+    `chunk_size` tokens.
     """
     model, variables, tokenizer = _resolve(model_or_run, params, tokenizer)
     single = isinstance(prompts, str) or (

@@ -42,6 +42,13 @@ class Tokenizer(abc.ABC):
         return None
 
     @property
+    def prompt_prefix(self) -> np.ndarray:
+        """Ids a model trained with this tokenizer expects before a prompt's text, such as the
+        BOS token that Llama's tokenizer adds; empty for llmjax's own tokenizers, whose models
+        train on a plain token stream."""
+        return np.zeros(0, np.int32)
+
+    @property
     def special_ids(self) -> frozenset[int]:
         """Ids that stand for no text: skipped by decode, 0 bytes in token_byte_lengths."""
         return frozenset(i for i in (self.bos_id, self.eos_id, self.pad_id) if i is not None)

@@ -178,6 +178,17 @@ class BPETokenizer(Tokenizer):
     def special_ids(self) -> frozenset[int]:
         return super().special_ids | self._added_special
 
+    @cached_property
+    def prompt_prefix(self) -> np.ndarray:
+        """The ids the tokenizer's post-processor puts before a text (Llama's <s>); none for
+        tokenizers that llmjax trains."""
+        plain = self.hf.encode("a", add_special_tokens=False).ids
+        full = self.hf.encode("a", add_special_tokens=True).ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return np.asarray(full[:start], np.int32)
+        return np.zeros(0, np.int32)
+
     @property
     def exact_bytes(self) -> bool:
         """Whether encode_bytes/decode_bytes round-trip any bytes, invalid UTF-8 included."""
