@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     median = step.median_s
     tokens_per_s = tokens / median
     flops_per_token = train_flops_per_token(cfg.model, cfg.seq_len)
-    peak = peak_flops()
+    peak = peak_flops(fresh=True)  # this minute's matmul, not the one kept for MFU logs
     result = {
         "preset": args.preset,
         "overrides": args.set,

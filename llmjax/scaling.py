@@ -168,19 +168,66 @@ def measure_matmul_peak(
     return best
 
 
+PEAK_CACHE_FILE = "matmul_peak.json"
+
+
+def _machine_key() -> str:
+    """What a CPU's measured peak depends on: processor, usable cores, XLA:CPU devices, jaxlib."""
+    import platform
+
+    import jaxlib
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}|cores={cores}|devices={jax.local_device_count()}|jaxlib={jaxlib.__version__}"
+
+
 @functools.cache
 def measured_matmul_peak() -> float:
-    """`measure_matmul_peak()` of the default device, measured once per process (for MFU)."""
-    return measure_matmul_peak()
+    """`measure_matmul_peak()` of the default device, for MFU: measured once per machine and
+    kept in <llmjax cache dir>/matmul_peak.json (keyed by processor, cores, device count and
+    jaxlib), so that runs share one denominator and skip the ~2 s measurement. Delete the file
+    to measure again; $LLMJAX_PEAK_FLOPS overrides it (see peak_flops)."""
+    import json
+
+    from llmjax.data.cache import atomic_replace, resolve_cache_dir
+
+    path = resolve_cache_dir() / PEAK_CACHE_FILE
+    key = _machine_key()
+    known: dict = {}
+    if path.is_file():
+        try:
+            known = json.loads(path.read_text())
+            return float(known[key]["flops_per_s"])
+        except KeyError:
+            pass
+        except (ValueError, TypeError, OSError) as e:
+            log.warning("ignoring unreadable %s (%s); measuring the matmul peak again", path, e)
+            known = {}
+    peak = measure_matmul_peak()
+    known[key] = {"flops_per_s": peak, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        atomic_replace(path, lambda f: f.write(json.dumps(known, indent=1).encode()))
+    except OSError as e:  # a read-only home still gets its MFU, measured per process
+        log.warning("could not keep the measured matmul peak in %s: %s", path, e)
+    return peak
 
 
-def peak_flops(devices: Sequence[jax.Device] | None = None) -> float | None:
+def peak_flops(devices: Sequence[jax.Device] | None = None, *, fresh: bool = False) -> float | None:
     """Peak FLOP/s of all `devices` together (default: all of the run's devices).
 
     Accelerators: the datasheet peak per chip times the chips. CPU: simulated devices share the
-    host's cores, so the peak is one timed matmul per process (`measured_matmul_peak`) times
-    the processes. $LLMJAX_PEAK_FLOPS overrides the per-chip (CPU: per-process) peak and skips
-    the measurement. None when the accelerator is not in the table.
+    host's cores, so the peak is one timed matmul per process times the processes: the one
+    kept for this machine (`measured_matmul_peak`), or with `fresh` one timed now.
+    $LLMJAX_PEAK_FLOPS overrides the per-chip (CPU: per-process) peak and skips the
+    measurement. None when the accelerator is not in the table.
     """
     devices = list(jax.devices() if devices is None else devices)
     first = devices[0]
@@ -189,7 +236,7 @@ def peak_flops(devices: Sequence[jax.Device] | None = None) -> float | None:
     if override:
         return float(override) * units
     if first.platform == "cpu":
-        return measured_matmul_peak() * units
+        return (measure_matmul_peak() if fresh else measured_matmul_peak()) * units
     peak = table_peak(first.device_kind)
     if peak is None:
         log.warning("no peak FLOP/s known for %r; set %s to log MFU", first.device_kind, ENV_PEAK)

@@ -1,6 +1,7 @@
 """Cost accounting: parameter counts, the FLOP formula against XLA, peaks, MFU."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +88,25 @@ def test_cpu_peak_is_measured_once_per_process(monkeypatch):
     assert scaling.measured_matmul_peak.cache_info().hits == hits + 1
     monkeypatch.setenv(scaling.ENV_PEAK, "2e9")
     assert scaling.peak_flops() == 2e9  # one process: the per-process peak
+
+
+def test_cpu_peak_is_kept_per_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMJAX_CACHE_DIR", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(scaling, "measure_matmul_peak", lambda: calls.append(1) or 1.5e11)
+    kept = tmp_path / scaling.PEAK_CACHE_FILE
+    scaling.measured_matmul_peak.cache_clear()
+    try:
+        assert scaling.measured_matmul_peak() == 1.5e11 and len(calls) == 1
+        assert list(json.loads(kept.read_text())) == [scaling._machine_key()]
+        scaling.measured_matmul_peak.cache_clear()  # as in a new process
+        assert scaling.measured_matmul_peak() == 1.5e11 and len(calls) == 1
+        kept.write_text("{truncated")
+        scaling.measured_matmul_peak.cache_clear()
+        assert scaling.measured_matmul_peak() == 1.5e11 and len(calls) == 2
+        assert json.loads(kept.read_text())[scaling._machine_key()]["flops_per_s"] == 1.5e11
+    finally:
+        scaling.measured_matmul_peak.cache_clear()
 
 
 def test_mfu():
