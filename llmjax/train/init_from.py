@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,22 @@ import jax
 import numpy as np
 
 from llmjax.config import Config, ModelConfig, load_config
-from llmjax.data import Tokenizer, load_tokenizer
 from llmjax.train.checkpoint import Checkpointer
 from llmjax.train.rundir import RunDir, RunDirError
 
 log = logging.getLogger(__name__)
 
 
-def open_source(path: str | Path) -> tuple[RunDir, Config]:
+@dataclass(frozen=True)
+class Source:
+    """A run directory to start from, and its saved config."""
+
+    path: str | Path  # as given, for messages
+    run: RunDir
+    config: Config
+
+
+def open_source(path: str | Path) -> Source:
     """The source run directory and its config, checked to hold what a start needs."""
     run = RunDir.open(path)
     if not run.tokenizer.is_file():
@@ -37,30 +46,25 @@ def open_source(path: str | Path) -> tuple[RunDir, Config]:
             f"train.init_from={path} has no checkpoints/ directory; pass a run that saved at "
             f"least one checkpoint"
         )
-    return run, load_config(run.config)
+    return Source(path, run, load_config(run.config))
 
 
 def init_from_config(source: str | Path, base: Config | None = None) -> Config:
     """The config of a run starting from `source`: `base` (default: the source's own config)
     with the source's model section and tokenizer, and train.init_from set to the source."""
-    run, saved = open_source(source)
-    cfg = saved if base is None else base
+    src = open_source(source)
+    cfg = src.config if base is None else base
     return dataclasses.replace(
         cfg,
-        model=saved.model,
-        data=dataclasses.replace(cfg.data, tokenizer=str(run.tokenizer.absolute())),
-        train=dataclasses.replace(cfg.train, init_from=str(run.path.absolute())),
+        model=src.config.model,
+        data=dataclasses.replace(cfg.data, tokenizer=str(src.run.tokenizer.absolute())),
+        train=dataclasses.replace(cfg.train, init_from=str(src.run.path.absolute())),
     )
 
 
-def source_tokenizer(path: str | Path) -> Tokenizer:
-    run, _ = open_source(path)
-    return load_tokenizer(run.tokenizer)
-
-
-def check_not_overwritten(source: str | Path, out: str | Path | None) -> None:
+def check_not_overwritten(source: Source, out: str | Path | None) -> None:
     """A run may not be written over the run it starts from (--overwrite would delete it)."""
-    if out is not None and Path(out).resolve() == Path(source).resolve():
+    if out is not None and Path(out).resolve() == source.run.path.resolve():
         raise RunDirError(
             f"train.init_from and the output directory are both {out}; starting there would "
             f"replace the params being read. Choose another --out"
@@ -68,21 +72,21 @@ def check_not_overwritten(source: str | Path, out: str | Path | None) -> None:
 
 
 def restore_params(
-    source: str | Path, model: ModelConfig, target: Any, target_model_state: Any
+    source: Source, model: ModelConfig, target: Any, target_model_state: Any
 ) -> tuple[Any, dict[str, Any], int]:
     """(params, model_state, step) of the source's newest restorable checkpoint, restored onto
     `target` (abstract params with the new run's shardings), after checking the shapes."""
     from llmjax.train.loop import abstract_state
 
-    run, saved = open_source(source)
+    run, saved = source.run, source.config
     if saved.model.vocab_size != model.vocab_size:
         raise RunDirError(
-            f"train.init_from={source} has a vocabulary of {saved.model.vocab_size} ids and "
+            f"train.init_from={source.path} has a vocabulary of {saved.model.vocab_size} ids and "
             f"this run's tokenizer {model.vocab_size}; a run that starts from another uses its "
             f"tokenizer (leave data.tokenizer unset, or pass that run's tokenizer.json)"
         )
     have = abstract_state(saved).params
-    resized = _check_shapes(source, saved.model, model, have, target)
+    resized = _check_shapes(source.path, saved.model, model, have, target)
     with Checkpointer(run.checkpoints, keep=saved.train.keep_checkpoints) as ckpt:
         # Params whose padded vocabulary differs (a mesh may pad it further) are read whole and
         # then cut or padded; the padding rows' logits are masked, so their values never matter.

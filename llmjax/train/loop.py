@@ -21,12 +21,7 @@ from llmjax.data import TokenData, Tokenizer, load_tokenizer, prepare_data, trai
 from llmjax.distributed import barrier, is_primary
 from llmjax.models import build_model
 from llmjax.train.checkpoint import Checkpointer
-from llmjax.train.init_from import (
-    check_not_overwritten,
-    open_source,
-    restore_params,
-    source_tokenizer,
-)
+from llmjax.train.init_from import check_not_overwritten, open_source, restore_params
 from llmjax.train.loss import bits_per_byte, perplexity
 from llmjax.train.metrics import MetricsLog, plot_losses, preload_plotting, read_metrics
 from llmjax.train.parallel import PARALLELISM
@@ -199,10 +194,10 @@ def fit(
     """
     t_start = time.perf_counter()
     primary = is_primary()  # only process 0 writes config, tokenizer, metrics and plots
-    init_from = None if resume else (cfg.train.init_from or None)
-    if init_from is not None:  # checked before a run directory is created or replaced
-        open_source(init_from)
-        check_not_overwritten(init_from, out)
+    source = None
+    if cfg.train.init_from and not resume:  # checked before a run directory is written
+        source = open_source(cfg.train.init_from)
+        check_not_overwritten(source, out)
     run = None
     if out is not None:
         if resume:
@@ -221,8 +216,8 @@ def fit(
         tokenizer_spec: str | Tokenizer = cfg.data.tokenizer
         if resume and run is not None and run.tokenizer.exists():
             tokenizer_spec = load_tokenizer(run.tokenizer)
-        elif init_from is not None:
-            tokenizer_spec = source_tokenizer(init_from)
+        elif source is not None:
+            tokenizer_spec = load_tokenizer(source.run.tokenizer)
         data = prepare_data(
             cfg.data.path,
             tokenizer_spec,
@@ -273,10 +268,10 @@ def fit(
         if metrics is not None:
             metrics.truncate_after(start)
         log.info("resumed %s at step %d", run.path, start)
-    elif init_from is not None:
+    elif source is not None:
         target = training.abstract_state()
         params, model_state, _ = restore_params(
-            init_from, cfg.model, target.params, target.model_state
+            source, cfg.model, target.params, target.model_state
         )
         state = training.state_from(params, model_state)
     else:
