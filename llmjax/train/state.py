@@ -56,17 +56,14 @@ def state_initializer(
     """key -> fresh TrainState. With `boxed`, params and the optimizer state built from them
     keep flax's logical-axis boxes, so `nn.get_partition_spec` reads every leaf's axes."""
 
+    create = state_from_params(tx, scaler)
+
     def init(key: jax.Array) -> TrainState:
         variables = dict(init_variables(model_cfg, key))
         variables.pop("perturbations", None)  # zero-valued gradient hooks, not state
         params_boxed = variables.pop("params")
         # The optimizer sees plain arrays: some (Muon) read the params' structure by name.
-        state = TrainState.create(
-            nn.meta.unbox(params_boxed),
-            nn.meta.unbox(variables),
-            tx,
-            None if scaler is None else scaler.init_state(),
-        )
+        state = create(nn.meta.unbox(params_boxed), nn.meta.unbox(variables))
         if not boxed:
             return state
         return state.replace(
