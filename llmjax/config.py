@@ -9,12 +9,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmjax.errors import ConfigError
+
 DTYPES = ("float32", "bfloat16", "float16")
 NORM_POSITIONS = ("pre", "post")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message says which one and how to fix it."""
 
 
 def _check(ok: bool, message: str) -> None:

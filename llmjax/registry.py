@@ -3,6 +3,8 @@
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from llmjax.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -30,13 +32,18 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         self._items.pop(name, None)
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, *, field: str | None = None) -> T:
+        """The implementation registered as `name`. With `field` (the config option that named
+        it, e.g. "model.norm"), an unknown name is a ConfigError that names the option."""
         try:
             return self._items[name]
         except KeyError:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
-            ) from None
+            choices = ", ".join(self.names())
+            if field is not None:
+                raise ConfigError(
+                    f"{field}={name!r} is not known; valid choices: {choices}"
+                ) from None
+            raise ValueError(f"unknown {self.kind} {name!r}; valid choices: {choices}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
