@@ -75,9 +75,7 @@ def run(tmp: Path) -> dict:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "history": [
-            {k: r[k] for k in ("step", "split", "loss") if k in r} for r in result.history
-        ],
+        "history": [{k: r[k] for k in ("step", "split", "loss") if k in r} for r in result.history],
         "final_eval": {k: result.final_eval[k] for k in ("loss", "accuracy", "tokens")},
         "params": leaf_digests(result.state.params),
     }
