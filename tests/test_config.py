@@ -1,6 +1,7 @@
 """Configs: validation messages, presets, overrides, serialization."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_overrides_parse_types():
         ("model=3", r"'model' is a section"),
         ("model.n_layers", r"must look like section.field=value"),
         ("optim.lr=-1", r"optim.lr must be > 0"),
-        ("optim.muon_ns_steps=0", r"optim.muon_ns_steps must be >= 1"),
+        ("optim.muon.ns_steps=0", r"optim.muon.ns_steps must be >= 1"),
     ],
 )
 def test_bad_overrides_are_explained(override, message):
@@ -124,3 +125,19 @@ def test_compilation_cache_setting(tmp_path, monkeypatch):
         assert enable_compilation_cache() == tmp_path / "root" / "xla"
     finally:
         jax.config.update("jax_compilation_cache_dir", old)
+
+
+def test_a_config_saved_with_old_option_names_still_loads(tmp_path):
+    data = to_dict(get_preset("shakespeare-char"))
+    muon = data["optim"].pop("muon")
+    data["optim"]["muon_ns_steps"], data["optim"]["muon_adam_lr"] = 3, 2e-3
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    cfg = load_config(tmp_path / "old.json")
+    assert (cfg.optim.muon.ns_steps, cfg.optim.muon.adam_lr) == (3, 2e-3)
+    assert set(to_dict(cfg)["optim"]["muon"]) == set(muon)
+
+
+def test_an_override_under_an_old_name_sets_the_new_option():
+    cfg = apply_overrides(get_preset("nano"), ["optim.muon_ns_steps=3"])
+    assert cfg.optim.muon.ns_steps == 3
+

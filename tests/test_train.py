@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from llmjax.config import PRESETS, OptimConfig, apply_overrides
+from llmjax.config import PRESETS, MuonConfig, OptimConfig, apply_overrides
 from llmjax.train.loop import TrainingDiverged, create_state, fit, load_run
 from llmjax.train.loss import bits_per_byte, cross_entropy, perplexity, token_log_probs
 from llmjax.train.optim import SCHEDULES, decay_mask, make_optimizer, muon_dimensions
@@ -95,7 +95,11 @@ def test_more_newton_schulz_steps_orthogonalize_muon_updates_further():
 
     def spread(ns_steps):
         cfg = OptimConfig(
-            name="muon", warmup_steps=0, weight_decay=0.0, clip_norm=None, muon_ns_steps=ns_steps
+            name="muon",
+            warmup_steps=0,
+            weight_decay=0.0,
+            clip_norm=None,
+            muon=MuonConfig(ns_steps=ns_steps),
         )
         tx = make_optimizer(cfg, steps=10)
         updates, _ = tx.update(grad, tx.init(params), params)

@@ -227,7 +227,7 @@ def fit(
         )
     cfg = with_vocab(cfg, data.tokenizer)
     if not resume:
-        cfg = PARALLELISM.get(cfg.parallel.kind).adapt_config(cfg)
+        cfg = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode").adapt_config(cfg)
     training = build_training(cfg)  # checks the config against the devices first
     if run is not None and not resume and primary:
         save_config(cfg, run.config)

@@ -56,7 +56,7 @@ def warmup_stable_decay(cfg: "OptimConfig", steps: int) -> optax.Schedule:
 
 
 def make_schedule(cfg: "OptimConfig", steps: int) -> optax.Schedule:
-    return SCHEDULES.get(cfg.schedule)(cfg, steps)
+    return SCHEDULES.get(cfg.schedule, field="optim.schedule")(cfg, steps)
 
 
 # ----------------------------------------------------------------------------- decay mask
@@ -147,20 +147,20 @@ def muon(cfg: "OptimConfig", schedule: optax.Schedule) -> optax.GradientTransfor
     """
     return optax.contrib.muon(
         schedule,
-        ns_steps=cfg.muon_ns_steps,
+        ns_steps=cfg.muon.ns_steps,
         beta=cfg.b1 if cfg.momentum is None else cfg.momentum,
         weight_decay=cfg.weight_decay,
         weight_decay_mask=lambda p: decay_mask(p, cfg.decay_embeddings),
         adam_b1=cfg.b1,
         adam_b2=cfg.b2,
-        adam_learning_rate=schedule if cfg.muon_adam_lr is None else _scaled(schedule, cfg),
+        adam_learning_rate=schedule if cfg.muon.adam_lr is None else _scaled(schedule, cfg),
         muon_weight_dimension_numbers=muon_dimensions,
         consistent_rms=0.2,
     )
 
 
 def _scaled(schedule: optax.Schedule, cfg: "OptimConfig") -> optax.Schedule:
-    ratio = cfg.muon_adam_lr / cfg.lr
+    ratio = cfg.muon.adam_lr / cfg.lr
     return lambda step: schedule(step) * ratio
 
 
@@ -172,7 +172,7 @@ def make_optimizer(
     parts = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(OPTIMIZERS.get(cfg.name)(cfg, schedule))
+    parts.append(OPTIMIZERS.get(cfg.name, field="optim.name")(cfg, schedule))
     tx = optax.chain(*parts)
     # apply_if_finite zeroes the update of a step whose gradients are not finite and counts it.
     # The training loop stops the run itself after `max_nonfinite` in a row, with a message;

@@ -135,9 +135,6 @@ def loss_scaler(mode: str, dtype: str, *, init: float, growth_interval: int):
     return DynamicLossScale(init=init, growth_interval=growth_interval)
 
 
-LOSS_SCALE_MODES = ("auto", "dynamic", "none")
-
-
 def gradient_fidelity(reference: Any, grads: Any) -> dict[str, float]:
     """How far low-precision gradients are from reference (float32) ones.
 

@@ -76,7 +76,7 @@ def build_training(cfg: Config) -> Training:
     tx = make_optimizer(
         cfg.optim, cfg.train.steps, max_nonfinite=None if scaler else cfg.train.max_nonfinite
     )
-    parallel = PARALLELISM.get(cfg.parallel.kind)(
+    parallel = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode")(
         cfg, state_initializer(cfg.model, tx, scaler, boxed=True)
     )
     return Training(

@@ -1,0 +1,44 @@
+"""Frozen, validated configs for model, data, optimizer and training; presets; overrides.
+
+The package imports nothing above it: names of registered parts (norms, attention kernels,
+optimizers, parallel modes, objectives ...) are checked where they are built.
+"""
+
+from llmjax.config.io import RENAMED, from_dict, load_config, migrate, save_config, to_dict
+from llmjax.config.model import DTYPES, NORM_POSITIONS, ModelConfig, RopeScaling
+from llmjax.config.overrides import apply_overrides
+from llmjax.config.presets import PRESETS, get_preset
+from llmjax.config.run import (
+    LOSS_SCALE_MODES,
+    Config,
+    DataConfig,
+    MuonConfig,
+    OptimConfig,
+    ParallelConfig,
+    TrainConfig,
+)
+from llmjax.errors import ConfigError
+
+__all__ = [
+    "DTYPES",
+    "LOSS_SCALE_MODES",
+    "NORM_POSITIONS",
+    "PRESETS",
+    "RENAMED",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "MuonConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "RopeScaling",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "get_preset",
+    "load_config",
+    "migrate",
+    "save_config",
+    "to_dict",
+]

@@ -1,0 +1,39 @@
+"""The small checks every config section uses; each failure is a ConfigError saying the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from llmjax.errors import ConfigError
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_positive(obj: Any, *names: str, section: str | None = None) -> None:
+    """Each named field is None or a positive integer."""
+    owner = section or type(obj).__name__
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None:
+            check(
+                isinstance(value, int) and value > 0,
+                f"{owner}.{name} must be a positive integer, got {value!r}",
+            )
+
+
+def check_choice(option: str, value: str, choices: Iterable[str]) -> None:
+    """`value` is one of a fixed set of `choices` (registered names are checked where they
+    are built, by the registry itself)."""
+    choices = list(choices)
+    check(
+        value in choices,
+        f"{option}={value!r} is not known; valid choices: {', '.join(choices)}",
+    )
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

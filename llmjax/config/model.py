@@ -1,0 +1,176 @@
+"""The model section of a config: shape and architectural switches of a decoder.
+
+Names of registered parts (norm, mlp, position, attention kernel, remat policy, RoPE scaling)
+are checked by the model family when the model is built, not here: a config imports nothing
+above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmjax.config.checks import check, check_choice, check_positive, round_up
+
+DTYPES = ("float32", "bfloat16", "float16")
+NORM_POSITIONS = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How RoPE frequencies are stretched to run beyond the trained context."""
+
+    kind: str = "none"
+    factor: float = 1.0
+    original_max_seq_len: int | None = None
+    # Llama-3 style frequency-band scaling.
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    # YaRN ramp boundaries (in rotations over the original context).
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+    def __post_init__(self):
+        from llmjax.layers.positions import ROPE_SCALING_CHECKS, ROPE_SCALINGS
+
+        ROPE_SCALINGS.get(self.kind, field="model.rope_scaling.kind")
+        check(
+            self.factor >= 1.0,
+            f"RopeScaling.factor must be >= 1 (it stretches the context), got {self.factor}",
+        )
+        check(
+            self.high_freq_factor > self.low_freq_factor,
+            f"RopeScaling.high_freq_factor ({self.high_freq_factor}) must be larger than "
+            f"low_freq_factor ({self.low_freq_factor}); Llama 3 uses 4.0 and 1.0",
+        )
+        check_positive(self, "original_max_seq_len")
+        problem = ROPE_SCALING_CHECKS.get(self.kind, lambda _: None)(self)
+        check(problem is None, str(problem))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and architectural switches of a decoder-only language model."""
+
+    arch: str = "transformer"
+    vocab_size: int = 259
+    # Embedding and logit rows are padded to a multiple of this (sharding, hardware tiles);
+    # padded ids get -inf logits, so they are never predicted.
+    vocab_multiple: int = 1
+    max_seq_len: int = 64
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (MHA); 1: MQA; between: GQA
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: 4*d_model (gelu) or ~8/3*d_model rounded up to 64 (swiglu)
+    mlp: str = "gelu"
+    norm: str = "layernorm"
+    norm_position: str = "pre"
+    norm_eps: float = 1e-5
+    residual: bool = True
+    position: str = "learned"
+    rope_theta: float = 10_000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    attention: str = "xla"
+    attention_window: int | None = None  # sliding-window size in tokens; None: full causal
+    use_bias: bool = True
+    # Per-part overrides of use_bias (None: follow use_bias), e.g. Qwen2 biases q/k/v only.
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None  # the attention output projection
+    mlp_bias: bool | None = None
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    scaled_residual_init: bool = True  # output projections get std / sqrt(2 * n_layers)
+    scan_layers: bool = True
+    # Layers per scan iteration (n_layers: fully unrolled, same params layout). XLA:CPU runs an
+    # unrolled stack faster than a while loop; unrolling costs compile time.
+    scan_unroll: int = 1
+    remat: str = "none"
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        from llmjax.attention import ATTENTION
+        from llmjax.layers.mlp import MLPS
+        from llmjax.layers.norms import NORMS
+        from llmjax.layers.positions import POSITIONS
+        from llmjax.models import MODELS, REMAT_POLICIES
+
+        check_positive(
+            self,
+            "vocab_size",
+            "vocab_multiple",
+            "max_seq_len",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "d_ff",
+            "attention_window",
+            "scan_unroll",
+        )
+        if self.head_dim is None:
+            nearest = self.n_heads * max(1, round(self.d_model / self.n_heads))
+            check(
+                self.d_model % self.n_heads == 0,
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; choose "
+                f"d_model as a multiple of n_heads (e.g. {nearest}) or set head_dim explicitly",
+            )
+        check(
+            self.n_heads % self.kv_heads == 0,
+            f"n_kv_heads={self.kv_heads} does not divide n_heads={self.n_heads}; each kv head "
+            f"serves a whole group of query heads (use a divisor of {self.n_heads})",
+        )
+        MODELS.get(self.arch, field="model.arch")
+        MLPS.get(self.mlp, field="model.mlp")
+        NORMS.get(self.norm, field="model.norm")
+        check_choice("model.norm_position", self.norm_position, NORM_POSITIONS)
+        POSITIONS.get(self.position, field="model.position")
+        ATTENTION.get(self.attention, field="model.attention")
+        REMAT_POLICIES.get(self.remat, field="model.remat")
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.param_dtype", self.param_dtype, DTYPES)
+        if self.position == "rope":
+            check(
+                self.dim_head % 2 == 0,
+                f"RoPE rotates pairs of dimensions, so head_dim must be even; got "
+                f"head_dim={self.dim_head} (d_model={self.d_model}, n_heads={self.n_heads})",
+            )
+        check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        check(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
+        check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
+        check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return round_up(int(8 * self.d_model / 3), 64)
+        return 4 * self.d_model
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def has_out_bias(self) -> bool:
+        return self.use_bias if self.out_bias is None else self.out_bias
+
+    @property
+    def has_mlp_bias(self) -> bool:
+        return self.use_bias if self.mlp_bias is None else self.mlp_bias
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return round_up(self.vocab_size, self.vocab_multiple)
