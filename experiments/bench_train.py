@@ -78,11 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = apply_overrides(get_preset(args.preset), [f"model.vocab_size={args.vocab}", *args.set])
     step = compile_step(cfg)
-    for _ in range(args.warmup):
-        step.run()
+    step.run(args.warmup)
     step.times.clear()
-    for _ in range(args.steps):
-        step.run()
+    step.run(args.steps)
 
     tokens = cfg.data.batch_size * cfg.seq_len
     median = step.median_s

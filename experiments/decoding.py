@@ -22,9 +22,9 @@ from llmjax.decode import SamplingConfig, generate_tokens  # noqa: E402
 from llmjax.decode.metrics import generation_stats  # noqa: E402
 from llmjax.decode.samplers import entropy  # noqa: E402
 from llmjax.models import build_model  # noqa: E402
+from llmjax.objectives.losses import token_log_probs  # noqa: E402
 from llmjax.results import experiment_parser, write_results  # noqa: E402
-from llmjax.train.loop import fit  # noqa: E402
-from llmjax.train.loss import token_log_probs  # noqa: E402
+from llmjax.train.fit import fit  # noqa: E402
 
 STRATEGIES = {
     "greedy": SamplingConfig(temperature=0),

@@ -22,14 +22,11 @@ from llmjax.attention import ATTENTION, register_attention
 from llmjax.attention.block_sparse import BlockSparsePattern, make_block_sparse
 from llmjax.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from llmjax.data import prepare_data, train_batch
+from llmjax.data.sources import FromFunction
 from llmjax.data.synthetic import RecallTask
-from llmjax.eval.long_context import (
-    perplexity_at,
-    recall_by_distance,
-    train_on_batches,
-    with_rope_scaling,
-)
+from llmjax.eval.long_context import perplexity_at, recall_by_distance, with_rope_scaling
 from llmjax.results import experiment_parser, write_results
+from llmjax.train.trainer import Trainer
 
 SCALINGS = ["none", "linear", "ntk", "yarn"]
 
@@ -97,6 +94,12 @@ def small_config(
     )
 
 
+def train(cfg: Config, batch_fn) -> tuple[dict, np.ndarray]:
+    """Trains cfg.train.steps steps on batch_fn(step): (params, loss of every step)."""
+    state, metrics = Trainer(cfg).train(FromFunction(batch_fn))
+    return state.params, np.asarray([m["loss"] for m in metrics])
+
+
 def recall_part(s: dict) -> tuple[list[dict], dict]:
     task = RecallTask(seq_len=s["recall_len"])
     window = s["recall_len"] // 4
@@ -124,9 +127,7 @@ def recall_part(s: dict) -> tuple[list[dict], dict]:
                 attention_window=window if variant == "sliding_window" else None,
             )
             rng = np.random.default_rng(0)
-            params, losses = train_on_batches(
-                cfg, lambda step, rng=rng: task.batch(rng, s["batch"])
-            )
+            params, losses = train(cfg, lambda step, rng=rng: task.batch(rng, s["batch"]))
             buckets = recall_by_distance(
                 cfg.model, params, task, edges=edges, batches=8, batch_size=s["batch"], seed=1
             )
@@ -161,7 +162,7 @@ def extrapolation_part(s: dict, data_path: str | None) -> tuple[list[dict], dict
     for position in s["positions"]:
         cfg = small_config(s, vocab=vocab, seq_len=length, steps=s["text_steps"])
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, position=position))
-        params, losses = train_on_batches(cfg, batches)
+        params, losses = train(cfg, batches)
         print(f"text {position}: final loss {losses[-10:].mean():.3f}", flush=True)
         kinds = s["scalings"] if position == "rope" else [None]
         for kind in kinds:

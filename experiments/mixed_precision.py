@@ -19,11 +19,12 @@ import numpy as np
 from llmjax.config import PRESETS, apply_overrides
 from llmjax.data import prepare_data, train_batch
 from llmjax.models import build_model
+from llmjax.objectives import batch_tokens
 from llmjax.results import experiment_parser, write_results
 from llmjax.train.bench import compile_step
-from llmjax.train.loop import with_vocab
+from llmjax.train.fit import with_vocab
 from llmjax.train.precision import gradient_fidelity
-from llmjax.train.step import batch_tokens, make_gradient_fn
+from llmjax.train.step import make_gradient_fn
 
 SETTINGS = {
     "fp32": ["model.dtype=float32"],
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None):
         name: compile_step(apply_overrides(base, o), batches[0]) for name, o in SETTINGS.items()
     }
     start_params = jax.device_get(runs["fp32"].state.params)
-    for batch in batches:
+    for batch in batches:  # alternating, so that the machine's slow spells hit all alike
         for run in runs.values():
-            run.run(batch)
+            run.run(1, [batch])
     end_params = jax.device_get(runs["fp32"].state.params)
 
     # Gradients at the same params and batch; multiplying by a scale of 1 is exact, so one

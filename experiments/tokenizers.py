@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from llmjax.config import apply_overrides, get_preset  # noqa: E402
 from llmjax.data import default_corpus, prepare_data  # noqa: E402
 from llmjax.results import experiment_parser, write_results  # noqa: E402
-from llmjax.train.loop import fit  # noqa: E402
+from llmjax.train.fit import fit  # noqa: E402
 
 
 def main(argv=None):

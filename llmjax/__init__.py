@@ -7,6 +7,7 @@ The public API, in the order a notebook meets it::
     result = llmjax.fit(cfg, "runs/demo")                        # train, eval, checkpoint
     run = llmjax.load_run("runs/demo")                           # params + tokenizer back
     ft = llmjax.fit(llmjax.init_from_config("runs/demo"), "runs/ft")  # fine-tune those params
+    trainer = llmjax.Trainer(cfg, objective=MyObjective())       # the loop, any objective
     print(llmjax.generate(run, "def ", temperature=0.8, top_p=0.95))  # KV-cached sampling
     hf = llmjax.load_hf("checkpoints/gpt2")                      # a Hugging Face checkpoint
 """
@@ -30,12 +31,21 @@ from llmjax.config import (
     save_config,
 )
 from llmjax.decode import Completion, SamplingConfig, generate
+from llmjax.eval import evaluate
 from llmjax.hf import export_hf, load_hf
 from llmjax.models import build_model, count_params, init_model, logical_axes
+from llmjax.objectives import (
+    Objective,
+    cross_entropy,
+    register_objective,
+    token_log_probs,
+)
+from llmjax.runs import LoadedRun, init_from_config, load_run
 from llmjax.runtime import enable_compilation_cache
-from llmjax.train.init_from import init_from_config
-from llmjax.train.loop import FitResult, LoadedRun, TrainingDiverged, evaluate, fit, load_run
-from llmjax.train.loss import cross_entropy, token_log_probs
+from llmjax.train.fit import FitResult, fit
+from llmjax.train.frozen import Frozen
+from llmjax.train.hooks import TrainingDiverged
+from llmjax.train.trainer import Hook, Trainer
 
 __all__ = [
     "ATTENTION",
@@ -45,14 +55,18 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "FitResult",
+    "Frozen",
+    "Hook",
     "LoadedRun",
     "Mask",
     "ModelConfig",
+    "Objective",
     "OptimConfig",
     "ParallelConfig",
     "RopeScaling",
     "SamplingConfig",
     "TrainConfig",
+    "Trainer",
     "TrainingDiverged",
     "apply_overrides",
     "build_model",
@@ -72,6 +86,7 @@ __all__ = [
     "logical_axes",
     "reference_attention",
     "register_attention",
+    "register_objective",
     "save_config",
     "token_log_probs",
 ]

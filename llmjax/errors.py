@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A config value is invalid; the message says which one and how to fix it."""
+
+
+class BatchError(ValueError):
+    """A batch lacks what the objective needs, or has the wrong shape; the message says which."""

@@ -138,8 +138,9 @@ def logical_shardings(logical_specs: Any, mesh: Mesh) -> Any:
 
 
 def batch_spec(ndim: int = 2) -> PartitionSpec:
-    """Batch arrays [B, T, ...] are split on batch (data x fsdp) and length (sequence)."""
-    return logical_to_mesh(("batch", "length") + (None,) * (ndim - 2))
+    """Batch arrays [B, T, ...] are split on batch (data x fsdp) and length (sequence); [B]
+    arrays (one value per example) on batch."""
+    return logical_to_mesh((("batch", "length") + (None,) * max(ndim - 2, 0))[:ndim])
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

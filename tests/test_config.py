@@ -140,4 +140,3 @@ def test_a_config_saved_with_old_option_names_still_loads(tmp_path):
 def test_an_override_under_an_old_name_sets_the_new_option():
     cfg = apply_overrides(get_preset("nano"), ["optim.muon_ns_steps=3"])
     assert cfg.optim.muon.ns_steps == 3
-

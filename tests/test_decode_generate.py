@@ -130,7 +130,7 @@ def test_bad_input_is_rejected_with_the_valid_range(model_and_variables, tiny_mo
 
 
 def test_unknown_run_directory(tmp_path):
-    from llmjax.train.rundir import RunDirError
+    from llmjax.runs import RunDirError
 
     with pytest.raises(RunDirError, match="does not exist"):
         generate(tmp_path / "missing", "hello")

@@ -16,8 +16,8 @@ from llmjax.data import BPETokenizer, ByteTokenizer, load_tokenizer, prepare_dat
 from llmjax.hf import HFError, convert_from_hf, convert_to_hf, export_hf
 from llmjax.hf.params import abstract_params, unflatten
 from llmjax.models import build_model
-from llmjax.train.checkpoint import Checkpointer
-from llmjax.train.loop import create_state, load_run
+from llmjax.runs import Checkpointer, load_run
+from llmjax.train.setup import create_state
 from tests.hf_helpers import (
     TOKENIZER_TEXT,
     build_tokenizer_json,

@@ -18,7 +18,7 @@ from llmjax.decode.samplers import SamplingConfig
 from llmjax.decode.tokens import generate_tokens
 from llmjax.hf import export_hf, load_hf
 from llmjax.models import build_model
-from llmjax.train.loss import cross_entropy
+from llmjax.objectives.losses import cross_entropy
 from tests.hf_helpers import CONTEXT, HF_VARIANTS, VOCAB, make_hf_model, random_tokens
 
 torch = pytest.importorskip("torch")

@@ -10,9 +10,8 @@ import pytest
 
 from llmjax.cli import main
 from llmjax.config import PRESETS, apply_overrides
-from llmjax.train.init_from import init_from_config
-from llmjax.train.loop import fit, load_run
-from llmjax.train.rundir import RunDirError
+from llmjax.runs import RunDirError, init_from_config, load_run
+from llmjax.train.fit import fit
 
 
 def _tree_files(path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llmjax.cli import main
-from llmjax.train.loop import load_run
+from llmjax.runs import load_run
 
 MESH = "data=2,fsdp=2,tensor=2"
 

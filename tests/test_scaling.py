@@ -10,7 +10,7 @@ import pytest
 from llmjax import scaling
 from llmjax.config import PRESETS, ModelConfig
 from llmjax.models import build_model, count_params, init_model
-from llmjax.train.loss import cross_entropy
+from llmjax.objectives.losses import cross_entropy
 
 
 def test_gpt2_small_counts_match_the_known_totals():

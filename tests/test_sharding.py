@@ -8,8 +8,8 @@ import pytest
 
 from llmjax import sharding
 from llmjax.config import PRESETS, ConfigError, apply_overrides
+from llmjax.runs import Checkpointer
 from llmjax.sharding import MeshError
-from llmjax.train.checkpoint import Checkpointer
 from llmjax.train.setup import build_training
 
 STEPS = 3
@@ -211,7 +211,7 @@ def _remat_cases():
 def test_remat_policy_gives_the_same_gradients_sharded(policy, scan):
     """Gradients on a 2x2x2 mesh (params and batch sharded) equal unsharded no-remat ones."""
     from llmjax.models import build_model, init_model, logical_axes
-    from llmjax.train.loss import cross_entropy
+    from llmjax.objectives.losses import cross_entropy
 
     cfg = _cfg(f"model.scan_layers={scan}")
     params, _ = init_model(cfg.model, jax.random.key(0))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from llmjax.config import PRESETS, apply_overrides
-from llmjax.train.loop import fit, load_run
+from llmjax.runs import load_run
+from llmjax.train.fit import fit
 
 
 @pytest.fixture

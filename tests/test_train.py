@@ -11,9 +11,12 @@ import optax
 import pytest
 
 from llmjax.config import PRESETS, MuonConfig, OptimConfig, apply_overrides
-from llmjax.train.loop import TrainingDiverged, create_state, fit, load_run
-from llmjax.train.loss import bits_per_byte, cross_entropy, perplexity, token_log_probs
+from llmjax.objectives.losses import bits_per_byte, cross_entropy, perplexity, token_log_probs
+from llmjax.runs import load_run
+from llmjax.train.fit import fit
+from llmjax.train.hooks import TrainingDiverged
 from llmjax.train.optim import SCHEDULES, decay_mask, make_optimizer, muon_dimensions
+from llmjax.train.setup import create_state
 from llmjax.train.step import make_train_step
 
 # ----------------------------------------------------------------------------- loss
@@ -269,7 +272,7 @@ def test_resume_equals_uninterrupted_run(fit_cfg, tmp_path):
 
 
 def test_existing_run_directory_is_never_overwritten(fit_cfg, tmp_path):
-    from llmjax.train.rundir import RunDirError
+    from llmjax.runs import RunDirError
 
     run = tmp_path / "run"
     run.mkdir()
@@ -286,7 +289,7 @@ def test_existing_run_directory_is_never_overwritten(fit_cfg, tmp_path):
 
 
 def test_resume_rejects_a_different_model(fit_cfg, tmp_path):
-    from llmjax.train.rundir import RunDirError
+    from llmjax.runs import RunDirError
 
     short = dataclasses.replace(fit_cfg, train=dataclasses.replace(fit_cfg.train, steps=4))
     fit(short, tmp_path / "run", progress=False)
@@ -296,7 +299,7 @@ def test_resume_rejects_a_different_model(fit_cfg, tmp_path):
 
 
 def test_resume_of_a_foreign_directory_names_it(tmp_path, fit_cfg):
-    from llmjax.train.rundir import RunDirError
+    from llmjax.runs import RunDirError
 
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "a.txt").write_text("x")

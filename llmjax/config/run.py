@@ -114,6 +114,12 @@ class TrainConfig:
     # A run directory (trained, or made by `llmjax convert`) whose newest params this run starts
     # from, with a fresh optimizer: fine-tuning. Empty: random init. Ignored on resume.
     init_from: str = ""
+    # The registered objective a step differentiates (llmjax.objectives): "lm" is next-token
+    # prediction.
+    objective: str = "lm"
+    # Which params the optimizer updates: a regular expression searched in each param's path
+    # ("blocks/attention/query_kernel"); the others stay as they are. Empty: all params.
+    trainable: str = ""
 
     def __post_init__(self):
         check_positive(

@@ -39,7 +39,7 @@ class Completion:
 
 def _resolve(model_or_run, params, tokenizer) -> tuple[nn.Module, Any, Tokenizer | None]:
     """(model, variables, tokenizer) from a LoadedRun, a run directory, or model + params."""
-    from llmjax.train.loop import LoadedRun, load_run
+    from llmjax.runs import LoadedRun, load_run
 
     if isinstance(model_or_run, str | Path):
         model_or_run = load_run(model_or_run)

@@ -2,37 +2,18 @@
 length it was trained at (with or without RoPE scaling)."""
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.config import Config, ModelConfig, RopeScaling
+from llmjax.config import ModelConfig, RopeScaling
+from llmjax.data import val_batches
 from llmjax.data.synthetic import RecallTask
+from llmjax.eval.core import evaluate, make_eval_step
 from llmjax.models import build_model
-from llmjax.train.loop import create_state, evaluate
-from llmjax.train.optim import make_schedule
-from llmjax.train.step import make_eval_step, make_train_step
-
-
-def train_on_batches(
-    cfg: Config, batch_fn: Callable[[int], dict[str, np.ndarray]]
-) -> tuple[Any, np.ndarray]:
-    """Trains cfg.train.steps steps on batch_fn(step); returns (params, loss of every step).
-    No checkpoints or run folder: for short in-memory experiments and notebooks."""
-    model, tx, state = create_state(cfg)
-    schedule = make_schedule(cfg.optim, cfg.train.steps)
-    step_fn = jax.jit(
-        make_train_step(model, tx, schedule, seed=cfg.train.seed, z_loss=cfg.train.z_loss),
-        donate_argnums=0,
-    )
-    losses = []
-    for step in range(cfg.train.steps):
-        state, metrics = step_fn(state, batch_fn(step))
-        losses.append(metrics["loss"])
-    return state.params, np.asarray(jax.device_get(losses))
 
 
 def recall_by_distance(
@@ -92,14 +73,5 @@ def perplexity_at(
 ) -> float:
     """Perplexity over consecutive windows of `seq_len` tokens (every position scored)."""
     eval_step = jax.jit(make_eval_step(build_model(model_cfg)))
-    result = evaluate(
-        eval_step,
-        params,
-        {},
-        tokens,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        max_batches=max_batches,
-        token_bytes=np.ones(model_cfg.padded_vocab_size),
-    )
-    return result["perplexity"]
+    batches = val_batches(tokens, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)
+    return evaluate(eval_step, params, {}, batches)["perplexity"]

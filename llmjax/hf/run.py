@@ -11,17 +11,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import jax.numpy as jnp
-
 from llmjax.config import save_config
 from llmjax.hf.export import export_hf
 from llmjax.hf.family import HFError
 from llmjax.hf.load import load_hf, load_tokenizer_file
 from llmjax.hf.outdir import check_new, fresh_directory
-from llmjax.train.checkpoint import Checkpointer
-from llmjax.train.loop import load_run
-from llmjax.train.rundir import RunDir
-from llmjax.train.state import TrainState
+from llmjax.runs import RunDir, load_run, save_weights
 
 
 def convert_from_hf(
@@ -49,15 +44,11 @@ def convert_from_hf(
     cfg = dataclasses.replace(
         loaded.config, data=dataclasses.replace(loaded.config.data, tokenizer=str(run_tokenizer))
     )
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=loaded.params, opt_state=None, model_state={}
-    )
     with fresh_directory(out) as tmp:
         run = RunDir(tmp)
         save_config(cfg, run.config)
         tok.save(tmp)
-        with Checkpointer(run.checkpoints, keep=1, async_save=False) as ckpt:
-            ckpt.save(0, state)
+        save_weights(run, 0, loaded.params)
     return Path(out)
 
 

@@ -1,1 +1,1 @@
-"""Training: loss, optimizer, state, jitted steps, the fit loop and checkpoints."""
+"""Training: optimizer, state, steps, the one loop (`Trainer`) with its hooks, and `fit`."""

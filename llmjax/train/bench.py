@@ -1,13 +1,15 @@
-"""Measuring compiled train steps: XLA's memory and FLOP accounting, and wall-clock time."""
+"""Measuring train steps: XLA's memory and FLOP accounting of the compiled step, and its
+wall-clock time through the training loop."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import jax
 import numpy as np
 
 from llmjax.config import Config
-from llmjax.train.setup import build_training
+from llmjax.train.trainer import Trainer
 
 HostBatch = dict[str, np.ndarray]
 
@@ -31,31 +33,37 @@ def synthetic_batch(cfg: Config, seed: int = 0) -> HostBatch:
 
 @dataclass
 class CompiledStep:
-    """A train step compiled ahead of time as its parallel mode runs it, with state and batch."""
+    """A config's Trainer with its train step compiled ahead of time, XLA's analyses of that
+    program, and the state it trains. Steps run through the training loop (`Trainer.run`,
+    synchronously, each timed from dispatch to results on the host)."""
 
     cfg: Config
-    compiled: Any
+    trainer: Trainer
     state: Any
-    batch: dict[str, Any]
-    place: Callable[[HostBatch], dict[str, Any]]  # host batch -> device arrays for `compiled`
+    batch: HostBatch  # the host batch it was compiled with (and, by default, trains on)
     compile_s: float
     # XLA's memory_analysis(): temp, argument, output and alias bytes, per device on a mesh.
     memory: dict[str, int]
     xla_flops: float  # XLA's cost_analysis() FLOPs (per device on a mesh)
+    done: int = 0  # steps run so far
     times: list[float] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
 
-    def run(self, batch: HostBatch | None = None) -> float:
-        """One timed step (dispatch to results ready) on a host `batch` (default: the
-        compiled-with one, already on the devices); the state advances."""
-        placed = self.batch if batch is None else self.place(batch)
-        start = time.perf_counter()
-        self.state, metrics = self.compiled(self.state, placed)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - start
-        self.times.append(elapsed)
-        self.metrics.append({k: float(v) for k, v in metrics.items()})
-        return elapsed
+    def run(self, steps: int = 1, batches: Iterable[HostBatch] | None = None) -> None:
+        """`steps` more timed steps on `batches` (default: the compiled-with batch)."""
+        source = itertools.repeat(self.batch) if batches is None else batches
+        start = self.done
+        self.state, metrics = self.trainer.train(
+            source, state=self.state, start=start, end=start + steps, sync=True
+        )
+        self.done += len(metrics)
+        self.times += [m["step_s"] for m in metrics]
+        self.metrics += metrics
+
+    def clear(self) -> None:
+        """Forgets the timings and metrics so far (after warm-up steps)."""
+        self.times.clear()
+        self.metrics.clear()
 
     @property
     def step_s(self) -> float:
@@ -69,21 +77,17 @@ class CompiledStep:
 
 def compile_step(cfg: Config, batch: HostBatch | None = None) -> CompiledStep:
     """Compiles cfg's train step (parallel.mode none or mesh) and reads XLA's analyses."""
-    training = build_training(cfg)
-    if training.parallel.axis_name is not None:
+    trainer = Trainer(cfg)
+    if trainer.parallel.axis_name is not None:
         raise ValueError(
             f"compile_step measures parallel.mode none or mesh, not {cfg.parallel.kind!r}: "
             f"pmap's compiled step returns one copy of the metrics per device"
         )
-    state = training.init_state()
-
-    def place(host: HostBatch) -> dict[str, Any]:
-        placed = training.parallel.put(host, host["inputs"].shape)
-        return {k: jax.device_put(v) if isinstance(v, np.ndarray) else v for k, v in placed.items()}
-
-    placed = place(synthetic_batch(cfg) if batch is None else batch)
+    state = trainer.init_state()
+    host = synthetic_batch(cfg) if batch is None else batch
     start = time.perf_counter()
-    compiled = training.train_step().lower(state, placed).compile()
+    # The arrays the loop will pass, so that its calls find this program compiled.
+    compiled = trainer.train_step.lower(state, trainer.put(host)).compile()
     compile_s = time.perf_counter() - start
     stats = compiled.memory_analysis()
     memory = {
@@ -93,7 +97,7 @@ def compile_step(cfg: Config, batch: HostBatch | None = None) -> CompiledStep:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan")))
-    return CompiledStep(cfg, compiled, state, placed, place, compile_s, memory, flops)
+    return CompiledStep(cfg, trainer, state, host, compile_s, memory, flops)
 
 
 def time_round_robin(steps: Mapping[Any, CompiledStep], rounds: int, warmup: int = 1) -> None:
@@ -103,8 +107,7 @@ def time_round_robin(steps: Mapping[Any, CompiledStep], rounds: int, warmup: int
         for step in steps.values():
             step.run()
     for step in steps.values():
-        step.times.clear()
-        step.metrics.clear()
+        step.clear()
     for _ in range(rounds):
         for step in steps.values():
             step.run()
@@ -121,8 +124,7 @@ def profile_ops(step: CompiledStep, runs: int, top: int = 15) -> dict[str, Any]:
     """
     with tempfile.TemporaryDirectory(prefix="llmjax-profile-") as folder:
         with jax.profiler.trace(folder):
-            for _ in range(runs):
-                step.run()
+            step.run(runs)
         traces = sorted(Path(folder).rglob("*.xplane.pb"))
         data = jax.profiler.ProfileData.from_file(str(traces[-1])) if traces else None
     per_kind: Counter[str] = Counter()

@@ -165,15 +165,26 @@ def _scaled(schedule: optax.Schedule, cfg: "OptimConfig") -> optax.Schedule:
 
 
 def make_optimizer(
-    cfg: "OptimConfig", steps: int, *, max_nonfinite: int | None = None
+    cfg: "OptimConfig",
+    steps: int,
+    *,
+    max_nonfinite: int | None = None,
+    trainable: Any | None = None,
 ) -> optax.GradientTransformation:
-    """Clipping + the named optimizer, wrapped so non-finite updates are skipped and counted."""
+    """Clipping + the named optimizer, wrapped so non-finite updates are skipped and counted.
+
+    `trainable`: a tree of bools over the params. Only True leaves are optimized (clipping
+    sees only their gradients); False leaves get zero updates and no optimizer state.
+    """
     schedule = make_schedule(cfg, steps)
     parts = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     parts.append(OPTIMIZERS.get(cfg.name, field="optim.name")(cfg, schedule))
     tx = optax.chain(*parts)
+    if trainable is not None:
+        labels = jax.tree.map(lambda t: "trained" if t else "frozen", trainable)
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     # apply_if_finite zeroes the update of a step whose gradients are not finite and counts it.
     # The training loop stops the run itself after `max_nonfinite` in a row, with a message;
     # the limit here is only a backstop.

@@ -2,15 +2,16 @@
 pmap (classic data parallelism).
 
 Each mode turns a pure step into a compiled one, creates or restores the state where it lives,
-and places host batches on the devices. In a multi-process run each process passes only its own
-block of a batch (`local_slices`), and `put` assembles the global array from the blocks.
+places frozen param trees beside it, and places host batches on the devices. In a multi-process
+run each process passes only its own block of a batch (`local_slices`), and `put` assembles the
+global array from the blocks. Batch fields are [B] or [B, T, ...].
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -25,10 +26,12 @@ from llmjax.runtime import jit_once
 
 if TYPE_CHECKING:
     from llmjax.config import Config
+    from llmjax.train.frozen import FrozenSlot
     from llmjax.train.state import TrainState
 
 PARALLELISM: Registry = Registry("parallel mode")
 HostBatch = dict[str, np.ndarray]
+Slots = Mapping[str, "FrozenSlot"]
 
 
 def _single_process(mode: str) -> None:
@@ -45,12 +48,25 @@ def _abstract(init_boxed: Callable[[jax.Array], TrainState]) -> tuple[Any, Any]:
     return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
 
 
+def field_shape(local: np.ndarray, global_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The global shape of a batch field whose leading dims are those of `global_shape`
+    (None: the local block is the whole batch)."""
+    if global_shape is None:
+        return tuple(local.shape)
+    lead = min(local.ndim, len(global_shape))
+    return tuple(global_shape[:lead]) + tuple(local.shape[lead:])
+
+
 class ParallelMode:
     """What every mode provides; the defaults suit one process holding whole batches."""
 
     axis_name: str | None = None  # the pmap axis a step sums over, if any
     # Whether fit may compile the steps before their first call, from the stand-ins below.
     compiles_ahead: bool = True
+
+    def __init__(self, cfg: Config, init_boxed: Callable, frozen: Slots | None = None):
+        self._init_boxed = init_boxed
+        self.frozen = dict(frozen or {})
 
     @staticmethod
     def adapt_config(cfg: Config) -> Config:
@@ -73,11 +89,33 @@ class ParallelMode:
         """A restored host state placed for train_step."""
         return state
 
+    def put_frozen(self) -> dict[str, Any] | None:
+        """The frozen trees, placed as the state's params are."""
+        if not self.frozen:
+            return None
+        where = self._frozen_placement()
+        # Copies: the steps donate the state, which must never free the caller's own arrays.
+        return {
+            name: jax.device_put(s.params, where[name], may_alias=False)
+            for name, s in self.frozen.items()
+        }
+
+    def _frozen_placement(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _with_frozen_shapes(self, state: Any) -> Any:
+        if not self.frozen:
+            return state
+        where = self._frozen_placement()
+        return state.replace(
+            frozen={n: _placed(s.shapes, where[n]) for n, s in self.frozen.items()}
+        )
+
     # Shapes of a fresh state and of a placed host batch, matching what the compiled steps
     # are then called with (so that a step can be compiled before its first call).
 
     def fresh_state_shapes(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> Any:
-        return jax.eval_shape(init, key)
+        return self._with_frozen_shapes(jax.eval_shape(init, key))
 
     def batch_shapes(self, batch: HostBatch) -> Any:
         return _placed(batch, None)
@@ -103,17 +141,20 @@ class InMesh:
 class SingleDevice(ParallelMode):
     """Plain jit on the default device: no shardings, no constraints, nothing extra per step."""
 
-    def __init__(self, cfg: Config, init_boxed: Callable[[jax.Array], TrainState]):
+    def __init__(self, cfg: Config, init_boxed: Callable, frozen: Slots | None = None):
         _single_process("none")
+        super().__init__(cfg, init_boxed, frozen)
         self.device = jax.devices()[0]
-        self._init_boxed = init_boxed
 
     def init_state(self, init: Callable[..., TrainState], *args: Any) -> TrainState:
         return jit_once(init)(*args)
 
     def abstract_state(self) -> TrainState:
         shapes, _ = _abstract(self._init_boxed)  # traced only when a checkpoint is restored
-        return _placed(shapes, SingleDeviceSharding(self.device))
+        return self._with_frozen_shapes(_placed(shapes, SingleDeviceSharding(self.device)))
+
+    def _frozen_placement(self) -> dict[str, Any]:
+        return dict.fromkeys(self.frozen, SingleDeviceSharding(self.device))
 
     def train_step(self, fn: Callable) -> Callable:
         return jax.jit(fn, donate_argnums=0)
@@ -130,15 +171,26 @@ class MeshParallel(ParallelMode):
     """jit over a (data, fsdp, sequence, tensor) mesh; state and batches carry NamedShardings.
 
     The state is created directly sharded (init compiled with out_shardings), so no device
-    ever holds a whole copy of it.
+    ever holds a whole copy of it. Frozen trees are split by the same logical-axis rules.
     """
 
-    def __init__(self, cfg: Config, init_boxed: Callable[[jax.Array], TrainState]):
+    def __init__(self, cfg: Config, init_boxed: Callable, frozen: Slots | None = None):
+        super().__init__(cfg, init_boxed, frozen)
         self.mesh = sharding.make_mesh(cfg.parallel.mesh or "data=-1")
         self.shapes, logical = _abstract(init_boxed)
         sharding.check_divisible(self.shapes.params, logical.params, self.mesh)
+        for name, slot in self.frozen.items():
+            what = f"frozen {name!r} parameter"
+            sharding.check_divisible(slot.shapes, slot.logical, self.mesh, what=what)
         sharding.check_batch(cfg.data.batch_size, cfg.seq_len, cfg.train.grad_accum, self.mesh)
-        self.state_sharding = sharding.logical_shardings(logical, self.mesh)
+        # What init creates (no frozen trees: those are placed next to it) ...
+        self.init_sharding = sharding.logical_shardings(logical, self.mesh)
+        self.frozen_sharding = {
+            name: sharding.logical_shardings(slot.logical, self.mesh)
+            for name, slot in self.frozen.items()
+        }
+        # ... and the whole state the steps take.
+        self.state_sharding = self.init_sharding.replace(frozen=self.frozen_sharding or None)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
 
@@ -158,22 +210,28 @@ class MeshParallel(ParallelMode):
         )
 
     def init_state(self, init: Callable[..., TrainState], *args: Any) -> TrainState:
-        return InMesh(jit_once(init, out_shardings=self.state_sharding), self.mesh)(*args)
+        return InMesh(jit_once(init, out_shardings=self.init_sharding), self.mesh)(*args)
 
     def abstract_state(self) -> TrainState:
-        return _placed(self.shapes, self.state_sharding)
+        return self._with_frozen_shapes(_placed(self.shapes, self.init_sharding))
+
+    def _frozen_placement(self) -> dict[str, Any]:
+        return self.frozen_sharding
 
     def fresh_state_shapes(self, init: Callable[[jax.Array], TrainState], key: jax.Array) -> Any:
         return self.abstract_state()
 
     def batch_shapes(self, batch: HostBatch) -> Any:
-        return _placed(batch, self.batch_sharding)
+        return {k: _placed(v, self._field_sharding(v)) for k, v in batch.items()}
+
+    def _field_sharding(self, x: Any) -> NamedSharding:
+        return sharding.batch_sharding(self.mesh, np.ndim(x))
 
     def train_step(self, fn: Callable) -> Callable:
         return InMesh(
             jax.jit(
                 fn,
-                in_shardings=(self.state_sharding, self.batch_sharding),
+                in_shardings=(self.state_sharding, None),  # batches come placed by `put`
                 out_shardings=(self.state_sharding, self.replicated),
                 donate_argnums=0,
             ),
@@ -181,14 +239,11 @@ class MeshParallel(ParallelMode):
         )
 
     def eval_step(self, fn: Callable) -> Callable:
+        state = self.state_sharding
         return InMesh(
             jax.jit(
                 fn,
-                in_shardings=(
-                    self.state_sharding.params,
-                    self.state_sharding.model_state,
-                    self.batch_sharding,
-                ),
+                in_shardings=(state.params, state.model_state, None, state.frozen),
                 out_shardings=self.replicated,
             ),
             self.mesh,
@@ -200,7 +255,7 @@ class MeshParallel(ParallelMode):
     def put(self, local: HostBatch, global_shape: tuple[int, ...]) -> dict[str, jax.Array]:
         return {
             k: jax.make_array_from_process_local_data(
-                self.batch_sharding, v, global_shape + v.shape[len(global_shape) :]
+                self._field_sharding(v), v, field_shape(v, global_shape)
             )
             for k, v in local.items()
         }
@@ -208,7 +263,7 @@ class MeshParallel(ParallelMode):
     def put_eval_batch(self, batch: HostBatch) -> dict[str, jax.Array]:
         shape = batch["inputs"].shape
         region = self.local_slices(shape)
-        return self.put({k: v[region] for k, v in batch.items()}, shape)
+        return self.put({k: v[region[: v.ndim]] for k, v in batch.items()}, shape)
 
 
 @PARALLELISM.register("pmap")
@@ -219,10 +274,10 @@ class PmapParallel(ParallelMode):
     axis_name = "batch"
     compiles_ahead = False  # its steps take per-device stacks, not the stand-ins' shapes
 
-    def __init__(self, cfg: Config, init_boxed: Callable[[jax.Array], TrainState]):
+    def __init__(self, cfg: Config, init_boxed: Callable, frozen: Slots | None = None):
         _single_process("pmap")
+        super().__init__(cfg, init_boxed, frozen)
         self.devices = jax.local_devices()
-        self._init_boxed = init_boxed
         sharding.check_batch_split(
             cfg.data.batch_size, cfg.train.grad_accum, len(self.devices), "pmap"
         )
@@ -243,7 +298,14 @@ class PmapParallel(ParallelMode):
 
     def abstract_state(self) -> TrainState:
         shapes, _ = _abstract(self._init_boxed)
-        return _placed(shapes, SingleDeviceSharding(self.devices[0]))
+        return self._with_frozen_shapes(_placed(shapes, SingleDeviceSharding(self.devices[0])))
+
+    def _frozen_placement(self) -> dict[str, Any]:
+        return dict.fromkeys(self.frozen, SingleDeviceSharding(self.devices[0]))
+
+    def put_frozen(self) -> dict[str, Any] | None:
+        frozen = super().put_frozen()
+        return None if frozen is None else self._replicate(frozen)
 
     def train_step(self, fn: Callable) -> Callable:
         step = jax.pmap(fn, axis_name=self.axis_name, donate_argnums=0, devices=self.devices)

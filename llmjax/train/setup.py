@@ -1,9 +1,10 @@
-"""Everything a run builds from its config: model, optimizer, loss scaling, parallel mode, steps."""
+"""Everything a run builds from its config: model, objective, optimizer, loss scaling, parallel
+mode, frozen trees, and the compiled steps."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import flax.linen as nn
@@ -11,39 +12,63 @@ import jax
 import optax
 
 from llmjax.config import Config
-from llmjax.models import build_model
-from llmjax.train.optim import make_optimizer, make_schedule
+from llmjax.eval import make_eval_step
+from llmjax.models import build_model, init_variables
+from llmjax.objectives import Objective, build_objective
+from llmjax.train.frozen import Frozen, FrozenSlot, TrainableSpec, frozen_slots, trainable_mask
+from llmjax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from llmjax.train.parallel import PARALLELISM, ParallelMode
 from llmjax.train.precision import DynamicLossScale, check_compute_dtype, loss_scaler
 from llmjax.train.state import TrainState, state_from_params, state_initializer
-from llmjax.train.step import make_eval_step, make_train_step
+from llmjax.train.step import make_train_step
 
 
 @dataclass
 class Training:
-    """A config's model, optimizer, schedule, loss scaler and parallel mode, ready to run."""
+    """A config's model, objective, optimizer, schedule, loss scaler, parallel mode and frozen
+    trees, ready to run."""
 
     cfg: Config
     model: nn.Module
+    objective: Objective
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     scaler: DynamicLossScale | None
     parallel: ParallelMode
     init: Callable[[jax.Array], TrainState]
+    trainable: Any | None = None  # tree of bools over params (None: all trained)
+    frozen: dict[str, FrozenSlot] = field(default_factory=dict)
+
+    @property
+    def saved_frozen(self) -> frozenset[str]:
+        """Names of the frozen trees that checkpoints hold."""
+        return frozenset(name for name, slot in self.frozen.items() if slot.save)
 
     def init_state(self) -> TrainState:
         """A fresh state, placed as the parallel mode wants it."""
-        return self.parallel.init_state(self.init, jax.random.key(self.cfg.train.seed))
+        state = self.parallel.init_state(self.init, jax.random.key(self.cfg.train.seed))
+        return self.with_frozen(state)
 
     def state_from(self, params: Any, model_state: dict[str, Any]) -> TrainState:
         """A step-0 state around given params (placed as abstract_state().params says) with a
         fresh optimizer state, placed as init_state places a fresh one."""
         create = state_from_params(self.tx, self.scaler)
-        return self.parallel.init_state(create, params, model_state)
+        return self.with_frozen(self.parallel.init_state(create, params, model_state))
+
+    def with_frozen(self, state: TrainState) -> TrainState:
+        """`state` with the frozen trees it lacks (all, or those checkpoints do not hold)."""
+        if not self.frozen:
+            return state
+        have = state.frozen or {}
+        placed = self.parallel.put_frozen()
+        return state.replace(frozen={n: have.get(n, placed[n]) for n in self.frozen})
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the state: the target a checkpoint restores onto."""
         return self.parallel.abstract_state()
+
+    def frozen_models(self) -> dict[str, nn.Module] | None:
+        return {n: s.module for n, s in self.frozen.items()} or None
 
     def train_step(self) -> Callable:
         cfg = self.cfg
@@ -52,39 +77,87 @@ class Training:
             self.tx,
             self.schedule,
             seed=cfg.train.seed,
-            z_loss=cfg.train.z_loss,
+            objective=self.objective,
             grad_accum=cfg.train.grad_accum,
             loss_scale=self.scaler,
             axis_name=self.parallel.axis_name,
+            trainable=self.trainable,
+            frozen_models=self.frozen_models(),
         )
         return self.parallel.train_step(step)
 
     def eval_step(self) -> Callable:
-        return self.parallel.eval_step(make_eval_step(self.model))
+        step = make_eval_step(self.model, self.objective, frozen_models=self.frozen_models())
+        return self.parallel.eval_step(step)
 
 
-def build_training(cfg: Config) -> Training:
+def check_names(cfg: Config) -> None:
+    """Raises ConfigError for any registered name the config gives that nothing registered
+    under (model parts, optimizer, schedule, parallel mode, objective), before any work."""
+    build_model(cfg.model)
+    OPTIMIZERS.get(cfg.optim.name, field="optim.name")
+    SCHEDULES.get(cfg.optim.schedule, field="optim.schedule")
+    PARALLELISM.get(cfg.parallel.kind, field="parallel.mode")
+    from llmjax.objectives import OBJECTIVES
+
+    OBJECTIVES.get(cfg.train.objective, field="train.objective")
+
+
+def build_training(
+    cfg: Config,
+    *,
+    objective: Objective | None = None,
+    frozen: Mapping[str, Frozen | Any] | None = None,
+    trainable: TrainableSpec = None,
+    tokenizer: Any = None,
+) -> Training:
+    """The Training of `cfg`. `objective` replaces the one cfg.train.objective names (built
+    with `tokenizer`, when given); `frozen` adds named param trees to the state (a bare tree is
+    `Frozen(tree)`: params of the trained model, not checkpointed); `trainable` selects the
+    params to train (default: cfg.train.trainable, a regular expression; empty: all)."""
     check_compute_dtype(cfg.model.dtype, cfg.model.attention)
+    model = build_model(cfg.model)
+    if objective is None:
+        objective = build_objective(cfg, tokenizer=tokenizer)
     scaler = loss_scaler(
         cfg.train.loss_scale,
         cfg.model.dtype,
         init=cfg.train.loss_scale_init,
         growth_interval=cfg.train.loss_scale_growth_interval,
     )
+    if trainable is None:
+        trainable = cfg.train.trainable
+    mask = None
+    if trainable is not None and not (isinstance(trainable, str) and not trainable):
+        shapes = jax.eval_shape(lambda k: init_variables(cfg.model, k), jax.random.key(0))
+        mask = trainable_mask(nn.meta.unbox(shapes["params"]), trainable)
     # With loss scaling, runs of overflows are expected; the loss scaler's own streak decides
     # when a run has diverged, so optax's backstop must never apply a non-finite update.
     tx = make_optimizer(
-        cfg.optim, cfg.train.steps, max_nonfinite=None if scaler else cfg.train.max_nonfinite
+        cfg.optim,
+        cfg.train.steps,
+        max_nonfinite=None if scaler else cfg.train.max_nonfinite,
+        trainable=mask,
     )
+    slots = frozen_slots(frozen or {}, cfg.model)
     parallel = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode")(
-        cfg, state_initializer(cfg.model, tx, scaler, boxed=True)
+        cfg, state_initializer(cfg.model, tx, scaler, boxed=True), slots
     )
     return Training(
         cfg=cfg,
-        model=build_model(cfg.model),
+        model=model,
+        objective=objective,
         tx=tx,
         schedule=make_schedule(cfg.optim, cfg.train.steps),
         scaler=scaler,
         parallel=parallel,
         init=state_initializer(cfg.model, tx, scaler),
+        trainable=mask,
+        frozen=slots,
     )
+
+
+def create_state(cfg: Config) -> tuple[nn.Module, optax.GradientTransformation, TrainState]:
+    """(model, optimizer, freshly initialized state placed as cfg.parallel says) for a config."""
+    training = build_training(cfg)
+    return training.model, training.tx, training.init_state()

@@ -28,6 +28,9 @@ class TrainState:
     opt_state: optax.OptState
     model_state: dict[str, Any]  # non-param collections, e.g. BatchNorm's batch_stats
     loss_scale: LossScaleState | None = None  # only with dynamic loss scaling (float16)
+    # Param trees carried beside the trained ones and never updated (a reference policy, a
+    # reward model, a frozen base), by name; None when there are none.
+    frozen: dict[str, Any] | None = None
 
     @classmethod
     def create(
@@ -44,6 +47,13 @@ class TrainState:
             model_state=model_state,
             loss_scale=loss_scale,
         )
+
+    def saved(self, names: tuple[str, ...] | frozenset[str]) -> TrainState:
+        """The state as a checkpoint holds it: of the frozen trees, only those in `names`."""
+        if not self.frozen:
+            return self
+        kept = {k: v for k, v in self.frozen.items() if k in names}
+        return self.replace(frozen=kept or None)
 
 
 def state_initializer(

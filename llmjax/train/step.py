@@ -1,9 +1,10 @@
-"""Pure train and eval steps; jit (or pmap) them with the state donated.
+"""Pure train and eval steps around an objective; jit (or pmap) them with the state donated.
 
 One optimizer step can sum the gradients of several micro-batches (`grad_accum`, a lax.scan
 inside the step) and, under pmap, of several devices (`axis_name`). Every partial loss is
-divided by the token count of the whole global batch, so the summed gradient is exactly the
-gradient of the large batch's mean loss, not a mean of per-micro-batch means.
+divided by the objective's weight of the whole global batch (its token count, for next-token
+prediction), so the summed gradient is exactly the gradient of the large batch's mean loss,
+not a mean of per-micro-batch means.
 """
 
 from __future__ import annotations
@@ -16,45 +17,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llmjax.train.loss import cross_entropy
+from llmjax.objectives import Forward, NextToken, Objective
 from llmjax.train.precision import DynamicLossScale
 from llmjax.train.state import TrainState, last_step_finite, nonfinite_counts
 
 Batch = dict[str, jax.Array]
 BATCH_AXES = ("batch", "length")
-
-
-def apply_model(
-    model: nn.Module,
-    params: Any,
-    model_state: dict[str, Any],
-    batch: Batch,
-    *,
-    deterministic: bool,
-    rng: jax.Array | None = None,
-) -> tuple[jax.Array, dict[str, Any]]:
-    """Logits for a batch, and the updated model state (BatchNorm statistics) when training."""
-    mutable = list(model_state) if model_state and not deterministic else False
-    out = model.apply(
-        {"params": params, **model_state},
-        batch["inputs"],
-        batch.get("positions"),
-        batch.get("segments"),
-        deterministic=deterministic,
-        rngs=None if rng is None else {"dropout": rng},
-        mutable=mutable,
-    )
-    if mutable:
-        return out
-    return out, model_state
-
-
-def batch_tokens(batch: Batch) -> jax.Array:
-    """The number of target tokens the loss averages over."""
-    mask = batch.get("mask")
-    if mask is None:
-        return jnp.asarray(batch["targets"].size, jnp.float32)
-    return mask.astype(jnp.float32).sum()
 
 
 def split_micro_batches(batch: Batch, n: int) -> Batch:
@@ -72,34 +40,53 @@ def split_micro_batches(batch: Batch, n: int) -> Batch:
 
 
 def _constrain_batch(batch: Batch) -> Batch:
-    return {
-        k: nn.with_logical_constraint(v, BATCH_AXES + (None,) * (v.ndim - 2))
-        for k, v in batch.items()
-    }
+    return {k: nn.with_logical_constraint(v, batch_axes(v.ndim)) for k, v in batch.items()}
+
+
+def batch_axes(ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of a batch field: [B] or [B, T, ...]."""
+    return (BATCH_AXES + (None,) * max(ndim - 2, 0))[:ndim]
+
+
+def stop_frozen_gradients(params: Any, trainable: Any | None) -> Any:
+    """`params` with the leaves `trainable` marks False cut off from differentiation, so their
+    gradients are exact zeros and the backward pass never computes them."""
+    if trainable is None:
+        return params
+    return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
 
 
 def make_gradient_fn(
-    model: nn.Module, *, z_loss: float = 0.0, grad_accum: int = 1
+    model: nn.Module,
+    objective: Objective | None = None,
+    *,
+    grad_accum: int = 1,
+    trainable: Any | None = None,
+    frozen_models: dict[str, nn.Module] | None = None,
 ) -> Callable[..., tuple[Any, dict[str, jax.Array], dict[str, Any]]]:
-    """(params, model_state, batch, rng, denominator, scale) -> (grads, metrics, model_state).
+    """(params, model_state, batch, rng, denominator, scale[, frozen]) -> (grads, metrics,
+    model_state).
 
-    Gradients of scale * sum(loss) / denominator, summed over `grad_accum` micro-batches;
-    metrics are summed the same way (so "loss" is the mean over the denominator's tokens).
+    Gradients of scale * objective loss (sums over `denominator`), summed over `grad_accum`
+    micro-batches; metrics are summed the same way (so "loss" is the mean over the
+    denominator). `trainable`: a tree of bools over params; False leaves get zero gradients.
+    `objective` defaults to next-token prediction.
     """
+    objective = NextToken() if objective is None else objective
 
-    def micro_step(params, model_state, batch, rng, denominator, scale):
+    def micro_step(params, model_state, batch, rng, denominator, scale, frozen=None):
         def loss_fn(p):
-            logits, new_state = apply_model(
-                model, p, model_state, batch, deterministic=False, rng=rng
+            forward = Forward(
+                model,
+                stop_frozen_gradients(p, trainable),
+                model_state,
+                deterministic=False,
+                rng=rng,
+                frozen=frozen,
+                frozen_models=frozen_models,
             )
-            loss, metrics = cross_entropy(
-                logits,
-                batch["targets"],
-                batch.get("mask"),
-                z_loss=z_loss,
-                denominator=denominator,
-            )
-            return (loss if scale is None else loss * scale), (metrics, new_state)
+            loss, metrics = objective.loss(forward, batch, denominator)
+            return (loss if scale is None else loss * scale), (metrics, forward.model_state)
 
         (_, (metrics, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, metrics, new_state
@@ -107,7 +94,7 @@ def make_gradient_fn(
     if grad_accum == 1:
         return micro_step
 
-    def accumulated(params, model_state, batch, rng, denominator, scale):
+    def accumulated(params, model_state, batch, rng, denominator, scale, frozen=None):
         micro = split_micro_batches(batch, grad_accum)
 
         def body(carry, xs):
@@ -120,6 +107,7 @@ def make_gradient_fn(
                 jax.random.fold_in(rng, i),
                 denominator,
                 scale,
+                frozen,
             )
             grads_sum, metrics_sum = jax.tree.map(
                 lambda a, b: a + b.astype(a.dtype), (grads_sum, metrics_sum), (grads, metrics)
@@ -127,7 +115,9 @@ def make_gradient_fn(
             return (grads_sum, metrics_sum, state), None
 
         first = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(micro_step, params, model_state, first, rng, denominator, scale)
+        shapes = jax.eval_shape(
+            micro_step, params, model_state, first, rng, denominator, scale, frozen
+        )
         zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), t)  # noqa: E731
         init = (zeros(shapes[0]), zeros(shapes[1]), model_state)
         (grads, metrics, model_state), _ = jax.lax.scan(body, init, (micro, jnp.arange(grad_accum)))
@@ -143,29 +133,41 @@ def make_train_step(
     schedule: optax.Schedule,
     *,
     seed: int,
-    z_loss: float = 0.0,
+    objective: Objective | None = None,
     grad_accum: int = 1,
     loss_scale: DynamicLossScale | None = None,
     axis_name: str | None = None,
+    trainable: Any | None = None,
+    frozen_models: dict[str, nn.Module] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """One optimizer step; dropout keys derive from (seed, step), so a resumed run is exact.
 
+    `objective`: what is differentiated (default: next-token prediction).
     `loss_scale`: dynamic loss scaling (the state must carry a LossScaleState); an overflow
     skips the step and lowers the scale without counting towards divergence.
     `axis_name`: the pmap axis to sum gradients and metrics over.
+    `trainable`: a tree of bools over params; the optimizer must leave False leaves alone
+    (see llmjax.train.optim.make_optimizer's `trainable`).
     """
+    objective = NextToken() if objective is None else objective
     base_key = jax.random.key(seed)
-    gradients = make_gradient_fn(model, z_loss=z_loss, grad_accum=grad_accum)
+    gradients = make_gradient_fn(
+        model,
+        objective,
+        grad_accum=grad_accum,
+        trainable=trainable,
+        frozen_models=frozen_models,
+    )
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_key, state.step)
-        denominator = batch_tokens(batch)
+        denominator = objective.weight(batch)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
             denominator = jax.lax.psum(denominator, axis_name)
         scale = None if loss_scale is None else state.loss_scale.scale
         grads, metrics, model_state = gradients(
-            state.params, state.model_state, batch, rng, denominator, scale
+            state.params, state.model_state, batch, rng, denominator, scale, state.frozen
         )
         if axis_name is not None:
             grads, metrics = jax.lax.psum((grads, metrics), axis_name)
@@ -204,14 +206,3 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
-
-
-def make_eval_step(model: nn.Module) -> Callable[[Any, dict[str, Any], Batch], dict]:
-    """Sums (nll, tokens, correct) over a batch so many batches aggregate exactly."""
-
-    def eval_step(params, model_state, batch: Batch):
-        logits, _ = apply_model(model, params, model_state, batch, deterministic=True)
-        _, metrics = cross_entropy(logits, batch["targets"], batch.get("mask"))
-        return {k: metrics[k] for k in ("nll_sum", "tokens", "correct_sum")}
-
-    return eval_step

@@ -18,8 +18,9 @@ import jax
 import numpy as np
 
 from llmjax.config import Config, ModelConfig, load_config
-from llmjax.train.checkpoint import Checkpointer
-from llmjax.train.rundir import RunDir, RunDirError
+from llmjax.runs.checkpoint import Checkpointer
+from llmjax.runs.load import weights_target
+from llmjax.runs.rundir import RunDir, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ def restore_params(
 ) -> tuple[Any, dict[str, Any], int]:
     """(params, model_state, step) of the source's newest restorable checkpoint, restored onto
     `target` (abstract params with the new run's shardings), after checking the shapes."""
-    from llmjax.train.loop import abstract_state
-
     run, saved = source.run, source.config
     if saved.model.vocab_size != model.vocab_size:
         raise RunDirError(
@@ -85,7 +84,7 @@ def restore_params(
             f"this run's tokenizer {model.vocab_size}; a run that starts from another uses its "
             f"tokenizer (leave data.tokenizer unset, or pass that run's tokenizer.json)"
         )
-    have = abstract_state(saved).params
+    have = weights_target(saved.model)["params"]
     resized = _check_shapes(source.path, saved.model, model, have, target)
     with Checkpointer(run.checkpoints, keep=saved.train.keep_checkpoints) as ckpt:
         # Params whose padded vocabulary differs (a mesh may pad it further) are read whole and

@@ -1,0 +1,36 @@
+"""Training objectives, registered by name (`train.objective`), and the losses they use.
+
+Adding one is one file: a frozen dataclass subclass of `Objective` under
+`@register_objective("name")` (see `lm.py`, the next-token objective).
+"""
+
+from llmjax.objectives import lm as _lm  # noqa: F401  (registers "lm")
+from llmjax.objectives.base import (
+    OBJECTIVES,
+    Batch,
+    Forward,
+    Metrics,
+    Objective,
+    build_objective,
+    check_batch,
+    register_objective,
+)
+from llmjax.objectives.lm import NextToken, batch_tokens
+from llmjax.objectives.losses import bits_per_byte, cross_entropy, perplexity, token_log_probs
+
+__all__ = [
+    "OBJECTIVES",
+    "Batch",
+    "Forward",
+    "Metrics",
+    "NextToken",
+    "Objective",
+    "batch_tokens",
+    "bits_per_byte",
+    "build_objective",
+    "check_batch",
+    "cross_entropy",
+    "perplexity",
+    "register_objective",
+    "token_log_probs",
+]

@@ -1,0 +1,220 @@
+"""`llmjax.fit`: a whole run from a config: data, run directory, start or resume, the loop
+with evaluation, metrics, checkpoints and the loss plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from llmjax import scaling
+from llmjax.config import Config, save_config
+from llmjax.data import TokenData, Tokenizer, load_tokenizer, prepare_data, val_batches
+from llmjax.data.sources import BatchSource, TextWindows
+from llmjax.distributed import is_primary
+from llmjax.objectives import Objective
+from llmjax.runs import Checkpointer, RunDir, open_start, restore_params
+from llmjax.train.frozen import Frozen, TrainableSpec
+from llmjax.train.hooks import Checkpoint, Evaluate, MetricsFile, ProgressBar, TrainLog
+from llmjax.train.metrics import MetricsLog, plot_losses, preload_plotting, read_metrics
+from llmjax.train.parallel import PARALLELISM
+from llmjax.train.setup import check_names
+from llmjax.train.state import TrainState
+from llmjax.train.trainer import Hook, Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What a finished `fit` returns."""
+
+    run: RunDir | None
+    config: Config
+    state: TrainState
+    tokenizer: Tokenizer
+    final_eval: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def with_vocab(cfg: Config, tokenizer: Tokenizer) -> Config:
+    """The config with the model's vocabulary set to the tokenizer's."""
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+    )
+
+
+def fit(
+    cfg: Config,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    data: TokenData | None = None,
+    stop_after: int | None = None,
+    objective: Objective | None = None,
+    source: BatchSource | None = None,
+    frozen: Mapping[str, Frozen | Any] | None = None,
+    trainable: TrainableSpec = None,
+    hooks: Sequence[Hook] = (),
+) -> FitResult:
+    """Trains a model as `cfg` says; writes a run directory when `out` is given.
+
+    With `resume`, continues the run in `out` from its newest checkpoint and ends with exactly
+    the params an uninterrupted run would have. With cfg.train.init_from (and no `resume`), a
+    new run starts from that run's newest params and tokenizer with a fresh optimizer.
+    `stop_after` ends the loop early after that many total steps (with a checkpoint), as an
+    interruption would. `objective`, `source` (default: random windows of the training
+    text), `frozen` and `trainable` are the Trainer's; `hooks` run after the built-in ones.
+    """
+    t_start = time.perf_counter()
+    check_names(cfg)  # a misspelt name fails before any data is read
+    primary = is_primary()  # only process 0 writes config, tokenizer, metrics and plots
+    start = open_start(cfg, out, resume=resume, overwrite=overwrite, primary=primary)
+    cfg, run = start.cfg, start.run
+    if data is None:
+        tokenizer_file = start.tokenizer_file
+        data = prepare_data(
+            cfg.data.path,
+            cfg.data.tokenizer if tokenizer_file is None else load_tokenizer(tokenizer_file),
+            bpe_vocab_size=cfg.data.bpe_vocab_size,
+            val_fraction=cfg.data.val_fraction,
+            cache_dir=cfg.data.cache_dir,
+        )
+    cfg = with_vocab(cfg, data.tokenizer)
+    if not resume:
+        cfg = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode").adapt_config(cfg)
+    # Checks the config against the devices before anything is written.
+    trainer = Trainer(
+        cfg, objective=objective, frozen=frozen, trainable=trainable, tokenizer=data.tokenizer
+    )
+    if run is not None and not resume and primary:
+        save_config(cfg, run.config)
+        data.tokenizer.save(run.path)
+    if source is None:
+        source = TextWindows(data.train, cfg.data.batch_size, cfg.seq_len, cfg.train.seed)
+
+    def val() -> Any:
+        return val_batches(
+            data.val,
+            batch_size=cfg.data.batch_size,
+            seq_len=cfg.seq_len,
+            max_batches=cfg.train.eval_batches,
+        )
+
+    checkpointer = None
+    if run is not None:
+        checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
+    warm: list[threading.Thread] = []
+    try:
+        ahead = trainer.parallel.compiles_ahead and jax.process_count() == 1
+        if ahead and not resume and isinstance(source, BatchSource):
+            first = next(iter(source.batches(0, trainer.region)))
+            warm = _precompile(trainer, first, next(iter(val())))
+        if run is not None and primary:
+            warm.append(preload_plotting())
+        step = 0
+        if start.resume and checkpointer is not None:
+            state = trainer.restore(checkpointer)
+            step = int(jax.device_get(trainer.parallel.host_state(state).step))
+            if primary:
+                MetricsLog(run.metrics).truncate_after(step)
+            log.info("resumed %s at step %d", run.path, step)
+        elif start.source is not None:
+            target = trainer.parallel.abstract_state()
+            params, model_state, _ = restore_params(
+                start.source, cfg.model, target.params, target.model_state
+            )
+            state = trainer.state_from(params, model_state)
+        else:
+            state = trainer.init_state()
+        end = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
+        builtin = _fit_hooks(cfg, run, checkpointer, val, primary and progress, primary)
+        if run is not None:
+            trainer.history = read_metrics(run.metrics)
+        checkpointer = None  # the Checkpoint hook closes it
+        state = trainer.run(state, source, start=step, end=end, hooks=[*builtin, *hooks])
+    finally:
+        for thread in warm:
+            thread.join()
+        if checkpointer is not None:
+            checkpointer.close()
+    if run is not None and primary:
+        plot_losses(read_metrics(run.metrics), run.plot, title=str(run.path.name))
+    evaluations = next(h for h in builtin if isinstance(h, Evaluate))
+    return FitResult(
+        run,
+        cfg,
+        trainer.parallel.host_state(state),
+        data.tokenizer,
+        evaluations.latest,
+        trainer.history,
+        time.perf_counter() - t_start,
+    )
+
+
+def _fit_hooks(cfg, run, checkpointer, val, show_progress, primary) -> list[Hook]:
+    """Logging, evaluation, checkpoints, metrics.jsonl and the progress bar of a fit run."""
+    hooks: list[Hook] = [
+        TrainLog(
+            log_every=cfg.train.log_every,
+            last=cfg.train.steps,
+            max_nonfinite=cfg.train.max_nonfinite,
+            tokens_per_step=cfg.data.batch_size * cfg.seq_len,
+            flops_per_token=scaling.train_flops_per_token(cfg.model, cfg.seq_len),
+            peak_flops=scaling.peak_flops if cfg.train.mfu else None,
+        ),
+        Evaluate(val, every=cfg.train.eval_every, last=cfg.train.steps),
+    ]
+    if checkpointer is not None:
+        hooks.append(Checkpoint(checkpointer, every=cfg.train.checkpoint_every))
+    if run is not None and primary:
+        hooks.append(MetricsFile(MetricsLog(run.metrics)))
+    hooks.append(ProgressBar(cfg.train.steps, disable=not show_progress))
+    return hooks
+
+
+def _precompile(trainer: Trainer, batch: dict, val: dict) -> list[threading.Thread]:
+    """Compiles the train and eval steps on two more threads (and cores) while the caller
+    compiles and runs the initializer: a fresh run's start-up takes the longest compile, not
+    the sum. JAX keeps the programs, so the first real calls find them ready.
+
+    The stand-ins are the shapes (and, on a mesh, the shardings) the real calls will have.
+    """
+    state, placed = trainer.lower_shapes(batch)
+    val_placed = trainer.parallel.batch_shapes(val)
+    return [
+        _compile_in_background(lambda: trainer.train_step.lower(state, placed).compile()),
+        _compile_in_background(
+            lambda: trainer.eval_step.lower(
+                state.params, state.model_state, val_placed, state.frozen
+            ).compile()
+        ),
+    ]
+
+
+def _compile_in_background(compile_fn: Callable[[], Any]) -> threading.Thread:
+    """Compiles a step on a second thread (and core) while the first train step compiles.
+
+    JAX keeps the compiled program, so the later call finds it ready. Purely a head start: if
+    it fails, the call compiles as usual.
+    """
+
+    def run() -> None:
+        try:
+            compile_fn()
+        except Exception:  # noqa: BLE001  (the real call reports any genuine error)
+            log.debug("background compile failed", exc_info=True)
+
+    thread = threading.Thread(target=run, name="llmjax-compile", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,224 @@
+"""The hooks `fit` runs: logging, evaluation, checkpoints, metrics file, progress bar, and
+early stopping (see llmjax.train.trainer.Hook for the callbacks)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from llmjax import scaling
+from llmjax.train.trainer import Hook, Trainer
+
+if TYPE_CHECKING:
+    from llmjax.train.state import TrainState
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+def every(n: int, step: int, last: int | None = None) -> bool:
+    return step % n == 0 or step == last
+
+
+class TrainLog(Hook):
+    """Averages the loss over each logging interval and emits a "train" record every
+    `log_every` steps (and at `last`): loss, lr, grad norm, tokens/s, MFU; stops the run with
+    TrainingDiverged after `max_nonfinite` non-finite steps in a row."""
+
+    def __init__(
+        self,
+        *,
+        log_every: int,
+        last: int,
+        max_nonfinite: int,
+        tokens_per_step: int,
+        flops_per_token: float | None = None,
+        peak_flops: Callable[[], float | None] | None = None,
+    ):
+        self.log_every, self.last, self.max_nonfinite = log_every, last, max_nonfinite
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        # Called at the first log record (on CPU it times a matmul), not while compiling.
+        self.peak_flops = peak_flops
+        self.trainer: Trainer | None = None
+
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        self.trainer = trainer
+        self.reset(step)
+
+    def reset(self, step: int) -> None:
+        self.loss_sum, self.count, self.t0, self.step0 = 0.0, 0, time.perf_counter(), step
+
+    def on_metrics(self, step: int, m: dict[str, Any]) -> None:
+        streak = int(m["nonfinite_streak"])
+        if streak:
+            if streak >= self.max_nonfinite:
+                raise TrainingDiverged(
+                    f"loss or gradients were non-finite for {streak} steps in a row (steps "
+                    f"{step - streak + 1}..{step}); every one of them was skipped. Lower optim.lr, "
+                    f"keep optim.clip_norm set, add train.z_loss, or check the data. The last "
+                    f"checkpoint on disk is untouched."
+                )
+        else:
+            self.loss_sum += float(m["loss"])
+            self.count += 1
+        if not every(self.log_every, step, self.last):
+            return
+        elapsed = time.perf_counter() - self.t0
+        tokens = (step - self.step0) * self.tokens_per_step
+        record = {
+            "step": step,
+            "split": "train",
+            "loss": self.loss_sum / self.count if self.count else float("nan"),
+            "lr": float(m["lr"]),
+            "grad_norm": float(m["grad_norm"]),
+            "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+            "nonfinite_total": int(m["nonfinite_total"]),
+        }
+        peak = self.peak_flops() if self.peak_flops else None
+        if peak and self.flops_per_token:
+            record["mfu"] = scaling.mfu(self.flops_per_token, record["tokens_per_s"], peak)
+        if "loss_scale" in m:
+            record["loss_scale"] = float(m["loss_scale"])
+        self.trainer.emit(record)
+        self.reset(step)
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        if record.get("split") == "val":  # evaluation time is not training throughput
+            self.reset(record["step"])
+
+
+class Evaluate(Hook):
+    """Evaluates every `every` steps (and at `last`) on `batches()` and emits a "val" record."""
+
+    def __init__(self, batches: Callable[[], Iterable[dict]], *, every: int, last: int | None):
+        self.batches, self.every, self.last = batches, every, last
+        self.trainer: Trainer | None = None
+        self.latest: dict[str, float] = {}
+
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        self.trainer = trainer
+
+    def due(self, step: int, end: int) -> bool:
+        return every(self.every, step, self.last)
+
+    def on_state(self, step: int, state: TrainState) -> None:
+        self.latest = self.trainer.evaluate(state, self.batches())
+        self.trainer.emit({"step": step, "split": "val", **self.latest})
+
+
+class Checkpoint(Hook):
+    """Saves the state every `every` steps and when the loop ends; closes the checkpointer."""
+
+    def __init__(self, checkpointer: Any, *, every: int):
+        self.checkpointer, self.every = checkpointer, every
+        self.trainer: Trainer | None = None
+        self.saved_step: int | None = None
+
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        self.trainer, self.saved_step = trainer, step
+
+    def due(self, step: int, end: int) -> bool:
+        return every(self.every, step, end)
+
+    def on_state(self, step: int, state: TrainState) -> None:
+        self.checkpointer.save(step, self.trainer.checkpoint_view(state))
+        self.saved_step = step
+
+    def on_end(self, step: int, state: TrainState) -> None:
+        if step != self.saved_step:  # stopped early: keep what was trained
+            self.on_state(step, state)
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
+class EarlyStop(Hook):
+    """Stops training when an evaluated metric reaches `target`, or has not improved by
+    `min_delta` in `patience` evaluations (lower is better unless `mode="max"`)."""
+
+    def __init__(
+        self,
+        metric: str = "loss",
+        *,
+        split: str = "val",
+        target: float | None = None,
+        patience: int | None = None,
+        min_delta: float = 0.0,
+        mode: str = "min",
+    ):
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStop mode must be 'min' or 'max', got {mode!r}")
+        if target is None and patience is None:
+            raise ValueError("EarlyStop needs a target, a patience, or both")
+        self.metric, self.split, self.target = metric, split, target
+        self.patience, self.min_delta, self.sign = patience, min_delta, 1 if mode == "min" else -1
+        self.best, self.waited, self.reason = float("inf"), 0, ""
+        self.trainer: Trainer | None = None
+
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        self.trainer = trainer
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        if record.get("split") != self.split or self.metric not in record:
+            return
+        value = self.sign * float(record[self.metric])
+        if self.target is not None and value <= self.sign * self.target:
+            self.reason = (
+                f"{self.split} {self.metric} reached {self.target} at step {record['step']}"
+            )
+        elif value < self.best - self.min_delta:
+            self.best, self.waited = value, 0
+            return
+        else:
+            self.waited += 1
+            if self.patience is None or self.waited < self.patience:
+                return
+            self.reason = (
+                f"{self.split} {self.metric} did not improve for {self.waited} evaluations "
+                f"(step {record['step']})"
+            )
+        self.trainer.request_stop(self.reason)
+
+
+class MetricsFile(Hook):
+    """Writes every record to a MetricsLog (metrics.jsonl)."""
+
+    def __init__(self, log: Any):
+        self.log = log
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        self.log.write(record)
+
+
+class ProgressBar(Hook):
+    """A tqdm bar over the steps with the latest train loss; evaluations as lines under it."""
+
+    def __init__(self, total: int, *, disable: bool = False):
+        self.total, self.disable, self.bar = total, disable, None
+
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.total, initial=step, disable=self.disable, desc="train", dynamic_ncols=True
+        )
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        self.bar.update(step - self.bar.n)
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        if record.get("split") == "train":
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4f}",
+                lr=f"{record['lr']:.2e}",
+                tok_s=f"{record['tokens_per_s']:.0f}",
+            )
+        elif record.get("split") == "val" and "loss" in record:
+            bpb = f", bpb {record['bits_per_byte']:.4f}" if "bits_per_byte" in record else ""
+            self.bar.write(f"step {record['step']}: val loss {record['loss']:.4f}{bpb}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
