@@ -84,7 +84,7 @@ def test_linear_generation_with_the_state_equals_recomputation(tiny_model):
     cached = generate_tokens(
         model, variables, prompts, max_new_tokens=new, key=jax.random.key(0), sampling=greedy
     )
-    logits = jax.jit(lambda x: model.apply(variables, x))
+    logits = jax.jit(lambda x: model.apply(variables, x).logits)
     for b, prompt in enumerate(prompts):
         buffer = np.zeros((1, len(prompt) + new), np.int32)
         buffer[0, : len(prompt)] = prompt

@@ -121,16 +121,16 @@ def prefill(
     last_B = last_valid_index(valid_BxT)
     rows_B = jnp.arange(B)
     if chunk == T:
-        logits_BxTxV, cache = model.apply(variables, tokens_BxT, positions_BxT, cache=cache)
-        return logits_BxTxV[rows_B, last_B], cache
+        out = model.apply(variables, tokens_BxT, positions_BxT, cache=cache)
+        return out.logits[rows_B, last_B], out.cache
 
     def one_chunk(carry, xs):
         cache, first_BxV = carry
         c, tokens_BxC, positions_BxC = xs
-        logits_BxCxV, cache = model.apply(variables, tokens_BxC, positions_BxC, cache=cache)
+        out = model.apply(variables, tokens_BxC, positions_BxC, cache=cache)
         here_B = last_B // chunk == c
-        first_BxV = jnp.where(here_B[:, None], logits_BxCxV[rows_B, last_B % chunk], first_BxV)
-        return (cache, first_BxV), None
+        first_BxV = jnp.where(here_B[:, None], out.logits[rows_B, last_B % chunk], first_BxV)
+        return (out.cache, first_BxV), None
 
     n = T // chunk
     split = lambda x: jnp.moveaxis(x.reshape(B, n, chunk), 1, 0)  # noqa: E731
@@ -148,8 +148,8 @@ def cached_step(model: nn.Module):
     caches hit)."""
 
     def step(variables, token_B, cache: KVCache | StateCache):
-        logits_Bx1xV, cache = model.apply(variables, token_B[:, None], cache=cache)
-        return logits_Bx1xV[:, 0], cache
+        out = model.apply(variables, token_B[:, None], cache=cache)
+        return out.logits[:, 0], out.cache
 
     return step
 
@@ -173,7 +173,7 @@ def _full_logits(model, variables, buffer: TokenBuffer) -> Float[Array, "B S V"]
     # Padding and unwritten slots form their own segment (0), invisible to real tokens (1).
     positions_BxS = jnp.maximum(prompt_positions(buffer.valid), 0)
     segments_BxS = buffer.valid.astype(jnp.int32)
-    return model.apply(variables, buffer.tokens, positions_BxS, segments_BxS)
+    return model.apply(variables, buffer.tokens, positions_BxS, segments_BxS).logits
 
 
 @functools.partial(jax.jit, static_argnames=("model", "length"))

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.models.output import ModelOutput
 from llmjax.models.remat import REMAT_POLICIES
 from llmjax.models.transformer import Decoder, stack_layer_params, unstack_layer_params
 from llmjax.registry import Registry
@@ -60,6 +61,7 @@ __all__ = [
     "MODELS",
     "REMAT_POLICIES",
     "Decoder",
+    "ModelOutput",
     "build_model",
     "count_params",
     "init_model",

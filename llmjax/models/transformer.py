@@ -23,8 +23,9 @@ from llmjax.layers.norms import NORMS
 from llmjax.layers.positions import POSITIONS
 from llmjax.layers.self_attention import SelfAttention
 from llmjax.layers.state_cache import LayerState, StateCache
+from llmjax.models.output import ModelOutput
 from llmjax.models.remat import REMAT_POLICIES
-from llmjax.typing import Array, Float, Int
+from llmjax.typing import Array, Int
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -84,12 +85,12 @@ def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
 
 
 class Decoder(nn.Module):
-    """Token ids in, next-token logits (float32) out.
+    """Token ids in, a `ModelOutput` with next-token logits (float32) out.
 
     With a `cache` (llmjax.layers.kv_cache.KVCache, or a StateCache for recurrent variants) the
     tokens continue the cached ones: their keys/values are written to the cache, positions
-    default to each row's next positions (negative positions mark padding), and the call
-    returns (logits, updated cache).
+    default to each row's next positions (negative positions mark padding), and the output
+    carries the updated cache.
     """
 
     cfg: "ModelConfig"
@@ -104,7 +105,7 @@ class Decoder(nn.Module):
         deterministic: bool = True,
         return_hidden: bool = False,
         cache: KVCache | StateCache | None = None,
-    ) -> Float[Array, "B T V"] | tuple:
+    ) -> ModelOutput:
         cfg = self.cfg
         batch, length = tokens_BxT.shape
         position = POSITIONS.get(cfg.position)
@@ -202,8 +203,11 @@ class Decoder(nn.Module):
             real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
             logits_BxTxV = jnp.where(real, logits_BxTxV, PADDED_LOGIT)
         logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
-        out = (logits_BxTxV, x_BxTxD) if return_hidden else logits_BxTxV
-        return out if cache is None else (out, cache.replace(layers=layers))
+        return ModelOutput(
+            logits=logits_BxTxV,
+            hidden=x_BxTxD if return_hidden else None,
+            cache=None if cache is None else cache.replace(layers=layers),
+        )
 
 
 # ----------------------------------------------------------------------------- params layout

@@ -45,8 +45,8 @@ def apply_model(
         mutable=mutable,
     )
     if mutable:
-        return out
-    return out, model_state
+        out, model_state = out
+    return out.logits, model_state
 
 
 def batch_tokens(batch: Batch) -> jax.Array:
