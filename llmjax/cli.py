@@ -312,7 +312,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _sample(args: argparse.Namespace) -> int:
     from llmjax.decode import generate
-    from llmjax.layers.positions import POSITIONS
+    from llmjax.models import family_of
     from llmjax.train.loop import load_run
 
     if args.num_samples < 1:
@@ -327,7 +327,7 @@ def _sample(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens
     if max_new is None:
         max_new = 200
-        if not POSITIONS.get(model_cfg.position).extrapolates:
+        if not family_of(model_cfg).decoding_limits(model_cfg).extrapolates:
             longest = max(max(len(loaded.tokenizer.encode(t)), 1) for t in prompts)
             max_new = max(1, min(max_new, model_cfg.max_seq_len - longest))
     batch = [t for t in prompts for _ in range(args.num_samples)]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmjax.layers.kv_cache import init_cache
+from llmjax.decode import init_cache
 from llmjax.models import build_model
 from tests.decode_utils import random_params
 

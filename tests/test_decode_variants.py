@@ -13,9 +13,9 @@ import pytest
 from llmjax.attention import ATTENTION
 from llmjax.attention.block_sparse import BlockSparsePattern, make_block_sparse
 from llmjax.attention.decoding import UnsupportedCache
-from llmjax.decode import generate_tokens
+from llmjax.decode import generate_tokens, init_cache
 from llmjax.decode.samplers import SamplingConfig
-from llmjax.layers.kv_cache import KVCache, init_cache
+from llmjax.layers.kv_cache import KVCache
 from llmjax.layers.state_cache import StateCache
 from llmjax.models import build_model
 from tests.decode_utils import random_params

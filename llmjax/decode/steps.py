@@ -1,4 +1,5 @@
-"""An llmjax model as a `tokens_to_logits` function: with a KV cache, or by recomputation.
+"""An llmjax model as a `tokens_to_logits` function: with its decoding state (a KV cache, a
+recurrent state: whatever the model's family keeps), or by recomputation.
 
 Prompts of different lengths share one [B, T] array, padded on the left or the right; padding
 never counts: positions are each row's own (0, 1, ... over its real tokens), padding slots are
@@ -18,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.layers.kv_cache import KVCache, init_cache
-from llmjax.layers.positions import POSITIONS
-from llmjax.layers.state_cache import StateCache
+from llmjax.models import family_of, init_cache
+from llmjax.models.family import DecodingState
 from llmjax.typing import Array, Bool, Float, Int
 
 PAD_MULTIPLE = 8  # prompt arrays are padded to a multiple of this, to reuse compiled programs
@@ -74,8 +74,8 @@ def plan_cache(
     max_seq_len (so may the no-cache mode, whose buffer holds everything). Otherwise the prompt
     must fit the context, and with a learned position table so must prompt + max_new_tokens.
     """
-    window = cfg.attention_window
-    extrapolates = POSITIONS.get(cfg.position).extrapolates
+    limits = family_of(cfg).decoding_limits(cfg)
+    window, extrapolates = limits.window, limits.extrapolates
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     T = -(-longest_prompt // PAD_MULTIPLE) * PAD_MULTIPLE
@@ -111,9 +111,9 @@ def prefill(
     variables: Any,
     tokens_BxT: Int[Array, "B T"],
     valid_BxT: Bool[Array, "B T"],
-    cache: KVCache | StateCache,
+    cache: DecodingState,
     chunk: int,
-) -> tuple[Float[Array, "B V"], KVCache | StateCache]:
+) -> tuple[Float[Array, "B V"], DecodingState]:
     """Writes the prompts into the cache (in chunks of `chunk` tokens, a multiple of T) and
     returns each row's logits after its last real token."""
     B, T = tokens_BxT.shape
@@ -144,10 +144,10 @@ def prefill(
 
 @functools.cache
 def cached_step(model: nn.Module):
-    """tokens_to_logits over a KVCache or StateCache (one function object per model, so jit
+    """tokens_to_logits over the model's decoding state (one function object per model, so jit
     caches hit)."""
 
-    def step(variables, token_B, cache: KVCache | StateCache):
+    def step(variables, token_B, cache: DecodingState):
         out = model.apply(variables, token_B[:, None], cache=cache)
         return out.logits[:, 0], out.cache
 
