@@ -55,7 +55,7 @@ def _reference_stats(model, params, prompts, continuations) -> dict:
     """The metrics of the real text, with its log-likelihood and entropy under the model."""
     pairs = zip(prompts, continuations, strict=True)
     seqs = jax.numpy.asarray(np.stack([np.concatenate(pc) for pc in pairs]))
-    logits = jax.jit(model.apply)({"params": params}, seqs[:, :-1])
+    logits = jax.jit(model.apply)({"params": params}, seqs[:, :-1]).logits
     p = len(prompts[0])
     log_probs = np.asarray(token_log_probs(logits, seqs[:, 1:]))[:, p - 1 :]
     ent = np.asarray(jax.vmap(entropy)(logits))[:, p - 1 :]

@@ -1,21 +1,11 @@
 """Cost accounting: parameter counts, training FLOPs per token, accelerator peaks, and MFU.
 
-Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B)::
-
-    C = 6 * N  +  12 * L * T * n_heads * head_dim
-
-`N` counts the weights of every matmul a token passes through: the q/k/v/out projections and
-the MLP of each layer, and the output projection onto the (padded) vocabulary, tied or not.
-A matmul with a weight of size N costs 2N FLOPs forward and 4N backward (gradients of the
-input and of the weight), hence 6N. Lookups (token and learned position tables), biases, norms,
-activations and softmax are not counted: elementwise work is small next to the matmuls.
-
-The second term is attention's two T x T matmuls per layer (q k^T and probs v): 2 * 2 * T * N
-* H FLOPs per token forward, times 3 for training. It is what grows quadratically with context:
-per token it is linear in T, per sequence quadratic. Causal halving is NOT counted by default:
-XLA's dot-product attention (and the formula in PaLM's MFU) computes the whole T x T matrix
-and masks it; a kernel that skips the masked half does half of this term
-(`causal_halving=True`). Sliding windows are likewise not subtracted.
+Training FLOPs per token are 3 x the forward FLOPs: a matmul with a weight of size N costs 2N
+FLOPs forward and 4N backward (gradients of the input and of the weight). The forward count is
+each model family's own (`matmul_params` and `forward_flops_per_token` of its class, see
+llmjax.models.family): 2 x the matmul weights a token passes through, plus what grows with the
+context. The transformer's (PaLM's 6N + 12 L T n_heads head_dim, and what it leaves out) is
+explained in llmjax.models.transformer.
 
 MFU = achieved model FLOP/s (C * tokens/s) / peak FLOP/s. Recomputation by remat is not model
 work and is not counted (that would be hardware FLOPs utilization).
@@ -35,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from llmjax.models import family_of, init_variables
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -77,8 +69,6 @@ class ParamCounts:
 
 def param_counts(cfg: "ModelConfig") -> ParamCounts:
     """Exact counts from the model's parameter shapes (nothing is allocated)."""
-    from llmjax.models import init_variables
-
     boxed = jax.eval_shape(lambda k: init_variables(cfg, k), jax.random.key(0))
     shapes = nn.meta.unbox(boxed)["params"]
     sizes = {
@@ -91,11 +81,9 @@ def param_counts(cfg: "ModelConfig") -> ParamCounts:
 
 
 def matmul_params(cfg: "ModelConfig") -> int:
-    """Weights a token is multiplied with: per-layer projections and MLP, plus the logits."""
-    D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head, cfg.ffn_dim
-    attention = D * N * H + 2 * D * K * H + N * H * D
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * D * F
-    return cfg.n_layers * (attention + mlp) + cfg.padded_vocab_size * D
+    """Weights a token is multiplied with (for a transformer: per-layer projections and MLP,
+    plus the logits), as cfg's model family counts them."""
+    return family_of(cfg).matmul_params(cfg)
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -104,23 +92,25 @@ def matmul_params(cfg: "ModelConfig") -> int:
 def attention_flops_per_token(
     cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
 ) -> float:
-    """Forward FLOPs per token of the T x T attention matmuls: 4 * L * T * n_heads * head_dim."""
-    flops = 4.0 * cfg.n_layers * seq_len * cfg.n_heads * cfg.dim_head
-    return flops / 2 if causal_halving else flops
+    """Forward FLOPs per token beyond the weight matmuls: the part that grows with the context
+    (a transformer's T x T attention matmuls, 4 * L * T * n_heads * head_dim; 0 for a model
+    without attention). The counts are integers well below 2**53, so the difference is exact."""
+    forward = forward_flops_per_token(cfg, seq_len, causal_halving=causal_halving)
+    return forward - 2.0 * matmul_params(cfg)
 
 
 def forward_flops_per_token(
     cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
 ) -> float:
-    return 2.0 * matmul_params(cfg) + attention_flops_per_token(
-        cfg, seq_len, causal_halving=causal_halving
-    )
+    """2 * matmul_params plus the context-dependent FLOPs, as cfg's model family counts them."""
+    return family_of(cfg).forward_flops_per_token(cfg, seq_len, causal_halving=causal_halving)
 
 
 def train_flops_per_token(
     cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
 ) -> float:
-    """6 N + 12 L T n_heads head_dim: forward and backward, no remat recomputation."""
+    """3 x the forward FLOPs (for a transformer 6 N + 12 L T n_heads head_dim): forward and
+    backward, no remat recomputation."""
     return 3.0 * forward_flops_per_token(cfg, seq_len, causal_halving=causal_halving)
 
 

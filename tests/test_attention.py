@@ -157,8 +157,8 @@ def test_registering_a_variant_makes_it_usable(tiny_model):
         cfg = dataclasses.replace(tiny_model, attention="test-doubled-scale")
         params, _ = init_model(cfg, jax.random.key(0))
         tokens = jnp.ones((1, 8), jnp.int32)
-        out = build_model(cfg).apply({"params": params}, tokens)
-        base = build_model(tiny_model).apply({"params": params}, tokens)
+        out = build_model(cfg).apply({"params": params}, tokens).logits
+        base = build_model(tiny_model).apply({"params": params}, tokens).logits
         assert out.shape == base.shape and not np.allclose(out, base)
     finally:
         ATTENTION.unregister("test-doubled-scale")

@@ -386,7 +386,7 @@ def test_blockwise_variants_need_self_attention():
 
 
 def _logits(cfg, params, tokens):
-    return jax.jit(lambda p, x: build_model(cfg).apply({"params": p}, x))(params, tokens)
+    return jax.jit(lambda p, x: build_model(cfg).apply({"params": p}, x).logits)(params, tokens)
 
 
 def test_variants_run_in_the_model_through_config(tiny_model):

@@ -25,9 +25,6 @@ from llmjax.config import (
         (dict(d_model=130, n_heads=4), r"d_model=130 is not divisible by n_heads=4.*e\.g\. 128"),
         (dict(n_heads=4, n_kv_heads=3), r"n_kv_heads=3 does not divide n_heads=4"),
         (dict(position="rope", d_model=20, n_heads=4), r"RoPE.*head_dim must be even.*head_dim=5"),
-        (dict(norm="groupnorm"), r"norm='groupnorm' is not known; valid choices: batchnorm, "),
-        (dict(attention="nope"), r"attention='nope' is not known; valid choices:.*reference"),
-        (dict(remat="some"), r"remat='some' is not known; valid choices:.*full"),
         (dict(n_layers=0), r"n_layers must be a positive integer"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(dtype="float64"), r"dtype='float64' is not known"),
@@ -36,6 +33,22 @@ from llmjax.config import (
 def test_bad_model_configs_say_how_to_fix_them(fields, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(norm="groupnorm"), r"norm='groupnorm' is not known; valid choices: batchnorm, "),
+        (dict(attention="nope"), r"attention='nope' is not known; valid choices:.*reference"),
+        (dict(remat="some"), r"remat='some' is not known; valid choices:.*full"),
+    ],
+)
+def test_unknown_part_names_are_explained_when_the_model_is_built(fields, message):
+    from llmjax.models import build_model
+
+    cfg = ModelConfig(**fields)  # a config imports no registry: names are checked at build
+    with pytest.raises(ConfigError, match=message):
+        build_model(cfg)
 
 
 def test_sequence_longer_than_learned_table_is_a_config_error():

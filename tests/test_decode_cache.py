@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmjax.layers.kv_cache import init_cache
+from llmjax.decode import init_cache
 from llmjax.models import build_model
 from tests.decode_utils import random_params
 
@@ -25,18 +25,19 @@ def _runner(cfg, cache_len: int, rolling: bool):
 
     def run(params, tokens_BxT):
         variables = {"params": params}
-        full_BxTxV = model.apply(variables, tokens_BxT)
+        full_BxTxV = model.apply(variables, tokens_BxT).logits
         pad = jnp.zeros((PAD,), jnp.int32)
         row1 = jnp.concatenate([pad, tokens_BxT[1, : P - PAD]])
         prompt_BxP = jnp.stack([tokens_BxT[0, :P], row1])
         positions_BxP = jnp.stack([jnp.arange(P), jnp.arange(P) - PAD])  # < 0: padding
         cache = init_cache(cfg, 2, cache_len, rolling=rolling)
-        prefill_BxPxV, cache = model.apply(variables, prompt_BxP, positions_BxP, cache=cache)
+        prefill = model.apply(variables, prompt_BxP, positions_BxP, cache=cache)
+        prefill_BxPxV, cache = prefill.logits, prefill.cache
         rest_BxR = jnp.stack([tokens_BxT[0, P:], tokens_BxT[1, P - PAD : T - PAD]])
 
         def step(cache, token_B):
-            logits_Bx1xV, cache = model.apply(variables, token_B[:, None], cache=cache)
-            return cache, logits_Bx1xV[:, 0]
+            out = model.apply(variables, token_B[:, None], cache=cache)
+            return out.cache, out.logits[:, 0]
 
         _, steps_RxBxV = jax.lax.scan(step, cache, rest_BxR.T)
         return full_BxTxV, prefill_BxPxV, jnp.moveaxis(steps_RxBxV, 0, 1)

@@ -67,7 +67,7 @@ def test_log_probs_are_the_models_token_log_probabilities(model_and_variables):
     seqs = [np.concatenate([p, out.tokens[b]]) for b, p in enumerate(PROMPTS)]
     longest = max(map(len, seqs))
     batch = np.stack([np.pad(s, (0, longest - len(s))) for s in seqs])
-    log_probs = np.asarray(jax.nn.log_softmax(jax.jit(model.apply)(variables, batch), -1))
+    log_probs = np.asarray(jax.nn.log_softmax(jax.jit(model.apply)(variables, batch).logits, -1))
     for b, p in enumerate(PROMPTS):
         rows = log_probs[b, len(p) - 1 : len(p) - 1 + N]
         want = np.take_along_axis(rows, out.tokens[b][:, None], 1)[:, 0]

@@ -13,9 +13,9 @@ import pytest
 from llmjax.attention import ATTENTION
 from llmjax.attention.block_sparse import BlockSparsePattern, make_block_sparse
 from llmjax.attention.decoding import UnsupportedCache
-from llmjax.decode import generate_tokens
+from llmjax.decode import generate_tokens, init_cache
 from llmjax.decode.samplers import SamplingConfig
-from llmjax.layers.kv_cache import KVCache, init_cache
+from llmjax.layers.kv_cache import KVCache
 from llmjax.layers.state_cache import StateCache
 from llmjax.models import build_model
 from tests.decode_utils import random_params
@@ -84,7 +84,7 @@ def test_linear_generation_with_the_state_equals_recomputation(tiny_model):
     cached = generate_tokens(
         model, variables, prompts, max_new_tokens=new, key=jax.random.key(0), sampling=greedy
     )
-    logits = jax.jit(lambda x: model.apply(variables, x))
+    logits = jax.jit(lambda x: model.apply(variables, x).logits)
     for b, prompt in enumerate(prompts):
         buffer = np.zeros((1, len(prompt) + new), np.int32)
         buffer[0, : len(prompt)] = prompt

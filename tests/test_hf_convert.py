@@ -37,7 +37,7 @@ def _hf_logits(model, tokens) -> np.ndarray:
 
 def _llmjax_logits(cfg: ModelConfig, params, tokens) -> np.ndarray:
     model = build_model(cfg)
-    return np.asarray(jax.jit(lambda p, t: model.apply({"params": p}, t))(params, tokens))
+    return np.asarray(jax.jit(lambda p, t: model.apply({"params": p}, t).logits)(params, tokens))
 
 
 def _load_hf(directory):

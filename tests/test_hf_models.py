@@ -54,7 +54,7 @@ class Case:
 
 def _jit_apply(model_cfg):
     model = build_model(model_cfg)
-    return jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
+    return jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg).logits)
 
 
 @pytest.fixture(scope="module", params=list(HF_VARIANTS))

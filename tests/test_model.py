@@ -28,7 +28,7 @@ def _tokens(cfg: ModelConfig, batch: int = 2, length: int = 16, seed: int = 0) -
 @functools.cache
 def _apply(cfg: ModelConfig):
     model = build_model(cfg)
-    return jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
+    return jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg).logits)
 
 
 def _logits(cfg, params, tokens, positions=None, segments=None):
@@ -66,7 +66,7 @@ def test_shapes_dtype_finite(tiny_model, name, use_jit):
     params, _ = init_model(cfg, jax.random.key(0))
     tokens = _tokens(cfg)
     model = build_model(cfg)
-    fn = lambda p, t: model.apply({"params": p}, t)  # noqa: E731
+    fn = lambda p, t: model.apply({"params": p}, t).logits  # noqa: E731
     logits = (jax.jit(fn) if use_jit else fn)(params, tokens)
     assert logits.shape == (2, 16, cfg.padded_vocab_size)
     assert logits.dtype == jnp.float32
@@ -83,9 +83,10 @@ def test_batchnorm_trains_and_keeps_running_stats(tiny_model):
     assert "batch_stats" in state
     model = build_model(cfg)
     tokens = _tokens(cfg)
-    logits, updates = jax.jit(
+    out, updates = jax.jit(
         lambda v, t: model.apply(v, t, deterministic=False, mutable=["batch_stats"])
     )({"params": params, **state}, tokens)
+    logits = out.logits
     assert np.isfinite(np.asarray(logits)).all()
     before = jax.tree.leaves(state["batch_stats"])
     after = jax.tree.leaves(updates["batch_stats"])
@@ -104,7 +105,7 @@ def test_causality_via_gradients(tiny_model, position, norm):
 
     def logit_per_position(perturb):
         variables = {"params": params, **state, "perturbations": perturb}
-        return model.apply(variables, tokens)[0].sum(-1)  # (T,)
+        return model.apply(variables, tokens).logits[0].sum(-1)  # (T,)
 
     # jac[t, 0, s, :] = d sum(logits[t]) / d embedding[s]
     jac = np.asarray(jax.jit(jax.jacrev(logit_per_position))(zero)["embeddings"])[:, 0]
@@ -184,7 +185,9 @@ def test_dropout_is_random_in_training_and_off_in_eval(tiny_model):
     model = build_model(cfg)
     tokens = _tokens(cfg)
     train = jax.jit(
-        lambda p, t, k: model.apply({"params": p}, t, deterministic=False, rngs={"dropout": k})
+        lambda p, t, k: (
+            model.apply({"params": p}, t, deterministic=False, rngs={"dropout": k}).logits
+        )
     )
     a = train(params, tokens, jax.random.key(1))
     b = train(params, tokens, jax.random.key(2))

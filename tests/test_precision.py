@@ -47,7 +47,7 @@ def test_every_matmul_computes_in_bfloat16_and_logits_come_out_float32(tiny_mode
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))  # param_dtype
     model = build_model(cfg)
     tokens = jnp.zeros((2, 8), jnp.int32)
-    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, tokens))(params)
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, tokens).logits)(params)
     dots = list(_dots(jaxpr.jaxpr))
     assert len(dots) >= 4 * cfg.n_layers
     for eqn in dots:

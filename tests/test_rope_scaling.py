@@ -73,7 +73,7 @@ def test_bad_rope_scaling_is_rejected(kwargs, match):
 
 
 def _logits(cfg, params, tokens):
-    return jax.jit(lambda p, x: build_model(cfg).apply({"params": p}, x))(params, tokens)
+    return jax.jit(lambda p, x: build_model(cfg).apply({"params": p}, x).logits)(params, tokens)
 
 
 def test_alibi_and_rope_run_beyond_the_trained_length_but_a_learned_table_cannot(tiny_model):

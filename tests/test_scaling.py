@@ -50,7 +50,7 @@ def test_flop_formula_matches_xla_cost_analysis():
     tokens = jnp.zeros((4, 128), jnp.int32)
 
     def loss(p):
-        return cross_entropy(model.apply({"params": p}, tokens), tokens)[0]
+        return cross_entropy(model.apply({"params": p}, tokens).logits, tokens)[0]
 
     xla = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()["flops"]
     formula = scaling.train_flops_per_token(cfg, 128) * tokens.size

@@ -221,7 +221,7 @@ def test_remat_policy_gives_the_same_gradients_sharded(policy, scan):
         model = build_model(model_cfg)
 
         def loss(p, b):
-            return cross_entropy(model.apply({"params": p}, b["inputs"]), b["targets"])[0]
+            return cross_entropy(model.apply({"params": p}, b["inputs"]).logits, b["targets"])[0]
 
         return jax.jit(jax.grad(loss))
 

@@ -169,7 +169,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmjax.decode import generate
-    from llmjax.layers.positions import POSITIONS
+    from llmjax.models import family_of
     from llmjax.runs import load_run
 
     if args.num_samples < 1:
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens
     if max_new is None:
         max_new = 200
-        if not POSITIONS.get(model_cfg.position).extrapolates:
+        if not family_of(model_cfg).decoding_limits(model_cfg).extrapolates:
             longest = max(max(len(loaded.tokenizer.encode(t)), 1) for t in prompts)
             max_new = max(1, min(max_new, model_cfg.max_seq_len - longest))
     batch = [t for t in prompts for _ in range(args.num_samples)]

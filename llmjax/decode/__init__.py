@@ -5,8 +5,9 @@ from llmjax.decode.generate import Completion, generate
 from llmjax.decode.loop import DecodeOutput, decode
 from llmjax.decode.samplers import SamplingConfig, process_logits
 from llmjax.decode.tokens import beam_search_tokens, generate_tokens
-from llmjax.layers.kv_cache import KVCache, LayerKV, init_cache
+from llmjax.layers.kv_cache import KVCache, LayerKV
 from llmjax.layers.state_cache import LayerState, StateCache
+from llmjax.models import init_cache
 
 __all__ = [
     "BeamOutput",

@@ -1,4 +1,5 @@
-"""An llmjax model as a `tokens_to_logits` function: with a KV cache, or by recomputation.
+"""An llmjax model as a `tokens_to_logits` function: with its decoding state (a KV cache, a
+recurrent state: whatever the model's family keeps), or by recomputation.
 
 Prompts of different lengths share one [B, T] array, padded on the left or the right; padding
 never counts: positions are each row's own (0, 1, ... over its real tokens), padding slots are
@@ -18,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.layers.kv_cache import KVCache, init_cache
-from llmjax.layers.positions import POSITIONS
-from llmjax.layers.state_cache import StateCache
+from llmjax.models import family_of, init_cache
+from llmjax.models.family import DecodingState
 from llmjax.typing import Array, Bool, Float, Int
 
 PAD_MULTIPLE = 8  # prompt arrays are padded to a multiple of this, to reuse compiled programs
@@ -74,8 +74,8 @@ def plan_cache(
     max_seq_len (so may the no-cache mode, whose buffer holds everything). Otherwise the prompt
     must fit the context, and with a learned position table so must prompt + max_new_tokens.
     """
-    window = cfg.attention_window
-    extrapolates = POSITIONS.get(cfg.position).extrapolates
+    limits = family_of(cfg).decoding_limits(cfg)
+    window, extrapolates = limits.window, limits.extrapolates
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     T = -(-longest_prompt // PAD_MULTIPLE) * PAD_MULTIPLE
@@ -111,9 +111,9 @@ def prefill(
     variables: Any,
     tokens_BxT: Int[Array, "B T"],
     valid_BxT: Bool[Array, "B T"],
-    cache: KVCache | StateCache,
+    cache: DecodingState,
     chunk: int,
-) -> tuple[Float[Array, "B V"], KVCache | StateCache]:
+) -> tuple[Float[Array, "B V"], DecodingState]:
     """Writes the prompts into the cache (in chunks of `chunk` tokens, a multiple of T) and
     returns each row's logits after its last real token."""
     B, T = tokens_BxT.shape
@@ -121,16 +121,16 @@ def prefill(
     last_B = last_valid_index(valid_BxT)
     rows_B = jnp.arange(B)
     if chunk == T:
-        logits_BxTxV, cache = model.apply(variables, tokens_BxT, positions_BxT, cache=cache)
-        return logits_BxTxV[rows_B, last_B], cache
+        out = model.apply(variables, tokens_BxT, positions_BxT, cache=cache)
+        return out.logits[rows_B, last_B], out.cache
 
     def one_chunk(carry, xs):
         cache, first_BxV = carry
         c, tokens_BxC, positions_BxC = xs
-        logits_BxCxV, cache = model.apply(variables, tokens_BxC, positions_BxC, cache=cache)
+        out = model.apply(variables, tokens_BxC, positions_BxC, cache=cache)
         here_B = last_B // chunk == c
-        first_BxV = jnp.where(here_B[:, None], logits_BxCxV[rows_B, last_B % chunk], first_BxV)
-        return (cache, first_BxV), None
+        first_BxV = jnp.where(here_B[:, None], out.logits[rows_B, last_B % chunk], first_BxV)
+        return (out.cache, first_BxV), None
 
     n = T // chunk
     split = lambda x: jnp.moveaxis(x.reshape(B, n, chunk), 1, 0)  # noqa: E731
@@ -144,12 +144,12 @@ def prefill(
 
 @functools.cache
 def cached_step(model: nn.Module):
-    """tokens_to_logits over a KVCache or StateCache (one function object per model, so jit
+    """tokens_to_logits over the model's decoding state (one function object per model, so jit
     caches hit)."""
 
-    def step(variables, token_B, cache: KVCache | StateCache):
-        logits_Bx1xV, cache = model.apply(variables, token_B[:, None], cache=cache)
-        return logits_Bx1xV[:, 0], cache
+    def step(variables, token_B, cache: DecodingState):
+        out = model.apply(variables, token_B[:, None], cache=cache)
+        return out.logits[:, 0], out.cache
 
     return step
 
@@ -173,7 +173,7 @@ def _full_logits(model, variables, buffer: TokenBuffer) -> Float[Array, "B S V"]
     # Padding and unwritten slots form their own segment (0), invisible to real tokens (1).
     positions_BxS = jnp.maximum(prompt_positions(buffer.valid), 0)
     segments_BxS = buffer.valid.astype(jnp.int32)
-    return model.apply(variables, buffer.tokens, positions_BxS, segments_BxS)
+    return model.apply(variables, buffer.tokens, positions_BxS, segments_BxS).logits
 
 
 @functools.partial(jax.jit, static_argnames=("model", "length"))

@@ -29,7 +29,7 @@ def recall_by_distance(
     """Recall accuracy per distance bucket [edges[i], edges[i+1]) on fresh sequences (None for
     a bucket no answer fell into)."""
     model = build_model(model_cfg)
-    predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), axis=-1))
+    predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x).logits, axis=-1))
     rng = np.random.default_rng(seed)
     hits, dists = [], []
     for _ in range(batches):

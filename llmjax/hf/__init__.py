@@ -1,7 +1,7 @@
 """Hugging Face interop: load GPT-2 and Llama-family checkpoints, export them back.
 
     hf = llmjax.hf.load_hf("path/to/gpt2")                  # config, params, tokenizer
-    logits = hf.model.apply({"params": hf.params}, ids)
+    logits = hf.model.apply({"params": hf.params}, ids).logits
     llmjax.hf.export_hf(hf.config, hf.params, "out/gpt2")   # transformers loads this
     llmjax.hf.convert_from_hf("path/to/gpt2", "runs/gpt2")  # an llmjax run directory
 

@@ -15,8 +15,8 @@ Convention: a negative position marks a padding token; it is written as invalid 
 ever sees it.
 
 Each attention variant says how it attends over the cache (llmjax.attention.decoding); a variant
-with a recurrent state (linear attention) decodes with a `StateCache` instead, which
-`init_cache` builds for it.
+with a recurrent state (linear attention) decodes with a `StateCache` instead: which of the two a
+model gets is its family's choice (`init_cache` of llmjax.models.transformer.Decoder).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from llmjax.attention import ATTENTION
 from llmjax.attention.decoding import UnsupportedCache, over_cache, recurrence
 from llmjax.attention.masks import Mask
 from llmjax.layers.common import dtype_of
-from llmjax.layers.state_cache import StateCache, init_state_cache
 from llmjax.typing import Array, Bool, Float, Int
 
 if TYPE_CHECKING:
@@ -187,24 +186,16 @@ class KVCache:
         )
 
 
-def init_cache(
+def init_kv_cache(
     cfg: ModelConfig, batch_size: int, length: int, *, rolling: bool = False
-) -> KVCache | StateCache:
-    """An empty cache of `length` slots for a model config (layout follows cfg.scan_layers).
+) -> KVCache:
+    """An empty KV cache of `length` slots for a model config (layout follows cfg.scan_layers).
 
     `rolling` keeps only the last `length` tokens; it needs a sliding-window model
-    (cfg.attention_window) and length >= the window. A variant with a recurrent state (linear
-    attention) gets a `StateCache`, whose size does not depend on `length`.
+    (cfg.attention_window) and length >= the window.
     """
     if batch_size < 1 or length < 1:
         raise ValueError(f"cache batch_size and length must be >= 1, got {batch_size}, {length}")
-    if recurrence(ATTENTION.get(cfg.attention)) is not None:
-        if rolling:
-            raise UnsupportedCache(
-                f"attention variant {cfg.attention!r} decodes with a fixed-size recurrent state, "
-                f"so a rolling cache does not apply; use rolling=False"
-            )
-        return init_state_cache(cfg, batch_size)
     window = cfg.attention_window
     if rolling and (window is None or length < window):
         raise ValueError(

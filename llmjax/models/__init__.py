@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.models.family import DecodingLimits, DecodingState, ModelFamily, missing_members
+from llmjax.models.output import ModelOutput
 from llmjax.models.remat import REMAT_POLICIES
 from llmjax.models.transformer import Decoder, stack_layer_params, unstack_layer_params
 from llmjax.registry import Registry
@@ -14,12 +16,35 @@ from llmjax.runtime import jit_once
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
 
+# Families by ModelConfig.arch; each entry follows llmjax.models.family.ModelFamily.
 MODELS: Registry = Registry("model architecture")
 MODELS.register("transformer")(Decoder)
 
 
+def family_of(cfg: "ModelConfig") -> type[ModelFamily]:
+    """The registered family class of `cfg.arch`."""
+    family = MODELS.get(cfg.arch, field="model.arch")
+    missing = missing_members(family)
+    if missing:
+        raise TypeError(
+            f"model family {cfg.arch!r} ({family.__name__}) lacks {', '.join(missing)}; "
+            f"see llmjax.models.family for what a family provides"
+        )
+    return family
+
+
 def build_model(cfg: "ModelConfig") -> nn.Module:
-    return MODELS.get(cfg.arch)(cfg)
+    """The family's module for `cfg`, after the family checked the names of its parts."""
+    family = family_of(cfg)
+    family.check_config(cfg)
+    return family(cfg)
+
+
+def init_cache(
+    cfg: "ModelConfig", batch_size: int, length: int, *, rolling: bool = False
+) -> DecodingState:
+    """The empty decoding state of `batch_size` rows, `length` tokens long, for cfg's family."""
+    return family_of(cfg).init_cache(cfg, batch_size, length, rolling=rolling)
 
 
 def _init_variables(cfg: "ModelConfig", key: jax.Array) -> dict[str, Any]:
@@ -60,8 +85,14 @@ __all__ = [
     "MODELS",
     "REMAT_POLICIES",
     "Decoder",
+    "DecodingLimits",
+    "DecodingState",
+    "ModelFamily",
+    "ModelOutput",
     "build_model",
     "count_params",
+    "family_of",
+    "init_cache",
     "init_model",
     "init_variables",
     "logical_axes",

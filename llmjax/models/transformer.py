@@ -14,17 +14,21 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from llmjax.attention import Mask
+from llmjax.attention import ATTENTION, Mask
+from llmjax.attention.decoding import UnsupportedCache, recurrence
+from llmjax.errors import ConfigError
 from llmjax.layers.common import constrain, dtype_of, normal
 from llmjax.layers.embeddings import Embedder
-from llmjax.layers.kv_cache import KVCache, LayerKV
+from llmjax.layers.kv_cache import KVCache, LayerKV, init_kv_cache
 from llmjax.layers.mlp import MLPS
 from llmjax.layers.norms import NORMS
-from llmjax.layers.positions import POSITIONS
+from llmjax.layers.positions import POSITIONS, ROPE_SCALING_CHECKS, ROPE_SCALINGS
 from llmjax.layers.self_attention import SelfAttention
-from llmjax.layers.state_cache import LayerState, StateCache
+from llmjax.layers.state_cache import LayerState, StateCache, init_state_cache
+from llmjax.models.family import DecodingLimits
+from llmjax.models.output import ModelOutput
 from llmjax.models.remat import REMAT_POLICIES
-from llmjax.typing import Array, Float, Int
+from llmjax.typing import Array, Int
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -84,12 +88,13 @@ def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
 
 
 class Decoder(nn.Module):
-    """Token ids in, next-token logits (float32) out.
+    """Token ids in, a `ModelOutput` with next-token logits (float32) out.
 
     With a `cache` (llmjax.layers.kv_cache.KVCache, or a StateCache for recurrent variants) the
     tokens continue the cached ones: their keys/values are written to the cache, positions
-    default to each row's next positions (negative positions mark padding), and the call
-    returns (logits, updated cache).
+    default to each row's next positions (negative positions mark padding), and the output
+    carries the updated cache. The classmethods are the model-family protocol
+    (llmjax.models.family).
     """
 
     cfg: "ModelConfig"
@@ -104,7 +109,7 @@ class Decoder(nn.Module):
         deterministic: bool = True,
         return_hidden: bool = False,
         cache: KVCache | StateCache | None = None,
-    ) -> Float[Array, "B T V"] | tuple:
+    ) -> ModelOutput:
         cfg = self.cfg
         batch, length = tokens_BxT.shape
         position = POSITIONS.get(cfg.position)
@@ -202,8 +207,110 @@ class Decoder(nn.Module):
             real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
             logits_BxTxV = jnp.where(real, logits_BxTxV, PADDED_LOGIT)
         logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
-        out = (logits_BxTxV, x_BxTxD) if return_hidden else logits_BxTxV
-        return out if cache is None else (out, cache.replace(layers=layers))
+        return ModelOutput(
+            logits=logits_BxTxV,
+            hidden=x_BxTxD if return_hidden else None,
+            cache=None if cache is None else cache.replace(layers=layers),
+        )
+
+    # ------------------------------------------------------------------ the family protocol
+
+    @classmethod
+    def check_config(cls, cfg: "ModelConfig") -> None:
+        """Every part the config names (mlp, norm, position, attention, remat, RoPE scaling)
+        is registered; a ConfigError names the option otherwise."""
+        for name, registry in PARTS.items():
+            registry.get(getattr(cfg, name), field=f"model.{name}")
+        kind = cfg.rope_scaling.kind
+        ROPE_SCALINGS.get(kind, field="model.rope_scaling.kind")
+        problem = ROPE_SCALING_CHECKS.get(kind, lambda _: None)(cfg.rope_scaling)
+        if problem is not None:
+            raise ConfigError(str(problem))
+
+    @classmethod
+    def init_cache(
+        cls, cfg: "ModelConfig", batch_size: int, length: int, *, rolling: bool = False
+    ) -> KVCache | StateCache:
+        """A KV cache of `length` slots (`rolling`: the last `length` tokens, for a
+        sliding-window model), or for an attention variant with a recurrent state (linear
+        attention) a `StateCache`, whose size does not depend on `length`."""
+        if batch_size < 1 or length < 1:
+            raise ValueError(
+                f"cache batch_size and length must be >= 1, got {batch_size}, {length}"
+            )
+        if recurrence(ATTENTION.get(cfg.attention)) is not None:
+            if rolling:
+                raise UnsupportedCache(
+                    f"attention variant {cfg.attention!r} decodes with a fixed-size recurrent "
+                    f"state, so a rolling cache does not apply; use rolling=False"
+                )
+            return init_state_cache(cfg, batch_size)
+        return init_kv_cache(cfg, batch_size, length, rolling=rolling)
+
+    @classmethod
+    def decoding_limits(cls, cfg: "ModelConfig") -> DecodingLimits:
+        return DecodingLimits(
+            window=cfg.attention_window, extrapolates=POSITIONS.get(cfg.position).extrapolates
+        )
+
+    @classmethod
+    def matmul_params(cls, cfg: "ModelConfig") -> int:
+        return matmul_params(cfg)
+
+    @classmethod
+    def forward_flops_per_token(
+        cls, cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
+    ) -> float:
+        return 2.0 * matmul_params(cfg) + attention_flops_per_token(
+            cfg, seq_len, causal_halving=causal_halving
+        )
+
+
+# Config fields that name a registered part, checked by Decoder.check_config.
+PARTS = {
+    "mlp": MLPS,
+    "norm": NORMS,
+    "position": POSITIONS,
+    "attention": ATTENTION,
+    "remat": REMAT_POLICIES,
+}
+
+
+# ----------------------------------------------------------------------------- FLOP count
+#
+# Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B), 3 x the forward FLOPs:
+#
+#     C = 6 * N  +  12 * L * T * n_heads * head_dim
+#
+# `N` counts the weights of every matmul a token passes through: the q/k/v/out projections and
+# the MLP of each layer, and the output projection onto the (padded) vocabulary, tied or not.
+# A matmul with a weight of size N costs 2N FLOPs forward and 4N backward (gradients of the
+# input and of the weight), hence 6N. Lookups (token and learned position tables), biases,
+# norms, activations and softmax are not counted: elementwise work is small next to the
+# matmuls.
+#
+# The second term is attention's two T x T matmuls per layer (q k^T and probs v): 2 * 2 * T * N
+# * H FLOPs per token forward, times 3 for training. It is what grows quadratically with
+# context: per token it is linear in T, per sequence quadratic. Causal halving is NOT counted
+# by default: XLA's dot-product attention (and the formula in PaLM's MFU) computes the whole
+# T x T matrix and masks it; a kernel that skips the masked half does half of this term
+# (`causal_halving=True`). Sliding windows are likewise not subtracted.
+
+
+def matmul_params(cfg: "ModelConfig") -> int:
+    """Weights a token is multiplied with: per-layer projections and MLP, plus the logits."""
+    D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head, cfg.ffn_dim
+    attention = D * N * H + 2 * D * K * H + N * H * D
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * D * F
+    return cfg.n_layers * (attention + mlp) + cfg.padded_vocab_size * D
+
+
+def attention_flops_per_token(
+    cfg: "ModelConfig", seq_len: int, *, causal_halving: bool = False
+) -> float:
+    """Forward FLOPs per token of the T x T attention matmuls: 4 * L * T * n_heads * head_dim."""
+    flops = 4.0 * cfg.n_layers * seq_len * cfg.n_heads * cfg.dim_head
+    return flops / 2 if causal_halving else flops
 
 
 # ----------------------------------------------------------------------------- params layout

@@ -69,7 +69,7 @@ class Forward:
         self._calls = 0
 
     def __call__(self, inputs, positions=None, segments=None, **kwargs) -> Any:
-        """The model's output (llmjax.models.ModelOutput) for token ids `inputs` [B, T]."""
+        """The model's ModelOutput (logits, ...) for token ids `inputs` [B, T]."""
         rng = self.rng
         if rng is not None and self._calls:  # a second forward pass gets its own dropout
             rng = jax.random.fold_in(rng, self._calls)
@@ -87,7 +87,7 @@ class Forward:
         )
         if mutable:
             out, self.model_state = out
-        return _as_output(out)
+        return out
 
     def on(self, batch: Batch, prefix: str = "", **kwargs) -> Any:
         """The model on a batch's `<prefix>inputs` (and positions / segments, if given)."""
@@ -108,15 +108,6 @@ class Forward:
             )
         params = jax.tree.map(jax.lax.stop_gradient, self._frozen[name])
         return Forward(self._frozen_models.get(name, self.model), params, deterministic=True)
-
-
-@dataclass(frozen=True)
-class _Logits:
-    logits: jax.Array
-
-
-def _as_output(out: Any) -> Any:
-    return out if hasattr(out, "logits") else _Logits(out)
 
 
 @dataclass(frozen=True)
