@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +49,21 @@ class TrainState:
             loss_scale=loss_scale,
         )
 
-    def saved(self, names: tuple[str, ...] | frozenset[str]) -> TrainState:
-        """The state as a checkpoint holds it: of the frozen trees, only those in `names`."""
-        if not self.frozen:
-            return self
-        kept = {k: v for k, v in self.frozen.items() if k in names}
-        return self.replace(frozen=kept or None)
+    def checkpointed(self, frozen: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The state as a checkpoint holds it: a dict of its fields, with only the frozen trees
+        named in `frozen` (and no "frozen" entry at all when none are), so that checkpoints
+        written before frozen trees existed restore into the same layout."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        kept = {k: v for k, v in (self.frozen or {}).items() if k in frozen}
+        del out["frozen"]
+        if kept:
+            out["frozen"] = kept
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, restored: dict[str, Any]) -> TrainState:
+        """The inverse of `checkpointed`."""
+        return cls(**restored)
 
 
 def state_initializer(

@@ -123,15 +123,16 @@ class Trainer:
         """A step-0 state around given params with a fresh optimizer state."""
         return self.training.state_from(params, model_state or {})
 
-    def checkpoint_view(self, state: TrainState) -> TrainState:
+    def checkpoint_view(self, state: TrainState) -> dict[str, Any]:
         """What a checkpoint of `state` holds (host layout; frozen trees saved only if asked)."""
-        return self.parallel.host_state(state).saved(self.training.saved_frozen)
+        return self.parallel.host_state(state).checkpointed(self.training.saved_frozen)
 
     def restore(self, checkpointer: Checkpointer, step: int | None = None) -> TrainState:
         """The state of a checkpoint (default: the newest that restores), placed for the steps;
         frozen trees the checkpoint does not hold are the ones this trainer was given."""
-        target = self.parallel.abstract_state().saved(self.training.saved_frozen)
-        state, _ = checkpointer.restore(target, step)
+        target = self.parallel.abstract_state().checkpointed(self.training.saved_frozen)
+        restored, _ = checkpointer.restore(target, step)
+        state = TrainState.from_checkpoint(restored)
         return self.training.with_frozen(self.parallel.device_state(state))
 
     # ------------------------------------------------------------------------- batches
