@@ -97,7 +97,7 @@ def small_config(
 def train(cfg: Config, batch_fn) -> tuple[dict, np.ndarray]:
     """Trains cfg.train.steps steps on batch_fn(step): (params, loss of every step)."""
     state, metrics = Trainer(cfg).train(FromFunction(batch_fn))
-    return state.params, np.asarray([m["loss"] for m in metrics])
+    return state.params, np.asarray([m["loss"] for m in metrics], np.float32)
 
 
 def recall_part(s: dict) -> tuple[list[dict], dict]:
