@@ -86,8 +86,8 @@ def compile_step(cfg: Config, batch: HostBatch | None = None) -> CompiledStep:
     state = trainer.init_state()
     host = synthetic_batch(cfg) if batch is None else batch
     start = time.perf_counter()
-    # The arrays the loop will pass, so that its calls find this program compiled.
-    compiled = trainer.train_step.lower(state, trainer.put(host)).compile()
+    # Compiled for what the loop will pass, so that its calls find this program ready.
+    compiled = trainer.compile_train_step(state, host)
     compile_s = time.perf_counter() - start
     stats = compiled.memory_analysis()
     memory = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -89,15 +89,13 @@ class ParallelMode:
         """A restored host state placed for train_step."""
         return state
 
-    def put_frozen(self) -> dict[str, Any] | None:
-        """The frozen trees, placed as the state's params are."""
-        if not self.frozen:
-            return None
+    def put_frozen(self, names: Iterable[str]) -> dict[str, Any]:
+        """The frozen trees `names`, placed as the state's params are."""
         where = self._frozen_placement()
         # Copies: the steps donate the state, which must never free the caller's own arrays.
         return {
-            name: jax.device_put(s.params, where[name], may_alias=False)
-            for name, s in self.frozen.items()
+            name: jax.device_put(self.frozen[name].params, where[name], may_alias=False)
+            for name in names
         }
 
     def _frozen_placement(self) -> dict[str, Any]:
@@ -303,9 +301,8 @@ class PmapParallel(ParallelMode):
     def _frozen_placement(self) -> dict[str, Any]:
         return dict.fromkeys(self.frozen, SingleDeviceSharding(self.devices[0]))
 
-    def put_frozen(self) -> dict[str, Any] | None:
-        frozen = super().put_frozen()
-        return None if frozen is None else self._replicate(frozen)
+    def put_frozen(self, names: Iterable[str]) -> dict[str, Any]:
+        return self._replicate(super().put_frozen(names))
 
     def train_step(self, fn: Callable) -> Callable:
         step = jax.pmap(fn, axis_name=self.axis_name, donate_argnums=0, devices=self.devices)

@@ -14,7 +14,7 @@ import optax
 from llmjax.config import Config
 from llmjax.eval import make_eval_step
 from llmjax.models import build_model, init_variables
-from llmjax.objectives import Objective, build_objective
+from llmjax.objectives import OBJECTIVES, Objective, build_objective
 from llmjax.train.frozen import Frozen, FrozenSlot, TrainableSpec, frozen_slots, trainable_mask
 from llmjax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from llmjax.train.parallel import PARALLELISM, ParallelMode
@@ -60,8 +60,8 @@ class Training:
         if not self.frozen:
             return state
         have = state.frozen or {}
-        placed = self.parallel.put_frozen()
-        return state.replace(frozen={n: have.get(n, placed[n]) for n in self.frozen})
+        placed = self.parallel.put_frozen([n for n in self.frozen if n not in have])
+        return state.replace(frozen={n: have[n] if n in have else placed[n] for n in self.frozen})
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the state: the target a checkpoint restores onto."""
@@ -98,8 +98,6 @@ def check_names(cfg: Config) -> None:
     OPTIMIZERS.get(cfg.optim.name, field="optim.name")
     SCHEDULES.get(cfg.optim.schedule, field="optim.schedule")
     PARALLELISM.get(cfg.parallel.kind, field="parallel.mode")
-    from llmjax.objectives import OBJECTIVES
-
     OBJECTIVES.get(cfg.train.objective, field="train.objective")
 
 
