@@ -1,0 +1,29 @@
+"""Run directories on disk: their layout, checkpoints, loading weights, and how a run starts
+(fresh, resumed, or from another run's params). Decoding, export and evaluation read runs
+through this package alone; only training writes them."""
+
+from llmjax.runs.checkpoint import CheckpointError, Checkpointer
+from llmjax.runs.init_from import Source, init_from_config, open_source, restore_params
+from llmjax.runs.load import LoadedRun, load_run, save_weights, weights_target
+from llmjax.runs.rundir import RUN_FILES, RunDir, RunDirError
+from llmjax.runs.start import Start, check_resumable, open_start, start_config
+
+__all__ = [
+    "RUN_FILES",
+    "CheckpointError",
+    "Checkpointer",
+    "LoadedRun",
+    "RunDir",
+    "RunDirError",
+    "Source",
+    "Start",
+    "check_resumable",
+    "init_from_config",
+    "load_run",
+    "open_source",
+    "open_start",
+    "restore_params",
+    "save_weights",
+    "start_config",
+    "weights_target",
+]

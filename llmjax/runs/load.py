@@ -1,0 +1,80 @@
+"""Loading a run's weights for sampling, evaluation, export or fine-tuning (no optimizer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
+
+from llmjax.config import Config, ModelConfig, load_config
+from llmjax.data import Tokenizer, load_tokenizer
+from llmjax.models import build_model, init_variables
+from llmjax.runs.checkpoint import Checkpointer
+from llmjax.runs.rundir import RunDir, RunDirError
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready for sampling or evaluation."""
+
+    run: RunDir
+    config: Config
+    tokenizer: Tokenizer
+    params: Any
+    model_state: dict
+    step: int
+
+    @property
+    def model(self):
+        return build_model(self.config.model)
+
+
+def weights_target(model: ModelConfig) -> dict[str, Any]:
+    """{"step", "params", "model_state"} of a model's train state as shapes on one device: the
+    part of a checkpoint that sampling, evaluation and fine-tuning read."""
+    boxed = jax.eval_shape(lambda k: init_variables(model, k), jax.random.key(0))
+    variables = dict(nn.meta.unbox(boxed))
+    variables.pop("perturbations", None)  # zero-valued gradient hooks, not state
+    params = variables.pop("params")
+    device = SingleDeviceSharding(jax.devices()[0])
+
+    def place(tree: Any) -> Any:
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), tree)
+
+    return {
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=device),
+        "params": place(params),
+        "model_state": place(variables),
+    }
+
+
+def save_weights(run: RunDir, step: int, params: Any, model_state: dict | None = None) -> None:
+    """Writes a checkpoint of params alone (no optimizer state) at `step`: what `load_run`
+    and init-from read, e.g. of a model converted from another library."""
+    weights = {
+        "step": jnp.asarray(step, jnp.int32),
+        "params": params,
+        "opt_state": None,
+        "model_state": model_state or {},
+    }
+    with Checkpointer(run.checkpoints, keep=1, async_save=False) as ckpt:
+        ckpt.save(step, weights)
+
+
+def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
+    """Config, tokenizer and params of a run directory (its newest restorable checkpoint)."""
+    run = RunDir.open(path)
+    cfg = load_config(run.config)
+    if not run.tokenizer.exists():
+        raise RunDirError(f"{run.path} has no tokenizer.json; it was not written by llmjax train")
+    tokenizer = load_tokenizer(run.tokenizer)
+    # Sampling and evaluation need no optimizer state: it is not read (two thirds of a trained
+    # AdamW run's bytes), and runs made by `llmjax convert` do not store one.
+    with Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints) as ckpt:
+        restored, step = ckpt.restore(weights_target(cfg.model), step, partial=True)
+    return LoadedRun(run, cfg, tokenizer, restored["params"], restored["model_state"], step)
