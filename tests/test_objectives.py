@@ -200,7 +200,6 @@ def test_a_registered_objective_accumulates_exactly(toy_single):
     _assert_close(jax.device_get(single.params), jax.device_get(state.params))
 
 
-@pytest.mark.slow
 def test_a_registered_objective_trains_on_a_2x2x2_mesh(toy_single):
     _, single, _ = toy_single
     trainer = Trainer(_toy_cfg("parallel.mesh=data=2,fsdp=2,tensor=2", "train.grad_accum=2"))
