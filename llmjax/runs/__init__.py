@@ -2,7 +2,7 @@
 (fresh, resumed, or from another run's params). Decoding, export and evaluation read runs
 through this package alone; only training writes them."""
 
-from llmjax.runs.checkpoint import CheckpointError, Checkpointer
+from llmjax.runs.checkpoint import Checkpointer, CheckpointError
 from llmjax.runs.init_from import Source, init_from_config, open_source, restore_params
 from llmjax.runs.load import LoadedRun, load_run, save_weights, weights_target
 from llmjax.runs.rundir import RUN_FILES, RunDir, RunDirError

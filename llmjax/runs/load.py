@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
 from llmjax.config import Config, ModelConfig, load_config
 from llmjax.data import Tokenizer, load_tokenizer
-from llmjax.models import build_model, init_variables
+from llmjax.models import build_model, init_model
 from llmjax.runs.checkpoint import Checkpointer
 from llmjax.runs.rundir import RunDir, RunDirError
 
@@ -37,10 +36,7 @@ class LoadedRun:
 def weights_target(model: ModelConfig) -> dict[str, Any]:
     """{"step", "params", "model_state"} of a model's train state as shapes on one device: the
     part of a checkpoint that sampling, evaluation and fine-tuning read."""
-    boxed = jax.eval_shape(lambda k: init_variables(model, k), jax.random.key(0))
-    variables = dict(nn.meta.unbox(boxed))
-    variables.pop("perturbations", None)  # zero-valued gradient hooks, not state
-    params = variables.pop("params")
+    params, model_state = jax.eval_shape(lambda k: init_model(model, k), jax.random.key(0))
     device = SingleDeviceSharding(jax.devices()[0])
 
     def place(tree: Any) -> Any:
@@ -49,7 +45,7 @@ def weights_target(model: ModelConfig) -> dict[str, Any]:
     return {
         "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=device),
         "params": place(params),
-        "model_state": place(variables),
+        "model_state": place(model_state),
     }
 
 

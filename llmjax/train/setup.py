@@ -13,7 +13,7 @@ import optax
 
 from llmjax.config import Config
 from llmjax.eval import make_eval_step
-from llmjax.models import build_model, init_variables
+from llmjax.models import build_model, init_model
 from llmjax.objectives import OBJECTIVES, Objective, build_objective
 from llmjax.train.frozen import Frozen, FrozenSlot, TrainableSpec, frozen_slots, trainable_mask
 from llmjax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
@@ -127,8 +127,8 @@ def build_training(
         trainable = cfg.train.trainable
     mask = None
     if trainable is not None and not (isinstance(trainable, str) and not trainable):
-        shapes = jax.eval_shape(lambda k: init_variables(cfg.model, k), jax.random.key(0))
-        mask = trainable_mask(nn.meta.unbox(shapes["params"]), trainable)
+        params, _ = jax.eval_shape(lambda k: init_model(cfg.model, k), jax.random.key(0))
+        mask = trainable_mask(params, trainable)
     # With loss scaling, runs of overflows are expected; the loss scaler's own streak decides
     # when a run has diverged, so optax's backstop must never apply a non-finite update.
     tx = make_optimizer(

@@ -1,4 +1,4 @@
-"""Pure train and eval steps around an objective; jit (or pmap) them with the state donated.
+"""The pure train step around an objective; jit (or pmap) it with the state donated.
 
 One optimizer step can sum the gradients of several micro-batches (`grad_accum`, a lax.scan
 inside the step) and, under pmap, of several devices (`axis_name`). Every partial loss is
