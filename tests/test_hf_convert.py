@@ -73,7 +73,12 @@ def test_cli_from_hf_writes_a_run_that_load_run_reads(gpt2, tmp_path, capsys):
     run = tmp_path / "runs" / "gpt2"
     assert main(["convert", "--from-hf", str(directory), "--out", str(run)]) == 0
     assert json.loads(capsys.readouterr().out) == {"out": str(run)}
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "tokenizer.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "config.json",
+        "llmjax-manifest.json",
+        "tokenizer.json",
+    ]
     loaded = load_run(run)
     assert loaded.step == 0 and loaded.config.model.max_seq_len == hf.config.n_positions
     wte = hf.transformer.wte.weight.detach().numpy()

@@ -46,6 +46,7 @@ def convert_from_hf(
     )
     with fresh_directory(out) as tmp:
         run = RunDir(tmp)
+        run.claim()
         save_config(cfg, run.config)
         tok.save(tmp)
         save_weights(run, 0, loaded.params)

@@ -2,15 +2,17 @@
 (fresh, resumed, or from another run's params). Decoding, export and evaluation read runs
 through this package alone; only training writes them."""
 
-from llmjax.runs.checkpoint import Checkpointer, CheckpointError
+from llmjax.runs.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from llmjax.runs.init_from import Source, init_from_config, open_source, restore_params
 from llmjax.runs.load import LoadedRun, load_run, save_weights, weights_target
-from llmjax.runs.rundir import RUN_FILES, RunDir, RunDirError
+from llmjax.runs.rundir import MANIFEST, RUN_FILES, RunDir, RunDirError
 from llmjax.runs.start import Start, check_resumable, open_start, start_config
 
 __all__ = [
+    "MANIFEST",
     "RUN_FILES",
     "CheckpointError",
+    "CheckpointWarning",
     "Checkpointer",
     "LoadedRun",
     "RunDir",

@@ -86,7 +86,7 @@ def restore_params(
         )
     have = weights_target(saved.model)["params"]
     resized = _check_shapes(source.path, saved.model, model, have, target)
-    with Checkpointer(run.checkpoints, keep=saved.train.keep_checkpoints) as ckpt:
+    with Checkpointer(run.checkpoints, read_only=True) as ckpt:
         # Params whose padded vocabulary differs (a mesh may pad it further) are read whole and
         # then cut or padded; the padding rows' logits are masked, so their values never matter.
         onto = have if resized else target

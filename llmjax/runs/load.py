@@ -71,6 +71,6 @@ def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
     tokenizer = load_tokenizer(run.tokenizer)
     # Sampling and evaluation need no optimizer state: it is not read (two thirds of a trained
     # AdamW run's bytes), and runs made by `llmjax convert` do not store one.
-    with Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints) as ckpt:
+    with Checkpointer(run.checkpoints, read_only=True) as ckpt:
         restored, step = ckpt.restore(weights_target(cfg.model), step, partial=True)
     return LoadedRun(run, cfg, tokenizer, restored["params"], restored["model_state"], step)

@@ -9,6 +9,7 @@ directory. `llmjax train` calls both; `llmjax.fit` calls the second.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from llmjax.config import Config, ConfigError, get_preset, load_config
 from llmjax.distributed import barrier
 from llmjax.runs.init_from import Source, check_not_overwritten, init_from_config, open_source
 from llmjax.runs.rundir import RunDir, RunDirError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,65 @@ def open_start(
     if resume:
         run = RunDir.open(out)
         saved = load_config(run.config)
-        check_resumable(saved, cfg)
-        cfg = dataclasses.replace(saved, train=cfg.train, parallel=cfg.parallel)
+        if cfg.optim.schedule_steps is None:  # not asked to change: the saved length stays
+            optim = dataclasses.replace(cfg.optim, schedule_steps=saved.optim.schedule_steps)
+            cfg = dataclasses.replace(cfg, optim=optim)
+        changed = check_resumable(saved, cfg)
+        if changed:
+            log.warning("resuming %s with %s", run.path, "; ".join(changed))
+        _check_schedule(saved, cfg)
+        cfg = dataclasses.replace(saved, train=cfg.train, parallel=cfg.parallel, optim=cfg.optim)
         return Start(cfg, run, True, None)
     run = RunDir.create(out, overwrite=overwrite) if primary else RunDir(Path(out))
     barrier("llmjax-run-directory")
     return Start(cfg, run, False, source)
 
 
-def check_resumable(saved: Config, requested: Config) -> None:
-    """Resuming may change train settings (e.g. more steps) but not the model or data."""
+# Optimizer settings a resumed run may change: the optimizer state keeps its structure.
+RESUMABLE_OPTIM = (
+    "lr",
+    "schedule",
+    "warmup_steps",
+    "min_lr_ratio",
+    "decay_fraction",
+    "schedule_steps",
+    "b1",
+    "b2",
+    "eps",
+    "weight_decay",
+)
+
+
+def _check_schedule(saved: Config, requested: Config) -> None:
+    """Says what a resumed run with another train.steps does to its lr schedule."""
+    steps, spans = requested.train.steps, requested.optim.schedule_steps
+    if steps == saved.train.steps:
+        return
+    if spans is None:  # a run saved before schedules had their own length
+        log.warning(
+            "train.steps changed from %d to %d, and the lr schedule stretches with it: the lr "
+            "from here on differs from the first run's plan. Pass --set "
+            "optim.schedule_steps=%d to keep the planned schedule",
+            saved.train.steps,
+            steps,
+            saved.train.steps,
+        )
+    elif steps > spans:
+        log.warning(
+            "train.steps is now %d but the lr schedule spans %d steps (optim.schedule_steps): "
+            "after step %d the lr stays at its final value. Pass --set optim.schedule_steps=%d "
+            "to stretch the schedule instead",
+            steps,
+            spans,
+            spans,
+            steps,
+        )
+
+
+def check_resumable(saved: Config, requested: Config) -> list[str]:
+    """Resuming may change train settings (e.g. more steps) and the optimizer's
+    hyperparameters, but not the model, the data or the optimizer's kind; returns what
+    changed in the optimizer section ("optim.lr: 0.001 -> 0.0005")."""
     for section in ("model", "data", "optim"):
         old, new = getattr(saved, section), getattr(requested, section)
         if section == "model":
@@ -108,14 +160,27 @@ def check_resumable(saved: Config, requested: Config) -> None:
             if multiple % new.vocab_multiple:
                 multiple = new.vocab_multiple
             new = dataclasses.replace(new, vocab_size=old.vocab_size, vocab_multiple=multiple)
-        if old != new:
-            changed = [
-                f.name
-                for f in dataclasses.fields(old)
-                if getattr(old, f.name) != getattr(new, f.name)
-            ]
+        changed = [
+            f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)
+        ]
+        if section == "optim":
+            clip_kept = (old.clip_norm is None) == (new.clip_norm is None)
+            allowed = (*RESUMABLE_OPTIM, "clip_norm") if clip_kept else RESUMABLE_OPTIM
+            changed = [c for c in changed if c not in allowed]
+        if changed:
+            hint = ""
+            if section == "optim":
+                hint = (
+                    f" (a resumed run may change {', '.join(RESUMABLE_OPTIM)}, and clip_norm "
+                    f"between values; the optimizer's kind and structure stay)"
+                )
             raise RunDirError(
                 f"cannot resume with a different {section} config (changed: "
-                f"{', '.join(f'{section}.{c}' for c in changed)}); drop those --set options or "
-                f"start a new run with --out"
+                f"{', '.join(f'{section}.{c}' for c in changed)}){hint}; drop those --set "
+                f"options or start a new run with --out"
             )
+    return [
+        f"optim.{f.name}: {getattr(saved.optim, f.name)!r} -> {getattr(requested.optim, f.name)!r}"
+        for f in dataclasses.fields(saved.optim)
+        if getattr(saved.optim, f.name) != getattr(requested.optim, f.name)
+    ]
