@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from llmjax.cli import convert, evaluate, presets, sample, train
 from llmjax.config import ConfigError
@@ -26,11 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from llmjax.runs import CheckpointError
+    from llmjax.runs import CheckpointError, CheckpointWarning
     from llmjax.runtime import enable_compilation_cache
     from llmjax.train.hooks import TrainingDiverged
 
     enable_compilation_cache()
+    warnings.filterwarnings("ignore", category=CheckpointWarning)  # logged already
     try:
         return args.func(args)
     except (*USER_ERRORS, CheckpointError) as e:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from llmjax import distributed
     from llmjax.runs import start_config
     from llmjax.train.fit import fit
+    from llmjax.train.hooks import TrainingInterrupted
 
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
@@ -118,9 +121,21 @@ def run(args: argparse.Namespace) -> int:
     )
     name = args.preset or (Path(args.init_from).name if args.init_from else "nano")
     out = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = fit(
-        cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-    )
+    try:
+        result = fit(
+            cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    except TrainingInterrupted as e:
+        print(f"llmjax train: {e}", file=sys.stderr)
+        return 128 + int(signal.Signals[e.signal_name])
+    except KeyboardInterrupt:
+        print(
+            f"llmjax train: interrupted before a checkpoint of the current step was saved; "
+            f"resume from the newest one with: llmjax train --resume --out {out} (a run "
+            f"with no checkpoint yet starts afresh, also with the same command as before)",
+            file=sys.stderr,
+        )
+        return 130
     summary = {
         "run": str(result.run.path),
         "steps": int(result.state.step),

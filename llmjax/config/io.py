@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import typing
+from pathlib import Path
 from typing import Any
 
 from llmjax.config.run import Config
@@ -65,9 +67,13 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path) -> None:
-    with open(path, "w") as f:
+    """Writes config.json so that a reader sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
         json.dump(to_dict(cfg), f, indent=2)
         f.write("\n")
+    os.replace(tmp, path)
 
 
 def load_config(path) -> Config:

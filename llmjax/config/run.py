@@ -63,6 +63,9 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     decay_fraction: float = 0.2  # warmup-stable-decay: share of steps spent decaying
+    # Steps the lr schedule spans (None: train.steps). A new run saves the value it used, so a
+    # resumed run with more train.steps keeps its schedule unless this is set anew.
+    schedule_steps: int | None = None
     b1: float = 0.9
     b2: float = 0.99
     eps: float = 1e-8
@@ -75,6 +78,7 @@ class OptimConfig:
     def __post_init__(self):
         check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check_positive(self, "schedule_steps", section="optim")
         check(
             0.0 <= self.min_lr_ratio <= 1.0,
             f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}",

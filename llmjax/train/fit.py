@@ -15,14 +15,23 @@ from typing import Any
 import jax
 
 from llmjax import scaling
-from llmjax.config import Config, save_config
+from llmjax.config import Config, load_config, save_config
 from llmjax.data import TokenData, Tokenizer, load_tokenizer, prepare_data, val_batches
 from llmjax.data.sources import BatchSource, TextWindows
 from llmjax.distributed import is_primary
 from llmjax.objectives import Objective
 from llmjax.runs import Checkpointer, RunDir, open_start, restore_params
 from llmjax.train.frozen import Frozen, TrainableSpec
-from llmjax.train.hooks import Checkpoint, Evaluate, MetricsFile, ProgressBar, TrainLog
+from llmjax.train.hooks import (
+    Checkpoint,
+    Evaluate,
+    MetricsFile,
+    Preemption,
+    ProgressBar,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainLog,
+)
 from llmjax.train.metrics import MetricsLog, plot_losses, preload_plotting, read_metrics
 from llmjax.train.parallel import PARALLELISM
 from llmjax.train.setup import check_names
@@ -93,13 +102,21 @@ def fit(
     cfg = with_vocab(cfg, data.tokenizer)
     if not resume:
         cfg = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode").adapt_config(cfg)
+        # The schedule's length is saved, so that resuming with more steps keeps it.
+        schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
+        cfg = dataclasses.replace(
+            cfg, optim=dataclasses.replace(cfg.optim, schedule_steps=schedule_steps)
+        )
     # Checks the config against the devices before anything is written.
     trainer = Trainer(
         cfg, objective=objective, frozen=frozen, trainable=trainable, tokenizer=data.tokenizer
     )
-    if run is not None and not resume and primary:
-        save_config(cfg, run.config)
-        data.tokenizer.save(run.path)
+    if run is not None and primary:
+        if not resume:
+            save_config(cfg, run.config)
+            data.tokenizer.save(run.path)
+        elif load_config(run.config) != cfg:  # resumed with new train or optim settings
+            save_config(cfg, run.config)
     if source is None:
         source = TextWindows(data.train, cfg.data.batch_size, cfg.seq_len, cfg.train.seed)
 
@@ -122,13 +139,19 @@ def fit(
             warm = _precompile(trainer, first, next(iter(val())))
         if run is not None and primary:
             warm.append(preload_plotting())
-        step = 0
-        if start.resume and checkpointer is not None:
+        step, hook_states = 0, None
+        if start.resume and checkpointer is not None and checkpointer.steps():
             state = trainer.restore(checkpointer)
             step = int(jax.device_get(trainer.parallel.host_state(state).step))
+            hook_states = checkpointer.meta(step).get("hooks")
             if primary:
                 MetricsLog(run.metrics).truncate_after(step)
             log.info("resumed %s at step %d", run.path, step)
+        elif start.resume:  # stopped before its first checkpoint: start it afresh
+            log.warning("%s has no checkpoint to resume from; training it from step 0", run.path)
+            if primary:
+                MetricsLog(run.metrics).truncate_after(0)
+            state = trainer.init_state()
         elif start.source is not None:
             target = trainer.parallel.abstract_state()
             params, model_state, _ = restore_params(
@@ -142,14 +165,39 @@ def fit(
         if run is not None:
             trainer.history = read_metrics(run.metrics)
         checkpointer = None  # the Checkpoint hook closes it
-        state = trainer.run(state, source, start=step, end=end, hooks=[*builtin, *hooks])
+        try:
+            state = trainer.run(
+                state,
+                source,
+                start=step,
+                end=end,
+                hooks=[*builtin, *hooks],
+                hook_states=hook_states,
+            )
+        except TrainingDiverged as e:
+            _plot(run, primary)
+            raise TrainingDiverged(f"{e} {_resume_hint(cfg, run, builtin)}") from None
     finally:
         for thread in warm:
             thread.join()
         if checkpointer is not None:
             checkpointer.close()
-    if run is not None and primary:
-        plot_losses(read_metrics(run.metrics), run.plot, title=str(run.path.name))
+    _plot(run, primary)
+    preemption = next(h for h in builtin if isinstance(h, Preemption))
+    if preemption.signal_name is not None:
+        done = int(jax.device_get(trainer.parallel.host_state(state).step))
+        saved = _saved_step(builtin)
+        where = (
+            f"; checkpoint saved at step {saved}. Resume with: llmjax train --resume --out "
+            f"{run.path}"
+            if run is not None and saved is not None
+            else " (no run directory, so nothing was saved)"
+        )
+        raise TrainingInterrupted(
+            f"stopped by {preemption.signal_name} after step {done} of {cfg.train.steps}{where}",
+            signal_name=preemption.signal_name,
+            step=done,
+        )
     evaluations = next(h for h in builtin if isinstance(h, Evaluate))
     return FitResult(
         run,
@@ -159,6 +207,30 @@ def fit(
         evaluations.latest,
         trainer.history,
         time.perf_counter() - t_start,
+    )
+
+
+def _plot(run: RunDir | None, primary: bool) -> None:
+    if run is not None and primary:
+        plot_losses(read_metrics(run.metrics), run.plot, title=str(run.path.name))
+
+
+def _saved_step(hooks: Sequence[Hook]) -> int | None:
+    """The step of the newest checkpoint the run has (None without checkpoints)."""
+    saving = [h for h in hooks if isinstance(h, Checkpoint)]
+    return saving[0].saved_step if saving else None
+
+
+def _resume_hint(cfg: Config, run: RunDir | None, hooks: Sequence[Hook]) -> str:
+    """Where a diverged run can go on from, and with which settings."""
+    saved = _saved_step(hooks)
+    if run is None or not saved:
+        return "No checkpoint was saved; start again with a lower optim.lr."
+    return (
+        f"The newest good checkpoint is step {saved} in {run.path}; resume from it with "
+        f"changed settings, e.g. llmjax train --resume --out {run.path} --set "
+        f"optim.lr={cfg.optim.lr / 2:g} (now {cfg.optim.lr:g}; also optim.warmup_steps, now "
+        f"{cfg.optim.warmup_steps}, and optim.clip_norm, now {cfg.optim.clip_norm})."
     )
 
 
@@ -180,6 +252,7 @@ def _fit_hooks(cfg, run, checkpointer, val, show_progress, primary) -> list[Hook
     if run is not None and primary:
         hooks.append(MetricsFile(MetricsLog(run.metrics)))
     hooks.append(ProgressBar(cfg.train.steps, disable=not show_progress))
+    hooks.append(Preemption())
     return hooks
 
 

@@ -1,14 +1,22 @@
-"""The hooks `fit` runs: logging, evaluation, checkpoints, metrics file, progress bar, and
-early stopping (see llmjax.train.trainer.Hook for the callbacks)."""
+"""The hooks `fit` runs: logging, evaluation, checkpoints, metrics file, progress bar,
+preemption, and early stopping (see llmjax.train.trainer.Hook for the callbacks)."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 from llmjax import scaling
 from llmjax.train.trainer import Hook, Trainer
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from llmjax.train.state import TrainState
@@ -16,6 +24,14 @@ if TYPE_CHECKING:
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was stopped by a signal (SIGTERM, SIGINT) after saving what it had trained."""
+
+    def __init__(self, message: str, *, signal_name: str, step: int):
+        super().__init__(message)
+        self.signal_name, self.step = signal_name, step
 
 
 def every(n: int, step: int, last: int | None = None) -> bool:
@@ -48,7 +64,17 @@ class TrainLog(Hook):
         self.reset(step)
 
     def reset(self, step: int) -> None:
-        self.loss_sum, self.count, self.t0, self.step0 = 0.0, 0, time.perf_counter(), step
+        self.loss_sum, self.count, self.step0 = 0.0, 0, step
+        self.t0, self.timed_from = time.perf_counter(), step
+
+    def state_dict(self) -> dict[str, Any]:
+        # A window that spans a checkpoint continues after a resume: the record at its end
+        # averages the same steps as without the interruption.
+        return {"loss_sum": self.loss_sum, "count": self.count, "window_start": self.step0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum, self.count = float(state["loss_sum"]), int(state["count"])
+        self.step0 = int(state["window_start"])
 
     def on_metrics(self, step: int, m: dict[str, Any]) -> None:
         streak = int(m["nonfinite_streak"])
@@ -56,9 +82,10 @@ class TrainLog(Hook):
             if streak >= self.max_nonfinite:
                 raise TrainingDiverged(
                     f"loss or gradients were non-finite for {streak} steps in a row (steps "
-                    f"{step - streak + 1}..{step}); every one of them was skipped. Lower optim.lr, "
-                    f"keep optim.clip_norm set, add train.z_loss, or check the data. The last "
-                    f"checkpoint on disk is untouched."
+                    f"{step - streak + 1}..{step}); every one of them was skipped, and no "
+                    f"checkpoint was written while they were non-finite. Lower optim.lr, "
+                    f"lengthen optim.warmup_steps, keep optim.clip_norm set, add train.z_loss, "
+                    f"or check the data."
                 )
         else:
             self.loss_sum += float(m["loss"])
@@ -66,7 +93,7 @@ class TrainLog(Hook):
         if not every(self.log_every, step, self.last):
             return
         elapsed = time.perf_counter() - self.t0
-        tokens = (step - self.step0) * self.tokens_per_step
+        tokens = (step - self.timed_from) * self.tokens_per_step
         record = {
             "step": step,
             "split": "train",
@@ -86,7 +113,7 @@ class TrainLog(Hook):
 
     def on_record(self, record: dict[str, Any]) -> None:
         if record.get("split") == "val":  # evaluation time is not training throughput
-            self.reset(record["step"])
+            self.t0, self.timed_from = time.perf_counter(), record["step"]
 
 
 class Evaluate(Hook):
@@ -109,29 +136,102 @@ class Evaluate(Hook):
 
 
 class Checkpoint(Hook):
-    """Saves the state every `every` steps and when the loop ends; closes the checkpointer."""
+    """Saves the state every `every` steps and when the loop ends; closes the checkpointer.
+
+    A state after non-finite steps, or with non-finite params, is never saved: the newest
+    checkpoint stays the last good one. Each save keeps the hooks' `state_dict`s beside it.
+    """
 
     def __init__(self, checkpointer: Any, *, every: int):
         self.checkpointer, self.every = checkpointer, every
         self.trainer: Trainer | None = None
         self.saved_step: int | None = None
+        self.refused_step: int | None = None
+        self.nonfinite = False
 
     def on_start(self, trainer: Trainer, step: int) -> None:
-        self.trainer, self.saved_step = trainer, step
+        # A resumed run starts from a checkpoint of its start step; a fresh one has none.
+        self.trainer, self.saved_step = trainer, step if step > 0 else None
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        self.nonfinite = int(metrics.get("nonfinite_streak", 0)) > 0
 
     def due(self, step: int, end: int) -> bool:
         return every(self.every, step, end)
 
     def on_state(self, step: int, state: TrainState) -> None:
-        self.checkpointer.save(step, self.trainer.checkpoint_view(state))
+        if self.nonfinite or not self.trainer.params_finite(state):
+            self.refused_step = step
+            what = "the last step was non-finite" if self.nonfinite else "params are non-finite"
+            log.warning(
+                "step %d: no checkpoint written (%s); the newest good one is step %s",
+                step,
+                what,
+                self.saved_step,
+            )
+            return
+        meta = {"hooks": self.trainer.hook_states()}
+        self.checkpointer.save(step, self.trainer.checkpoint_view(state), meta=meta)
         self.saved_step = step
 
     def on_end(self, step: int, state: TrainState) -> None:
-        if step != self.saved_step:  # stopped early: keep what was trained
+        if step > 0 and step not in (self.saved_step, self.refused_step):  # stopped early
             self.on_state(step, state)
 
     def close(self) -> None:
         self.checkpointer.close()
+
+
+class Preemption(Hook):
+    """Ends the loop cleanly on SIGTERM or SIGINT (Ctrl-C): the current step finishes, and the
+    loop ends as if its steps were done (the Checkpoint hook saves). A second Ctrl-C stops at
+    once. With several processes, the stop comes from JAX's preemption sync point instead, so
+    that every process stops after the same step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self.trainer: Trainer | None = None
+        self._previous: dict[int, Any] = {}
+        self._sync_point = jax.process_count() > 1
+
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        self.trainer, self.signal_name = trainer, None
+        if self._sync_point or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = name
+        self.trainer.request_stop(f"received {name}")
+        sys.stderr.write(
+            f"\nllmjax: received {name}; finishing the current step and saving a checkpoint"
+            f"{' (Ctrl-C again stops at once)' if signum == signal.SIGINT else ''}\n"
+        )
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self._sync_point:
+            return
+        from jax.experimental import multihost_utils
+
+        try:
+            reached = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # no preemption service in this cluster
+            self._sync_point = False
+            return
+        if reached:
+            self.signal_name = "SIGTERM"
+            self.trainer.request_stop("preempted")
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 class EarlyStop(Hook):
@@ -180,6 +280,12 @@ class EarlyStop(Hook):
                 f"(step {record['step']})"
             )
         self.trainer.request_stop(self.reason)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "waited": self.waited}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.waited = float(state["best"]), int(state["waited"])
 
 
 class MetricsFile(Hook):

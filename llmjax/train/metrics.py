@@ -2,11 +2,14 @@
 
 import contextlib
 import json
+import logging
 import math
 import os
 import threading
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -33,15 +36,44 @@ class MetricsLog:
         with open(tmp, "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
 
+class MetricsFileError(ValueError):
+    """metrics.jsonl has a damaged line that is not the last (a torn last line is dropped)."""
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file. A torn last line (a write cut off by a crash or a full
+    disk) is dropped with a warning; `MetricsLog.truncate_after` then rewrites the file
+    without it."""
     path = Path(path)
     if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MetricsFileError(f"cannot read {path} ({e}); move it away to start it anew") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            if n == len(lines):
+                log.warning("%s: dropped its torn last line %d", path, n)
+                break
+            raise MetricsFileError(
+                f"{path} line {n} is not a JSON record; delete that line (or move the file "
+                f"away) and run again"
+            ) from None
+        records.append(record)
+    return records
 
 
 def preload_plotting() -> threading.Thread:

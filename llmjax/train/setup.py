@@ -131,9 +131,10 @@ def build_training(
         mask = trainable_mask(params, trainable)
     # With loss scaling, runs of overflows are expected; the loss scaler's own streak decides
     # when a run has diverged, so optax's backstop must never apply a non-finite update.
+    schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
     tx = make_optimizer(
         cfg.optim,
-        cfg.train.steps,
+        schedule_steps,
         max_nonfinite=None if scaler else cfg.train.max_nonfinite,
         trainable=mask,
     )
@@ -146,7 +147,7 @@ def build_training(
         model=model,
         objective=objective,
         tx=tx,
-        schedule=make_schedule(cfg.optim, cfg.train.steps),
+        schedule=make_schedule(cfg.optim, schedule_steps),
         scaler=scaler,
         parallel=parallel,
         init=state_initializer(cfg.model, tx, scaler),

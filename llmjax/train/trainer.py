@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from llmjax.config import Config
 from llmjax.data.sources import BatchSource, HostBatch, describe, iterate
@@ -59,6 +60,14 @@ class Hook:
 
     def close(self) -> None:
         """Always called last, also when the loop raised."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Host-side state a resumed run needs to continue exactly (e.g. a logging window that
+        spans the checkpoint), kept with each checkpoint as JSON; None if there is none."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Takes back what `state_dict` gave when the checkpoint was saved (after on_start)."""
 
 
 class StepMetrics(Hook):
@@ -175,13 +184,16 @@ class Trainer:
         end: int | None = None,
         hooks: Sequence[Hook] = (),
         sync: bool = False,
+        hook_states: Mapping[str, dict[str, Any]] | None = None,
     ) -> TrainState:
         """Trains from update `start` (default: the state's step) to `end` (default:
         cfg.train.steps) on `source`'s batches, or until a hook stops the loop or the source
         runs out; returns the state after the last step.
 
-        `sync` waits for every step before the next is dispatched and adds its wall time
-        (dispatch to results on the host) to the step's metrics as "step_s": for timing.
+        `hook_states`: what `hook_states()` returned when the state was checkpointed, handed
+        back to the hooks of a resumed run. `sync` waits for every step before the next is
+        dispatched and adds its wall time (dispatch to results on the host) to the step's
+        metrics as "step_s": for timing.
         """
         start = (
             int(jax.device_get(self.parallel.host_state(state).step)) if start is None else start
@@ -196,6 +208,9 @@ class Trainer:
         try:
             for hook in self._hooks:
                 hook.on_start(self, start)
+            for key, hook in _keyed(self._hooks).items():
+                if hook_states and key in hook_states:
+                    hook.load_state_dict(hook_states[key])
             pending = None
             for step in range(start, end):
                 local = first if step == start else next(batches, None)
@@ -245,6 +260,15 @@ class Trainer:
         state = self.run(state, source, hooks=[steps, *hooks], **run_options)
         return state, steps.metrics
 
+    def hook_states(self) -> dict[str, dict[str, Any]]:
+        """The running hooks' `state_dict`s by hook (class name, numbered if repeated)."""
+        states = {key: hook.state_dict() for key, hook in _keyed(self._hooks).items()}
+        return {key: state for key, state in states.items() if state is not None}
+
+    def params_finite(self, state: TrainState) -> bool:
+        """Whether every param of `state` is finite."""
+        return bool(jax.device_get(_all_finite(self.parallel.host_state(state).params)))
+
     def _deliver(self, step: int, metrics: Any) -> None:
         host = jax.device_get(metrics)
         for hook in self._hooks:
@@ -271,3 +295,21 @@ class Trainer:
         arrays); XLA's memory and cost analyses are on the result."""
         state, placed = self.lower_shapes(batch, state)
         return self.train_step.lower(state, placed).compile()
+
+
+def _keyed(hooks: Sequence[Hook]) -> dict[str, Hook]:
+    """Hooks by class name; a repeated class is numbered from its second instance on."""
+    keyed: dict[str, Hook] = {}
+    for hook in hooks:
+        key, n = type(hook).__name__, 1
+        while key in keyed:
+            n += 1
+            key = f"{type(hook).__name__}#{n}"
+        keyed[key] = hook
+    return keyed
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
