@@ -253,3 +253,31 @@ def test_a_damaged_metrics_line_names_the_file_and_line(tmp_path):
     with pytest.raises(MetricsFileError, match=r"metrics\.jsonl line 2"):
         read_metrics(path)
     assert json.loads(path.read_text().splitlines()[0]) == {"step": 1}
+
+
+def test_a_step_with_truncated_arrays_is_set_aside_when_an_older_one_restores(cfg, tmp_path):
+    run = tmp_path / "r"
+    fit(cfg, run, progress=False, stop_after=9)  # checkpoints at 6 and 9
+    arrays = [
+        p
+        for p in (run / "checkpoints" / "9" / "default").rglob("*")
+        if p.is_file() and p.parent.name == "d" and p.stat().st_size
+    ]
+    assert arrays
+    for p in arrays:  # the metadata stays intact: only reading shows the damage
+        p.write_bytes(p.read_bytes()[:8])
+    with pytest.warns(UserWarning, match=r"checkpoints/9 is damaged \(reading it failed"):
+        resumed = fit(cfg, run, resume=True, progress=False)
+    assert int(resumed.state.step) == 10
+    assert (run / "checkpoints" / "damaged" / "9").is_dir()
+
+
+def test_sample_and_eval_skip_an_empty_step_directory(cfg, tmp_path, capsys):
+    from llmjax.cli import main
+
+    run = tmp_path / "r"
+    fit(steps(cfg, 3), run, progress=False)
+    (run / "checkpoints" / "25").mkdir()
+    assert main(["sample", "--run", str(run), "--prompt", "a", "--max-new-tokens", "3"]) == 0
+    assert main(["eval", "--run", str(run)]) == 0
+    assert (run / "checkpoints" / "25").is_dir()  # reading moves nothing

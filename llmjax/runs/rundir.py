@@ -142,6 +142,11 @@ class RunDir:
                 f"`llmjax train --out DIR`"
             )
         run = cls(path)
+        if not run.config.is_file() and run.manifest.is_file():
+            raise RunDirError(
+                f"{path} is a run that stopped before writing its config.json; start it again "
+                f"with the original command (without --resume): nothing was trained there yet"
+            )
         if not run.config.is_file():
             raise RunDirError(
                 f"{path} is not an llmjax run directory (no config.json); pass a directory "

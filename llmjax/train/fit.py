@@ -90,6 +90,15 @@ def fit(
     primary = is_primary()  # only process 0 writes config, tokenizer, metrics and plots
     start = open_start(cfg, out, resume=resume, overwrite=overwrite, primary=primary)
     cfg, run = start.cfg, start.run
+    checkpointer = None
+    if run is not None:
+        if primary and not start.resume:  # at once, so that a --resume after a kill finds it
+            save_config(cfg, run.config)
+        checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
+    # A run stopped before its first checkpoint is resumed by starting it afresh.
+    resuming = start.resume and checkpointer is not None and bool(checkpointer.steps())
+    if start.resume and not resuming:
+        log.warning("%s has no checkpoint to resume from; training it from step 0", run.path)
     if data is None:
         tokenizer_file = start.tokenizer_file
         data = prepare_data(
@@ -100,7 +109,7 @@ def fit(
             cache_dir=cfg.data.cache_dir,
         )
     cfg = with_vocab(cfg, data.tokenizer)
-    if not resume:
+    if not resuming:
         cfg = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode").adapt_config(cfg)
         # The schedule's length is saved, so that resuming with more steps keeps it.
         schedule_steps = cfg.optim.schedule_steps or cfg.train.steps
@@ -112,7 +121,7 @@ def fit(
         cfg, objective=objective, frozen=frozen, trainable=trainable, tokenizer=data.tokenizer
     )
     if run is not None and primary:
-        if not resume:
+        if not resuming:
             save_config(cfg, run.config)
             data.tokenizer.save(run.path)
         elif load_config(run.config) != cfg:  # resumed with new train or optim settings
@@ -128,19 +137,16 @@ def fit(
             max_batches=cfg.train.eval_batches,
         )
 
-    checkpointer = None
-    if run is not None:
-        checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     warm: list[threading.Thread] = []
     try:
         ahead = trainer.parallel.compiles_ahead and jax.process_count() == 1
-        if ahead and not resume and isinstance(source, BatchSource):
+        if ahead and not resuming and isinstance(source, BatchSource):
             first = next(iter(source.batches(0, trainer.region)))
             warm = _precompile(trainer, first, next(iter(val())))
         if run is not None and primary:
             warm.append(preload_plotting())
         step, hook_states = 0, None
-        if start.resume and checkpointer is not None and checkpointer.steps():
+        if resuming:
             state = trainer.restore(checkpointer)
             step = int(jax.device_get(trainer.parallel.host_state(state).step))
             hook_states = checkpointer.meta(step).get("hooks")
@@ -148,7 +154,6 @@ def fit(
                 MetricsLog(run.metrics).truncate_after(step)
             log.info("resumed %s at step %d", run.path, step)
         elif start.resume:  # stopped before its first checkpoint: start it afresh
-            log.warning("%s has no checkpoint to resume from; training it from step 0", run.path)
             if primary:
                 MetricsLog(run.metrics).truncate_after(0)
             state = trainer.init_state()
