@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from llmjax.cli.errors import check_writable_dir, explain_out_of_memory, train_memory
 from llmjax.config import PRESETS, ConfigError, apply_overrides
 
 
@@ -118,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
     )
     name = args.preset or (Path(args.init_from).name if args.init_from else "nano")
     out = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = fit(
-        cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-    )
+    check_writable_dir(out, "--out")
+    with explain_out_of_memory(lambda: train_memory(cfg)):
+        result = fit(
+            cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
     summary = {
         "run": str(result.run.path),
         "steps": int(result.state.step),
