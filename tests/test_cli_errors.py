@@ -313,6 +313,14 @@ def test_a_corrupt_tokenizer_is_named(content, words, damaged, capsys):
     assert words in message
 
 
+def test_the_tokenizer_of_another_run_is_named(damaged, capsys):
+    (damaged / "tokenizer.json").write_text(
+        '{"kind": "char", "llmjax_tokenizer": 1, "chars": "abc"}'
+    )
+    message = _fails(["sample", "--run", damaged, "--prompt", "abc"], capsys, "tokenizer.json")
+    assert "has 3 token ids but the model" in message and "has 259" in message
+
+
 def test_a_damaged_checkpoint_is_one_line(damaged, capsys):
     for f in (damaged / "checkpoints" / "2").rglob("*"):
         if f.is_file() and f.parent.name == "d":

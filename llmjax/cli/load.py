@@ -15,8 +15,20 @@ def check_run(path: str, option: str = "--run") -> None:
 
 
 def load_checked_run(path: str, step: int | None = None, option: str = "--run"):
-    """`llmjax.load_run(path, step)` after `check_run`."""
-    from llmjax.runs import load_run
+    """`llmjax.load_run(path, step)` after `check_run`, with its tokenizer checked to be the
+    one the model was trained with (as far as the vocabulary sizes tell)."""
+    from llmjax.runs import RunDirError, load_run
 
     check_run(path, option)
-    return load_run(path, step)
+    loaded = load_run(path, step)
+    have, want = loaded.tokenizer.vocab_size, loaded.config.model.vocab_size
+    # A run trains on its tokenizer's exact vocabulary; a converted one may have more
+    # embedding rows than its tokenizer has ids, never fewer.
+    exact = loaded.tokenizer.kind in ("byte", "char")
+    if have > want or (exact and have != want):
+        raise RunDirError(
+            f"{option} {path}: {loaded.run.tokenizer} has {have} token ids but the model in "
+            f"{loaded.run.config} has {want}, so it is not the tokenizer this run was trained "
+            f"with; restore the run's own tokenizer.json"
+        )
+    return loaded
