@@ -114,6 +114,56 @@ def test_from_dict_rejects_unknown_fields():
         from_dict(data)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=inf", r"optim.lr must be a finite number, got inf.*default is 0.001"),
+        ("optim.b2=nan", r"optim.b2 must be a finite number"),
+        ("optim.clip_norm=inf", r"optim.clip_norm must be a finite number"),
+        ("optim.eps=0", r"optim.eps must be > 0"),
+        ("optim.momentum=-0.5", r"optim.momentum must be in \[0, 1\)"),
+        ("model.init_std=inf", r"model.init_std must be a finite number"),
+        ("model.rope_theta=-1", r"model.rope_theta must be > 0"),
+        ("model.rope_scaling.low_freq_factor=0", r"low_freq_factor must be > 0"),
+        ("train.loss_scale_init=inf", r"train.loss_scale_init must be a finite number"),
+        ("train.seed=-3", r"train.seed must be an integer >= 0"),
+        ("data.val_fraction=nan", r"data.val_fraction must be a finite number"),
+    ],
+)
+def test_values_that_cannot_train_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(get_preset("nano"), [override])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["model"].update(n_layers="4"), r"config.model.n_layers must be an integer"),
+        (lambda d: d["model"].update(n_layers=2.5), r"config.model.n_layers must be an integer"),
+        (lambda d: d["model"].update(use_bias=1), r"config.model.use_bias must be true or false"),
+        (lambda d: d["optim"].update(clip_norm="x"), r"clip_norm must be a number or null"),
+        (lambda d: d.update(data=None), r"config.data must be a JSON object"),
+        (lambda d: d["model"].update(rope_scaling=3), r"config.model.rope_scaling must be a JSON"),
+    ],
+)
+def test_a_saved_config_of_wrong_types_names_the_file_and_field(edit, message, tmp_path):
+    data = to_dict(get_preset("nano"))
+    edit(data)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_saved_config_keeps_ints_where_floats_go(tmp_path):
+    data = to_dict(get_preset("nano"))
+    data["model"]["rope_theta"] = 10000  # an int in JSON, a float field
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    assert load_config(path).model.rope_theta == 10000.0
+
+
 def test_derived_sizes():
     llama = PRESETS["llama-1b"].model
     assert (llama.kv_heads, llama.dim_head, llama.ffn_dim) == (8, 64, 8192)

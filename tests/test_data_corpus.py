@@ -94,3 +94,25 @@ def test_neither_file_nor_directory_error(tmp_path):
     with pytest.raises(ValueError, match="neither a regular file nor a directory") as info:
         read_corpus(fifo)
     assert str(fifo) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "NUL byte at offset 8"),
+        (bytes(range(128, 256)) * 64, "bytes that are not UTF-8"),
+    ],
+)
+def test_binary_file_is_refused_by_name(tmp_path, content, why):
+    path = tmp_path / "image.png"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not text") as info:
+        read_corpus(path)
+    assert str(path) in str(info.value) and why in str(info.value)
+
+
+def test_text_with_a_few_bytes_that_are_not_utf8_is_text(tmp_path):
+    # A Latin-1 file: one byte in ten is not UTF-8, and it is still text to train on.
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9 cr\xe8me ".encode("latin-1") * 2000)
+    assert read_corpus(path).data.startswith(b"caf\xe9")

@@ -5,12 +5,24 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 import warnings
 
 from llmjax.cli import convert, evaluate, presets, sample, train
+from llmjax.cli.errors import (
+    GENERAL_FIXES,
+    OutOfMemory,
+    debug,
+    is_out_of_memory,
+    os_error_message,
+    out_of_memory_message,
+    unexpected_message,
+)
 from llmjax.config import ConfigError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, OutOfMemory)
+# Options whose values are paths: an OSError on one of them names the option to change.
+PATH_OPTIONS = ("out", "data", "run", "init_from", "from_hf", "to_hf", "tokenizer", "prompt_file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,22 +37,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. Exit status: 0 done; 2 a user error (a value, file or size to change,
+    said in one line); 3 training diverged; 1 an unexpected error (one line, the traceback with
+    LLMJAX_DEBUG=1)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from llmjax.runs import CheckpointError, CheckpointWarning
     from llmjax.runtime import enable_compilation_cache
     from llmjax.train.hooks import TrainingDiverged
 
-    enable_compilation_cache()
     warnings.filterwarnings("ignore", category=CheckpointWarning)  # logged already
+
+    def fail(message: str, code: int, label: str = "error") -> int:
+        if debug():
+            traceback.print_exc()
+        print(f"llmjax {args.command}: {label}: {message}", file=sys.stderr)
+        return code
+
     try:
+        enable_compilation_cache()
         return args.func(args)
     except (*USER_ERRORS, CheckpointError) as e:
-        print(f"llmjax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), 2)
     except TrainingDiverged as e:
-        print(f"llmjax {args.command}: training stopped: {e}", file=sys.stderr)
-        return 3
+        return fail(str(e), 3, "training stopped")
+    except OSError as e:
+        paths = {f"--{n.replace('_', '-')}": getattr(args, n, None) for n in PATH_OPTIONS}
+        return fail(os_error_message(e, paths), 2)
+    except Exception as e:
+        if is_out_of_memory(e):
+            return fail(out_of_memory_message(e, {}, [GENERAL_FIXES]), 2)
+        return fail(unexpected_message(e), 1, "unexpected error")
 
 
 if __name__ == "__main__":

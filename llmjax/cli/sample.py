@@ -168,30 +168,63 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmjax.decode import generate
+    from llmjax.cli.errors import explain_out_of_memory, sample_memory
+    from llmjax.cli.load import load_checked_run
     from llmjax.models import family_of
-    from llmjax.runs import load_run
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples={args.num_samples} is out of range; valid: >= 1")
     prompts = list(args.prompt or [])
     if args.prompt_file is not None:
-        prompts += Path(args.prompt_file).read_text().splitlines()
+        prompts += _read_prompts(Path(args.prompt_file))
     if not prompts:
         prompts = [""]
-    loaded = load_run(args.run, args.step)
+    loaded = load_checked_run(args.run, args.step)
     model_cfg = loaded.config.model
+    longest = max(max(len(loaded.tokenizer.encode(t)), 1) for t in prompts)
     max_new = args.max_new_tokens
     if max_new is None:
         max_new = 200
         if not family_of(model_cfg).decoding_limits(model_cfg).extrapolates:
-            longest = max(max(len(loaded.tokenizer.encode(t)), 1) for t in prompts)
             max_new = max(1, min(max_new, model_cfg.max_seq_len - longest))
     batch = [t for t in prompts for _ in range(args.num_samples)]
     stream_one = len(batch) == 1 and not args.json and not args.no_stream and args.num_beams == 1
     if stream_one:
         print(batch[0], end="", flush=True)
-    completions = generate(
+    memory = lambda: sample_memory(  # noqa: E731
+        loaded.config,
+        rows=len(batch),
+        length=longest + max_new,
+        num_beams=args.num_beams,
+        use_cache=not args.no_cache,
+    )
+    with explain_out_of_memory(memory):
+        completions = _generate(args, loaded, batch, max_new, stream_one)
+    for i, c in enumerate(completions):
+        if args.json:
+            record = {
+                "prompt": c.prompt,
+                "text": c.text,
+                "tokens": c.tokens.tolist(),
+                "log_probs": [round(float(x), 5) for x in c.log_probs],
+                "finish_reason": c.finish_reason,
+            }
+            if c.score is not None:
+                record["score"] = c.score
+            print(json.dumps(record))
+        elif stream_one:
+            print()
+        else:
+            if len(completions) > 1:
+                print(f"--- sample {i + 1} ({c.finish_reason}) ---")
+            print(c.prompt + c.text)
+    return 0
+
+
+def _generate(args: argparse.Namespace, loaded, batch: list[str], max_new: int, stream_one: bool):
+    from llmjax.decode import generate
+
+    return generate(
         loaded,
         batch,
         max_new_tokens=max_new,
@@ -215,22 +248,18 @@ def run(args: argparse.Namespace) -> int:
         padding=args.padding,
         stream=(lambda row, text: print(text, end="", flush=True)) if stream_one else None,
     )
-    for i, c in enumerate(completions):
-        if args.json:
-            record = {
-                "prompt": c.prompt,
-                "text": c.text,
-                "tokens": c.tokens.tolist(),
-                "log_probs": [round(float(x), 5) for x in c.log_probs],
-                "finish_reason": c.finish_reason,
-            }
-            if c.score is not None:
-                record["score"] = c.score
-            print(json.dumps(record))
-        elif stream_one:
-            print()
-        else:
-            if len(completions) > 1:
-                print(f"--- sample {i + 1} ({c.finish_reason}) ---")
-            print(c.prompt + c.text)
-    return 0
+
+
+def _read_prompts(path: Path) -> list[str]:
+    """The lines of a prompt file, which must be text."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"--prompt-file {path} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); "
+            f"pass a text file with one prompt per line"
+        ) from None
+    if "\0" in text:
+        raise ValueError(f"--prompt-file {path} holds NUL bytes: it is not a text file")
+    return text.splitlines()

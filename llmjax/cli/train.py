@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from llmjax.cli.errors import check_writable_dir, explain_out_of_memory, train_memory
 from llmjax.config import PRESETS, ConfigError, apply_overrides
 
 
@@ -121,10 +122,16 @@ def run(args: argparse.Namespace) -> int:
     )
     name = args.preset or (Path(args.init_from).name if args.init_from else "nano")
     out = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_writable_dir(out, "--out")
     try:
-        result = fit(
-            cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-        )
+        with explain_out_of_memory(lambda: train_memory(cfg)):
+            result = fit(
+                cfg,
+                out,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
     except TrainingInterrupted as e:
         print(f"llmjax train: {e}", file=sys.stderr)
         return 128 + int(signal.Signals[e.signal_name])

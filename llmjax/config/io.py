@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -24,21 +25,60 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object of fields, got {_json_type(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(
-            f"{where}: unknown field(s) {sorted(unknown)}; valid fields: {sorted(names)}"
+            f"{where}: unknown field(s) {sorted(unknown, key=str)}; valid fields: {sorted(names)}"
         )
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        if dataclasses.is_dataclass(hint):
             value = _from_dict(hint, value, f"{where}.{key}")
+        else:
+            value = _checked(value, hint, f"{where}.{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """`value` if JSON gave a value of type `hint` (an int where a float goes is one), else a
+    ConfigError; the configs' own checks then see values of the types they compare."""
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
+    if value is None and type(None) in options:
+        return value
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if option not in _TYPE_NAMES and option is not type(None):
+            return value  # a type JSON has no single form of: the config checks it
+    wanted = " or ".join("null" if o is type(None) else _TYPE_NAMES.get(o, str(o)) for o in options)
+    raise ConfigError(f"{where} must be {wanted}, got {_json_type(value)} {value!r}")
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "a value")
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -77,5 +117,16 @@ def save_config(cfg: Config, path) -> None:
 
 
 def load_config(path) -> Config:
-    with open(path) as f:
-        return from_dict(json.load(f))
+    """The Config in a run's config.json; a file that is not one is a ConfigError naming it."""
+    path = Path(path)
+    fix = f"fix or restore {path.name} (llmjax train and llmjax convert write it)"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a config file (it is not UTF-8 text); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); {fix}") from None
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}; {fix}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmjax.config.checks import check, check_choice, check_positive, round_up
+from llmjax.config.checks import check, check_choice, check_finite, check_positive, round_up
 
 DTYPES = ("float32", "bfloat16", "float16")
 NORM_POSITIONS = ("pre", "post")
@@ -30,16 +30,35 @@ class RopeScaling:
     beta_slow: float = 1.0
 
     def __post_init__(self):
+        section = "model.rope_scaling"
+        check_finite(
+            self,
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "beta_fast",
+            "beta_slow",
+            section=section,
+        )
         check(
             self.factor >= 1.0,
-            f"RopeScaling.factor must be >= 1 (it stretches the context), got {self.factor}",
+            f"{section}.factor must be >= 1 (it stretches the context), got {self.factor}",
+        )
+        check(
+            self.low_freq_factor > 0,
+            f"{section}.low_freq_factor must be > 0, got {self.low_freq_factor}; Llama 3 uses 1.0",
         )
         check(
             self.high_freq_factor > self.low_freq_factor,
-            f"RopeScaling.high_freq_factor ({self.high_freq_factor}) must be larger than "
+            f"{section}.high_freq_factor ({self.high_freq_factor}) must be larger than "
             f"low_freq_factor ({self.low_freq_factor}); Llama 3 uses 4.0 and 1.0",
         )
-        check_positive(self, "original_max_seq_len")
+        check(
+            self.beta_fast > 0 and self.beta_slow > 0,
+            f"{section}.beta_fast and beta_slow count rotations and must be > 0, got "
+            f"{self.beta_fast} and {self.beta_slow}; YaRN uses 32 and 1",
+        )
+        check_positive(self, "original_max_seq_len", section=section)
 
 
 @dataclass(frozen=True)
@@ -99,7 +118,9 @@ class ModelConfig:
             "d_ff",
             "attention_window",
             "scan_unroll",
+            section="model",
         )
+        check_finite(self, "norm_eps", "rope_theta", "dropout", "init_std", section="model")
         if self.head_dim is None:
             nearest = self.n_heads * max(1, round(self.d_model / self.n_heads))
             check(
@@ -121,10 +142,16 @@ class ModelConfig:
                 f"RoPE rotates pairs of dimensions, so head_dim must be even; got "
                 f"head_dim={self.dim_head} (d_model={self.d_model}, n_heads={self.n_heads})",
             )
-        check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        check(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
-        check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
-        check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        check(
+            0.0 <= self.dropout < 1.0,
+            f"model.dropout must be in [0, 1) (a probability; 0 turns it off), got {self.dropout}",
+        )
+        check(self.norm_eps > 0, f"model.norm_eps must be > 0 (e.g. 1e-5), got {self.norm_eps}")
+        check(self.init_std > 0, f"model.init_std must be > 0 (e.g. 0.02), got {self.init_std}")
+        check(
+            self.rope_theta > 0,
+            f"model.rope_theta must be > 0 (e.g. 10000), got {self.rope_theta}",
+        )
 
     @property
     def kv_heads(self) -> int:

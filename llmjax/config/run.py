@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmjax.config.checks import check, check_choice, check_positive
+from llmjax.config.checks import check, check_choice, check_finite, check_positive
 from llmjax.config.model import ModelConfig
 from llmjax.errors import ConfigError
 
@@ -29,7 +29,8 @@ class DataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
-        check_positive(self, "bpe_vocab_size", "seq_len", "batch_size")
+        check_positive(self, "bpe_vocab_size", "seq_len", "batch_size", section="data")
+        check_finite(self, "val_fraction", section="data")
         check(
             0.0 < self.val_fraction < 1.0,
             f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
@@ -46,6 +47,7 @@ class MuonConfig:
     ns_steps: int = 5
 
     def __post_init__(self):
+        check_finite(self, "adam_lr", section="optim.muon")
         check(self.ns_steps >= 1, f"optim.muon.ns_steps must be >= 1, got {self.ns_steps}")
         check(
             self.adam_lr is None or self.adam_lr > 0,
@@ -76,7 +78,20 @@ class OptimConfig:
     muon: MuonConfig = field(default_factory=MuonConfig)
 
     def __post_init__(self):
-        check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        check_finite(
+            self,
+            "lr",
+            "min_lr_ratio",
+            "decay_fraction",
+            "b1",
+            "b2",
+            "eps",
+            "weight_decay",
+            "momentum",
+            "clip_norm",
+            section="optim",
+        )
+        check(self.lr > 0, f"optim.lr must be > 0 (e.g. 1e-3), got {self.lr}")
         check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         check_positive(self, "schedule_steps", section="optim")
         check(
@@ -87,7 +102,17 @@ class OptimConfig:
             0.0 <= self.decay_fraction <= 1.0,
             f"optim.decay_fraction must be in [0, 1], got {self.decay_fraction}",
         )
-        check(0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0, "optim.b1 and b2 must be in [0, 1)")
+        check(
+            0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0,
+            f"optim.b1 and b2 must be in [0, 1) (e.g. 0.9 and 0.99), got {self.b1} and {self.b2}",
+        )
+        # Adam divides by sqrt(v) + eps: with eps=0 a param whose gradient is exactly zero (an
+        # unused vocabulary row) gets 0/0 = nan.
+        check(self.eps > 0, f"optim.eps must be > 0 (e.g. 1e-8), got {self.eps}")
+        check(
+            0.0 <= self.momentum < 1.0,
+            f"optim.momentum must be in [0, 1) (0: none for sgd; e.g. 0.9), got {self.momentum}",
+        )
         check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         check(
             self.clip_norm is None or self.clip_norm > 0,
@@ -137,6 +162,12 @@ class TrainConfig:
             "max_nonfinite",
             "grad_accum",
             "loss_scale_growth_interval",
+            section="train",
+        )
+        check_finite(self, "z_loss", "loss_scale_init", section="train")
+        check(
+            isinstance(self.seed, int) and self.seed >= 0,
+            f"train.seed must be an integer >= 0, got {self.seed!r}",
         )
         check(self.z_loss >= 0, f"train.z_loss must be >= 0, got {self.z_loss}")
         check_choice("train.loss_scale", self.loss_scale, LOSS_SCALE_MODES)

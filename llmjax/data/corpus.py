@@ -28,6 +28,9 @@ _DEFAULT_SKIP_DIRS = frozenset(
     }
 )
 _BINARY_SNIFF_BYTES = 8192
+# Text in a legacy 8-bit encoding has a few bytes that are not UTF-8 (an accented letter here
+# and there); images, archives and compiled files have about half.
+_BINARY_INVALID_SHARE = 0.3
 # Files llmjax writes beside user data (e.g. cached tokenizers) carry this in their name.
 LLMJAX_FILE_MARKER = ".llmjax-"
 _FIX_HINT = (
@@ -92,13 +95,15 @@ def read_corpus(path: str | os.PathLike | None) -> Corpus:
 
     A directory is read recursively in sorted relative-path order, each file ending in a newline,
     with no headers added. Skipped: hidden files and directories (name starts with "."), binary
-    files (a NUL byte in the first 8 KB), empty or unreadable files, and files llmjax itself
-    wrote there (".llmjax-" in the name). Symlinked directories are not followed.
+    files, empty or unreadable files, and files llmjax itself wrote there (".llmjax-" in the
+    name). Symlinked directories are not followed. Binary means a NUL byte in the first 8 KB, or
+    mostly bytes there that are not UTF-8 (see binary_reason); a binary file given by name is
+    refused.
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: `path` is an empty file, a directory with no usable text files, or neither a
-            file nor a directory.
+        ValueError: `path` is an empty or binary file, a directory with no usable text files, or
+            neither a file nor a directory.
     """
     if path is None:
         return default_corpus()
@@ -109,10 +114,29 @@ def read_corpus(path: str | os.PathLike | None) -> Corpus:
         data = path.read_bytes()
         if not data:
             raise ValueError(f"corpus file {path} is empty; {_FIX_HINT}")
+        why = binary_reason(data)
+        if why:
+            raise ValueError(f"corpus file {path} is not text ({why}); {_FIX_HINT}")
         return Corpus.from_bytes(path.name, data)
     if path.is_dir():
         return _read_directory(path)
     raise ValueError(f"corpus path {path} is neither a regular file nor a directory; {_FIX_HINT}")
+
+
+def binary_reason(data: bytes) -> str | None:
+    """Why `data` does not look like text, judged from its start: a NUL byte, or mostly bytes
+    that are not UTF-8; None if it looks like text."""
+    head = data[:_BINARY_SNIFF_BYTES]
+    if b"\0" in head:
+        return f"it has a NUL byte at offset {head.index(0)}, as binary files do"
+    # A multi-byte character cut at the end of the sniffed bytes is not an invalid one.
+    text = head.decode("utf-8", errors="surrogateescape")
+    if len(head) == _BINARY_SNIFF_BYTES:
+        text = text[:-3]
+    invalid = sum(1 for c in text if "\udc80" <= c <= "\udcff")
+    if text and invalid > _BINARY_INVALID_SHARE * len(text):
+        return f"{invalid} of its first {len(text)} characters are bytes that are not UTF-8"
+    return None
 
 
 def _read_directory(directory: Path) -> Corpus:
@@ -135,7 +159,7 @@ def _read_directory(directory: Path) -> Corpus:
             content = b""
         if not content:
             skipped["empty or unreadable"] += 1
-        elif b"\0" in content[:_BINARY_SNIFF_BYTES]:
+        elif binary_reason(content):
             skipped["binary"] += 1
         else:
             parts.append(_with_newline(content))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,7 @@ def generate(
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     if stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer (tokenizer=...)")
-    stop_ids = list(stop_token_ids)
+    stop_ids = _checked_stop_ids(stop_token_ids, model.cfg.vocab_size)
     if stop_at_eos and tokenizer is not None and tokenizer.eos_id is not None:
         stop_ids.append(tokenizer.eos_id)
     stop_ids = sorted(set(stop_ids))
@@ -153,6 +154,13 @@ def generate(
     )
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams={num_beams!r} is out of range; valid: an integer >= 1")
+    if isinstance(length_penalty, bool) or not (
+        isinstance(length_penalty, int | float) and math.isfinite(length_penalty)
+    ):
+        raise ValueError(
+            f"length_penalty={length_penalty!r} is out of range; valid: a finite number "
+            f"(1: score by the mean log-probability per token, 0: by the sum)"
+        )
     common = dict(
         max_new_tokens=max_new_tokens,
         pad_id=pad_id,
@@ -194,6 +202,21 @@ def generate(
             **common,
         )
     return results[0] if single else results
+
+
+def _checked_stop_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
+    """The stop ids as ints, each checked to be a token the model can produce."""
+    out = []
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise ValueError(f"stop token id {i!r} is not an integer token id")
+        if not 0 <= i < vocab_size:
+            raise ValueError(
+                f"stop token id {i} is outside the vocabulary, which has ids 0..{vocab_size - 1}; "
+                f"pass ids of this model's tokenizer (tokenizer.encode shows them)"
+            )
+        out.append(int(i))
+    return out
 
 
 def _decode_text(tokenizer, ids) -> str:

@@ -45,8 +45,8 @@ def read_hf_config(directory: str | Path) -> dict[str, Any]:
             f"(config.json + model.safetensors, as save_pretrained writes)"
         )
     try:
-        hf = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HFError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(hf, dict) or "model_type" not in hf:
         raise HFError(f"{path} has no model_type; it is not a transformers config")
@@ -74,7 +74,18 @@ def load_hf(directory: str | Path, *, dtype: str = "float32") -> HFModel:
     directory = Path(directory)
     hf = read_hf_config(directory)
     family = get_family(hf["model_type"], where=str(directory / CONFIG_FILE))
-    model_cfg = dataclasses.replace(family.config_from_hf(hf), dtype=dtype, param_dtype=dtype)
+    try:
+        model_cfg = family.config_from_hf(hf)
+    except HFError as e:
+        raise HFError(f"{directory / CONFIG_FILE}: {e}") from e
+    except (ConfigError, TypeError, ValueError) as e:
+        # A value of the wrong type or range (e.g. "n_embd": "768"): the config names the
+        # option, the file is named here.
+        raise HFError(
+            f"{directory / CONFIG_FILE} does not describe a model llmjax can build: {e}; fix "
+            f"that value, or use the config.json the checkpoint was saved with"
+        ) from e
+    model_cfg = dataclasses.replace(model_cfg, dtype=dtype, param_dtype=dtype)
     with SafetensorsCheckpoint(directory) as ckpt:
         flat = read_params(family, model_cfg, ckpt)
     params = unflatten({path: jnp.asarray(x) for path, x in flat.items()})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from llmjax.hf.family import HFError
@@ -51,7 +51,7 @@ class SafetensorsCheckpoint:
     def _open(self, name: str) -> Any:
         file = self.weight_map[name]
         if file not in self._files:
-            handle = safe_open(str(self.directory / file), framework="numpy")
+            handle = open_safetensors(self.directory / file)
             self._files[file] = self._stack.enter_context(handle)
         return self._files[file]
 
@@ -59,7 +59,25 @@ class SafetensorsCheckpoint:
         return tuple(self._open(name).get_slice(name).get_shape())
 
     def read(self, name: str) -> np.ndarray:
-        return self._open(name).get_tensor(name)
+        try:
+            return self._open(name).get_tensor(name)
+        except SafetensorError as e:
+            raise HFError(_damaged(self.file_of(name), e, f"tensor {name!r}")) from e
+
+
+def _damaged(path: Path, error: Exception, what: str = "its header") -> str:
+    return (
+        f"{path} is not a readable safetensors file ({what}: {error}); it is truncated or "
+        f"damaged: download or copy it again"
+    )
+
+
+def open_safetensors(path: Path) -> Any:
+    """safe_open(path), with a damaged or truncated file reported by name."""
+    try:
+        return safe_open(str(path), framework="numpy")
+    except SafetensorError as e:
+        raise HFError(_damaged(path, e)) from e
 
 
 def _weight_map(directory: Path) -> dict[str, str]:
@@ -78,7 +96,7 @@ def _weight_map(directory: Path) -> dict[str, str]:
         return dict(weight_map)
     single = directory / SINGLE_FILE
     if single.is_file():
-        with safe_open(str(single), framework="numpy") as f:
+        with open_safetensors(single) as f:
             return {name: SINGLE_FILE for name in f.keys()}  # noqa: SIM118 (not a dict)
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:

@@ -47,13 +47,24 @@ def load_tokenizer(directory_or_file: str | os.PathLike) -> Tokenizer:
     if not (isinstance(payload, dict) and LLMJAX_FORMAT_KEY in payload):
         return BPETokenizer.from_file(path)
     version, kind = payload[LLMJAX_FORMAT_KEY], payload.get("kind")
-    if version != LLMJAX_FORMAT_VERSION or kind not in _FROM_LLMJAX_JSON:
+    if (
+        version != LLMJAX_FORMAT_VERSION
+        or not isinstance(kind, str)
+        or kind not in _FROM_LLMJAX_JSON
+    ):
         raise ValueError(
             f"{path} holds an llmjax tokenizer of kind {kind!r}, format version {version!r}; "
             f"this llmjax reads kinds {sorted(_FROM_LLMJAX_JSON)} at version "
             f"{LLMJAX_FORMAT_VERSION}. Re-save it with a matching llmjax."
         )
-    return _FROM_LLMJAX_JSON[kind](payload)
+    try:
+        return _FROM_LLMJAX_JSON[kind](payload)
+    except (KeyError, TypeError, ValueError) as e:
+        detail = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(
+            f"{path} is a damaged llmjax {kind} tokenizer ({detail}); restore it from a copy "
+            f"(llmjax train writes it beside the run's config.json)"
+        ) from e
 
 
 def bpe_cache_key(corpus: bytes, vocab_size: int) -> str:
