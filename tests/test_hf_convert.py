@@ -222,7 +222,7 @@ def test_missing_tokenizer_needs_tokenizer_option(gpt2, byte_level_json, tmp_pat
 
 def test_load_run_still_reads_a_trained_run(tmp_path, tiny_model):
     """load_run restores only step, params and model state, also from a full TrainState."""
-    cfg = Config(model=tiny_model)
+    cfg = Config(model=dataclasses.replace(tiny_model, vocab_size=ByteTokenizer().vocab_size))
     _, _, state = create_state(cfg)
     save_config(cfg, tmp_path / "config.json")
     ByteTokenizer().save(tmp_path)

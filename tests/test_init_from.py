@@ -177,5 +177,7 @@ def test_cli_init_from_takes_the_source_model_and_the_preset_optimizer(source, c
     assert run.config.model == dataclasses.replace(
         load_run(src_dir).config.model, vocab_multiple=run.config.model.vocab_multiple
     )
-    assert run.config.optim == PRESETS["nano"].optim
+    # The preset's optimizer, with the schedule length the run saved (its train.steps).
+    steps = run.config.train.steps
+    assert run.config.optim == dataclasses.replace(PRESETS["nano"].optim, schedule_steps=steps)
     assert run.config.train.init_from == str(src_dir.absolute())

@@ -43,7 +43,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmjax.cli.errors import check_writable_dir
-    from llmjax.cli.load import check_run
     from llmjax.hf import convert_from_hf, convert_to_hf
 
     check_writable_dir(args.out, "--out")  # before reading gigabytes of weights
@@ -56,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.tokenizer is not None:
             raise ConfigError("--tokenizer applies to --from-hf only")
-        check_run(args.to_hf, "--to-hf")
         out = convert_to_hf(args.to_hf, args.out, model_type=args.model_type, dtype=args.dtype)
     print(json.dumps({"out": str(out)}))
     return 0

@@ -44,16 +44,16 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from llmjax.cli.errors import eval_memory, explain_out_of_memory
-    from llmjax.cli.load import load_checked_run
     from llmjax.data import prepare_data, val_batches
     from llmjax.eval import evaluate, make_eval_step
     from llmjax.objectives import build_objective
+    from llmjax.runs import load_run
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size} is out of range; valid: >= 1")
     if args.batches is not None and args.batches < 1:
         raise ConfigError(f"--batches={args.batches} is out of range; valid: >= 1")
-    loaded = load_checked_run(args.run)
+    loaded = load_run(args.run)
     cfg = loaded.config
     batch_size = args.batch_size or cfg.data.batch_size
     path = args.data if args.data is not None else cfg.data.path

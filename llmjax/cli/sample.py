@@ -169,8 +169,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmjax.cli.errors import explain_out_of_memory, sample_memory
-    from llmjax.cli.load import load_checked_run
     from llmjax.models import family_of
+    from llmjax.runs import load_run
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples={args.num_samples} is out of range; valid: >= 1")
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         prompts += _read_prompts(Path(args.prompt_file))
     if not prompts:
         prompts = [""]
-    loaded = load_checked_run(args.run, args.step)
+    loaded = load_run(args.run, args.step)
     model_cfg = loaded.config.model
     longest = max(max(len(loaded.tokenizer.encode(t)), 1) for t in prompts)
     max_new = args.max_new_tokens

@@ -4,8 +4,9 @@ through this package alone; only training writes them."""
 
 from llmjax.runs.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from llmjax.runs.init_from import Source, init_from_config, open_source, restore_params
-from llmjax.runs.load import LoadedRun, load_run, save_weights, weights_target
+from llmjax.runs.load import LoadedRun, load_run, save_weights
 from llmjax.runs.rundir import MANIFEST, RUN_FILES, RunDir, RunDirError
+from llmjax.runs.shapes import check_saved_shapes, weights_target
 from llmjax.runs.start import Start, check_resumable, open_start, start_config
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Source",
     "Start",
     "check_resumable",
+    "check_saved_shapes",
     "init_from_config",
     "load_run",
     "open_source",

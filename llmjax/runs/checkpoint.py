@@ -231,9 +231,9 @@ class Checkpointer:
         # nothing is moved.
         reasons = "; ".join(f"step {s}: {why}" for s, why in failed[:3])
         raise CheckpointError(
-            f"none of the checkpoints in {self.directory} could be read onto this run's state "
-            f"({reasons}). If the model or optimizer settings changed since they were saved, "
-            f"restore them; otherwise start a fresh run"
+            f"none of the checkpoints in {self.directory} could be read ({reasons}): they are "
+            f"damaged, or the model or optimizer settings differ from the ones they were saved "
+            f"with. Nothing was moved; restore those settings, or start a fresh run"
         )
 
     def _restore(self, step: int, abstract_state: Any, partial: bool = False) -> Any:

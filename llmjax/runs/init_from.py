@@ -19,8 +19,8 @@ import numpy as np
 
 from llmjax.config import Config, ModelConfig, load_config
 from llmjax.runs.checkpoint import Checkpointer
-from llmjax.runs.load import weights_target
 from llmjax.runs.rundir import RunDir, RunDirError
+from llmjax.runs.shapes import check_saved_shapes, param_shapes, weights_target
 
 log = logging.getLogger(__name__)
 
@@ -110,72 +110,10 @@ def _fit_to(x: jax.Array, want: jax.ShapeDtypeStruct) -> jax.Array:
     return jax.device_put(x.astype(want.dtype), want.sharding)
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {
-        jax.tree_util.keystr(p): tuple(x.shape)
-        for p, x in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
-def _saved_param_shapes(checkpoints: Path) -> tuple[Path, dict[str, tuple[int, ...]]] | None:
-    """(step directory, param shapes) of the newest checkpoint whose metadata reads, from that
-    metadata alone (no array is read); None when no step's does (restoring then reports it)."""
-    import orbax.checkpoint as ocp
-
-    steps = sorted(
-        (int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir()),
-        reverse=True,
-    )
-    for step in steps:
-        # The item directory orbax's CheckpointManager writes a single (StandardSave) item to.
-        item = (checkpoints / str(step) / "default").absolute()  # orbax wants absolute paths
-        try:
-            handler = ocp.StandardCheckpointHandler()
-            try:
-                tree = handler.metadata(item).tree
-            finally:
-                handler.close()
-        except Exception:  # noqa: BLE001  (a damaged step: restoring skips or reports it)
-            continue
-        if isinstance(tree, dict) and isinstance(tree.get("params"), dict):
-            return item.parent, _shapes(tree["params"])
-    return None
-
-
-def check_saved_shapes(where: str, run: RunDir, model: ModelConfig) -> None:
-    """The params of `run`'s newest checkpoint have the shapes its config's `model` gives;
-    raises RunDirError naming config.json and the checkpoint otherwise.
-
-    Checked from the checkpoint's metadata before orbax reads any array: restoring onto other
-    shapes fails deep inside orbax and tensorstore (or, when the tree differs, hands back
-    placeholders for the params it lacks), far from the edited config that caused it.
-    """
-    saved = _saved_param_shapes(run.checkpoints) if run.checkpoints.is_dir() else None
-    if saved is None:
-        return
-    step_dir, have = saved
-    want = _shapes(weights_target(model)["params"])
-    wrong = _differences(have, want, "in the checkpoint", "from config.json")
-    if wrong:
-        raise RunDirError(
-            f"{where}: the params in {step_dir} do not have the shapes {run.config} describes "
-            f"({len(wrong)} differ, e.g. {'; '.join(wrong[:2])}); config.json was changed after "
-            f"training. Restore it, or pass a run whose config.json matches its checkpoints"
-        )
-
-
-def _differences(have: dict, want: dict, have_name: str, want_name: str) -> list[str]:
-    return [
-        f"{k}: {have.get(k, 'missing')} {have_name}, {want.get(k, 'missing')} {want_name}"
-        for k in sorted(have.keys() | want.keys())
-        if have.get(k) != want.get(k)
-    ]
-
-
 def _check_shapes(source, saved: ModelConfig, model: ModelConfig, have: Any, want: Any) -> bool:
     """Whether some params differ only in their padded vocabulary; raises if any differ
     otherwise."""
-    have, want = _shapes(have), _shapes(want)
+    have, want = param_shapes(have), param_shapes(want)
     vocab = {saved.padded_vocab_size, model.padded_vocab_size}
 
     def padding_only(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:

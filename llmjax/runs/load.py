@@ -6,15 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-from jax.sharding import SingleDeviceSharding
 
-from llmjax.config import Config, ModelConfig, load_config
+from llmjax.config import Config, load_config
 from llmjax.data import Tokenizer, load_tokenizer
-from llmjax.models import build_model, init_model
+from llmjax.models import build_model
 from llmjax.runs.checkpoint import Checkpointer
 from llmjax.runs.rundir import RunDir, RunDirError
+from llmjax.runs.shapes import check_saved_shapes, weights_target
 
 
 @dataclass
@@ -31,22 +30,6 @@ class LoadedRun:
     @property
     def model(self):
         return build_model(self.config.model)
-
-
-def weights_target(model: ModelConfig) -> dict[str, Any]:
-    """{"step", "params", "model_state"} of a model's train state as shapes on one device: the
-    part of a checkpoint that sampling, evaluation and fine-tuning read."""
-    params, model_state = jax.eval_shape(lambda k: init_model(model, k), jax.random.key(0))
-    device = SingleDeviceSharding(jax.devices()[0])
-
-    def place(tree: Any) -> Any:
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), tree)
-
-    return {
-        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=device),
-        "params": place(params),
-        "model_state": place(model_state),
-    }
 
 
 def save_weights(run: RunDir, step: int, params: Any, model_state: dict | None = None) -> None:
@@ -68,7 +51,17 @@ def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
     cfg = load_config(run.config)
     if not run.tokenizer.exists():
         raise RunDirError(f"{run.path} has no tokenizer.json; it was not written by llmjax train")
+    check_saved_shapes(str(path), run, cfg.model)
     tokenizer = load_tokenizer(run.tokenizer)
+    have, want = tokenizer.vocab_size, cfg.model.vocab_size
+    # A run trains on its tokenizer's exact vocabulary; a converted one may have more
+    # embedding rows than its tokenizer has ids, never fewer.
+    if have > want or (tokenizer.kind in ("byte", "char") and have != want):
+        raise RunDirError(
+            f"{path}: {run.tokenizer} has {have} token ids but the model in {run.config} has "
+            f"{want}, so it is not the tokenizer this run was trained with; restore the run's "
+            f"own tokenizer.json"
+        )
     # Sampling and evaluation need no optimizer state: it is not read (two thirds of a trained
     # AdamW run's bytes), and runs made by `llmjax convert` do not store one.
     with Checkpointer(run.checkpoints, read_only=True) as ckpt:
