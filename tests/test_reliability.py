@@ -281,3 +281,17 @@ def test_sample_and_eval_skip_an_empty_step_directory(cfg, tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--prompt", "a", "--max-new-tokens", "3"]) == 0
     assert main(["eval", "--run", str(run)]) == 0
     assert (run / "checkpoints" / "25").is_dir()  # reading moves nothing
+
+
+def test_an_unfinished_save_of_llmjax_is_cleared_and_a_foreign_one_kept(tmp_path):
+    ckpts = tmp_path / "c"
+    with Checkpointer(ckpts, async_save=False) as ckpt:
+        ckpt.save(1, {"w": np.arange(3.0)})
+        ckpt.index.start(5, {})  # as if killed while orbax was writing step 5
+        ckpt.index.save()
+    (ckpts / "5.orbax-checkpoint-tmp").mkdir()
+    (ckpts / "7.orbax-checkpoint-tmp").mkdir()  # not in llmjax's index: not its own
+    with Checkpointer(ckpts) as ckpt:
+        assert ckpt.steps() == [1] and 5 not in ckpt.index.steps
+    assert not (ckpts / "5.orbax-checkpoint-tmp").exists()
+    assert (ckpts / "7.orbax-checkpoint-tmp").exists()

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "llmjax-index.json"
 DAMAGED_DIR = "damaged"
 # orbax writes a step to `<step>.orbax-checkpoint-tmp-<n>` and renames it when it is complete.
-_TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp-.*$")
+_TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp.*$")
 
 
 def write_json(path: Path, obj: Any) -> None:
