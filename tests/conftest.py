@@ -48,3 +48,11 @@ def tiny_text_file(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def word_corpus(tmp_path_factory):
+    """A module's word corpus file (tests.corpus_utils.write_word_corpus, 400 lines)."""
+    from tests.corpus_utils import write_word_corpus
+
+    return write_word_corpus(tmp_path_factory.mktemp("data") / "corpus.txt")

@@ -22,12 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
-    path.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(400)))
-    return path
+def corpus(word_corpus):
+    return word_corpus
 
 
 def train_command(corpus: Path, out: Path, steps: int, *extra: str) -> list[str]:

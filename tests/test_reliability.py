@@ -22,15 +22,11 @@ TIMING = ("tokens_per_s", "mfu")
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
-    path.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(400)))
+def cfg(word_corpus):
     return apply_overrides(
         PRESETS["test-tiny"],
         [
-            f"data.path={path}",
+            f"data.path={word_corpus}",
             "train.steps=10",
             "train.eval_every=5",
             "train.checkpoint_every=3",

@@ -18,6 +18,7 @@ from llmjax.train.hooks import TrainingDiverged
 from llmjax.train.optim import SCHEDULES, decay_mask, make_optimizer, muon_dimensions
 from llmjax.train.setup import create_state
 from llmjax.train.step import make_train_step
+from tests.corpus_utils import write_word_corpus
 
 # ----------------------------------------------------------------------------- loss
 
@@ -220,10 +221,7 @@ def test_train_step_is_deterministic_for_a_seed():
 
 @pytest.fixture(scope="module")
 def fit_cfg(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
-    path.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(800)))
+    path = write_word_corpus(tmp_path_factory.mktemp("data") / "corpus.txt", lines=800)
     return apply_overrides(
         PRESETS["test-tiny"],
         [
