@@ -100,7 +100,11 @@ def test_cli_reports_a_mesh_that_does_not_fit_the_devices(tiny_text_file, tmp_pa
     )  # fmt: skip
     assert code == 2
     assert "mesh data=3 has 3 devices but 8 are available" in capsys.readouterr().err
-    assert not any((tmp_path / "run").iterdir())  # nothing written: a rerun needs no --overwrite
+    # Only llmjax's claim on the directory is written, so a rerun needs no --overwrite.
+    from llmjax.runs import RunDir
+
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {"llmjax-manifest.json", "config.json"}
+    RunDir.create(tmp_path / "run")
 
 
 def test_cli_reports_incomplete_multi_process_flags(capsys):
