@@ -74,6 +74,16 @@ def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
+class _Dict:
+    """The template's `dict`: builds dicts without handing the template the type itself."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
+        return dict.fromkeys(*args, **kwargs)
+
+
 class _Namespace(jinja2.utils.Namespace):
     """jinja's `namespace()` without underscore names (they would reach Python internals)."""
 
@@ -102,7 +112,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
     env.globals.update(
         raise_exception=_raise_exception,
         strftime_now=_strftime_now,
-        dict=dict,
+        dict=_Dict(),
         namespace=_Namespace,
     )
     return env
