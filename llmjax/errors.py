@@ -7,3 +7,11 @@ class ConfigError(ValueError):
 
 class BatchError(ValueError):
     """A batch lacks what the objective needs, or has the wrong shape; the message says which."""
+
+
+class InstructDataError(ValueError):
+    """An instruction-data file is malformed; the message names the file, line and field."""
+
+
+class ChatTemplateError(ValueError):
+    """A chat template is unsafe, fails to render, or cannot mark response spans."""
