@@ -5,6 +5,7 @@ Adding one is one file: a frozen dataclass subclass of `Objective` under
 """
 
 from llmjax.objectives import lm as _lm  # noqa: F401  (registers "lm")
+from llmjax.objectives import sft as _sft  # noqa: F401  (registers "sft")
 from llmjax.objectives.base import (
     OBJECTIVES,
     Batch,
@@ -17,6 +18,7 @@ from llmjax.objectives.base import (
 )
 from llmjax.objectives.lm import NextToken, batch_tokens
 from llmjax.objectives.losses import bits_per_byte, cross_entropy, perplexity, token_log_probs
+from llmjax.objectives.sft import Supervised, per_example_sums
 
 __all__ = [
     "OBJECTIVES",
@@ -25,11 +27,13 @@ __all__ = [
     "Metrics",
     "NextToken",
     "Objective",
+    "Supervised",
     "batch_tokens",
     "bits_per_byte",
     "build_objective",
     "check_batch",
     "cross_entropy",
+    "per_example_sums",
     "perplexity",
     "register_objective",
     "token_log_probs",
