@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import types
 import typing
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from llmjax.config.run import Config
 from llmjax.errors import ConfigError
+from llmjax.files import write_atomic
 
 # Options that moved: old dotted name -> current one. Saved configs and --set accept both.
 RENAMED: dict[str, str] = {
@@ -108,12 +108,7 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 def save_config(cfg: Config, path) -> None:
     """Writes config.json so that a reader sees the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(to_dict(cfg), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
 def load_config(path) -> Config:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llmjax.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,7 @@ _TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp.*$")
 
 def write_json(path: Path, obj: Any) -> None:
     """Writes JSON so that a reader sees the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def damage(step_dir: Path) -> str | None:

@@ -4,10 +4,11 @@ import contextlib
 import json
 import logging
 import math
-import os
 import threading
 from pathlib import Path
 from typing import Any
+
+from llmjax.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,7 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         records = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 class MetricsFileError(ValueError):
