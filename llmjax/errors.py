@@ -15,3 +15,13 @@ class InstructDataError(ValueError):
 
 class ChatTemplateError(ValueError):
     """A chat template is unsafe, fails to render, or cannot mark response spans."""
+
+
+def summarize(error: BaseException, limit: int = 300) -> str:
+    """An exception in one line: its type and the first line of its message, cut to `limit`
+    characters (libraries such as orbax and tensorstore put pages of detail after it)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else "(no message)"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}"

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llmjax.errors import ConfigError
+from llmjax.errors import ConfigError, summarize
 
 DEBUG_ENV = "LLMJAX_DEBUG"
 DEBUG_HINT = f"run with {DEBUG_ENV}=1 for the traceback"
@@ -25,11 +25,7 @@ def debug() -> bool:
 def unexpected_message(error: BaseException) -> str:
     """One line for an exception no check anticipated: its type and the first line of its
     message (libraries such as orbax put pages of detail after it)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else "(no message)"
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(error).__name__}: {text} ({DEBUG_HINT})"
+    return f"{summarize(error)} ({DEBUG_HINT})"
 
 
 # ----------------------------------------------------------------------------- out of memory

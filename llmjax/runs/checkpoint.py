@@ -20,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from llmjax.distributed import barrier
+from llmjax.errors import summarize
 from llmjax.runs.steps import StepIndex, damage, move_aside, step_dirs, unfinished_saves
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped or moved aside (also logged)."""
-
-
-def _summary(e: BaseException) -> str:
-    """One line of a library exception (orbax and tensorstore messages run to pages)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text[:240]}"
 
 
 class Checkpointer:
@@ -208,8 +203,9 @@ class Checkpointer:
             try:
                 return self._restore(step, abstract_state, partial), step
             except Exception as e:  # orbax raises many types for damaged directories
+                where = self.directory / str(step)
                 raise CheckpointError(
-                    f"checkpoint {self.directory / str(step)} could not be read ({_summary(e)}); "
+                    f"checkpoint {where} could not be read ({summarize(e, 240)}); "
                     f"intact-looking steps: {steps}"
                 ) from None
         failed: list[tuple[int, str]] = []
@@ -217,7 +213,7 @@ class Checkpointer:
             try:
                 state = self._restore(candidate, abstract_state, partial)
             except Exception as e:  # orbax raises many types for damaged directories
-                failed.append((candidate, _summary(e)))
+                failed.append((candidate, summarize(e, 240)))
                 continue
             # An older step restored onto the same target, so the newer ones are damaged.
             for bad, why in failed:

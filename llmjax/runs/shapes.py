@@ -13,6 +13,7 @@ from jax.sharding import SingleDeviceSharding
 from llmjax.config import ModelConfig
 from llmjax.models import init_model
 from llmjax.runs.rundir import RunDir, RunDirError
+from llmjax.runs.steps import step_dirs
 
 
 def weights_target(model: ModelConfig) -> dict[str, Any]:
@@ -43,13 +44,9 @@ def _saved_param_shapes(checkpoints: Path) -> tuple[Path, dict[str, tuple[int, .
     metadata alone (no array is read); None when no step's does (restoring then reports it)."""
     import orbax.checkpoint as ocp
 
-    steps = sorted(
-        (int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir()),
-        reverse=True,
-    )
-    for step in steps:
+    for _, path in sorted(step_dirs(checkpoints).items(), reverse=True):
         # The item directory orbax's CheckpointManager writes a single (StandardSave) item to.
-        item = (checkpoints / str(step) / "default").absolute()  # orbax wants absolute paths
+        item = (path / "default").absolute()  # orbax wants absolute paths
         try:
             handler = ocp.StandardCheckpointHandler()
             try:
@@ -71,7 +68,7 @@ def check_saved_shapes(where: str, run: RunDir, model: ModelConfig) -> None:
     shapes fails deep inside orbax and tensorstore (or, when the tree differs, hands back
     placeholders for the params it lacks), far from the edited config that caused it.
     """
-    saved = _saved_param_shapes(run.checkpoints) if run.checkpoints.is_dir() else None
+    saved = _saved_param_shapes(run.checkpoints)
     if saved is None:
         return
     step_dir, have = saved
