@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from llmjax.objectives.base import Batch, Forward, Metrics, register_objective
 from llmjax.objectives.lm import NextToken
-from llmjax.objectives.losses import cross_entropy, token_log_probs
+from llmjax.objectives.losses import token_log_probs
 
 
 def per_example_sums(
@@ -27,15 +27,16 @@ def per_example_sums(
     mask_BxT: jax.Array,
     segments_BxT: jax.Array | None,
 ) -> Metrics:
-    """Over the conversations of a batch (each segment of each row; a row without segments is
-    one): the sum of their mean NLLs, how many have a trained token, and how many are right
-    on every trained token."""
+    """The `lm` objective's token sums (nll_sum, tokens, correct_sum) and, over the
+    conversations of a batch (each segment of each row; a row without segments is one), the
+    sum of their mean NLLs, how many have a trained token, and how many are right on every
+    trained token."""
     B, T = targets_BxT.shape
     if segments_BxT is None:
         segments_BxT = jnp.ones((B, T), jnp.int32)
     nll_BxT = -token_log_probs(logits_BxTxV, targets_BxT)
     weight_BxT = mask_BxT.astype(jnp.float32)
-    wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != targets_BxT).astype(jnp.float32)
+    correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
     # One id per (row, segment): segment ids are below T + 1.
     ids = (jnp.arange(B)[:, None] * (T + 1) + segments_BxT).reshape(-1)
     n = B * (T + 1)
@@ -44,9 +45,12 @@ def per_example_sums(
         return jax.ops.segment_sum(x_BxT.reshape(-1), ids, num_segments=n)
 
     tokens, nll = total(weight_BxT), total(nll_BxT * weight_BxT)
-    wrong = total(wrong_BxT * weight_BxT)
+    wrong = total((1.0 - correct_BxT) * weight_BxT)
     has = tokens > 0
     return {
+        "nll_sum": (nll_BxT * weight_BxT).sum(),
+        "tokens": weight_BxT.sum(),
+        "correct_sum": (correct_BxT * weight_BxT).sum(),
         "example_loss_sum": jnp.where(has, nll / jnp.maximum(tokens, 1.0), 0.0).sum(),
         "examples": has.astype(jnp.float32).sum(),
         "examples_exact": (has & (wrong == 0)).astype(jnp.float32).sum(),
@@ -63,12 +67,7 @@ class Supervised(NextToken):
 
     def eval_sums(self, model: Forward, batch: Batch) -> Metrics:
         logits = model.on(batch).logits
-        _, metrics = cross_entropy(logits, batch["targets"], batch["mask"])
-        sums = {k: metrics[k] for k in NextToken.summed}
-        sums.update(
-            per_example_sums(logits, batch["targets"], batch["mask"], batch.get("segments"))
-        )
-        return sums
+        return per_example_sums(logits, batch["targets"], batch["mask"], batch.get("segments"))
 
     def report(self, sums: dict[str, float]) -> dict[str, float]:
         out = super().report(sums)
