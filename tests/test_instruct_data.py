@@ -182,8 +182,8 @@ SPECIALS = [
 
 @pytest.fixture(scope="module")
 def hf_tokenizer(tmp_path_factory):
-    """A tiny byte-level BPE, saved by transformers with each template."""
-    from transformers import PreTrainedTokenizerFast
+    """A tiny byte-level BPE, saved by transformers with each template (the hf extra)."""
+    PreTrainedTokenizerFast = pytest.importorskip("transformers").PreTrainedTokenizerFast  # noqa: N806
 
     hf = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
     hf.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
