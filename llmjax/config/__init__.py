@@ -5,7 +5,14 @@ optimizers, parallel modes, objectives ...) are checked where they are built.
 """
 
 from llmjax.config.io import RENAMED, from_dict, load_config, migrate, save_config, to_dict
-from llmjax.config.model import DTYPES, NORM_POSITIONS, ModelConfig, RopeScaling
+from llmjax.config.model import (
+    DTYPES,
+    LORA_DEFAULT_TARGETS,
+    NORM_POSITIONS,
+    LoraConfig,
+    ModelConfig,
+    RopeScaling,
+)
 from llmjax.config.overrides import apply_overrides
 from llmjax.config.presets import PRESETS, get_preset
 from llmjax.config.run import (
@@ -21,6 +28,7 @@ from llmjax.errors import ConfigError
 
 __all__ = [
     "DTYPES",
+    "LORA_DEFAULT_TARGETS",
     "LOSS_SCALE_MODES",
     "NORM_POSITIONS",
     "PRESETS",
@@ -28,6 +36,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "LoraConfig",
     "ModelConfig",
     "MuonConfig",
     "OptimConfig",

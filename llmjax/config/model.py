@@ -7,9 +7,11 @@ above it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from llmjax.config.checks import check, check_choice, check_finite, check_positive, round_up
+from llmjax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
 NORM_POSITIONS = ("pre", "post")
@@ -61,6 +63,53 @@ class RopeScaling:
         check_positive(self, "original_max_seq_len", section=section)
 
 
+# The weights LoRA adapts by default: every attention and MLP projection.
+LORA_DEFAULT_TARGETS = "attention/|mlp/"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (LoRA) beside chosen projection kernels: y = x W + (alpha / rank) x A B.
+
+    A starts random and B at zero, so a model with new adapters computes what its base does.
+    `targets` is a regular expression searched in each kernel's param path
+    ("blocks/attention/query_kernel", "blocks/mlp/up/kernel"); unscanned layers are
+    "blocks_0/...", so one layer can be chosen alone.
+    """
+
+    rank: int = 0  # 0: no adapters
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input, while training
+    targets: str = LORA_DEFAULT_TARGETS
+
+    def __post_init__(self):
+        check_finite(self, "alpha", "dropout", section="model.lora")
+        check(
+            isinstance(self.rank, int) and self.rank >= 0,
+            f"model.lora.rank must be an integer >= 1 (0 turns LoRA off), got {self.rank!r}",
+        )
+        check(self.alpha > 0, f"model.lora.alpha must be > 0 (e.g. 16), got {self.alpha}")
+        check(
+            0.0 <= self.dropout < 1.0,
+            f"model.lora.dropout must be in [0, 1) (e.g. 0.05; 0 turns it off), got {self.dropout}",
+        )
+        try:
+            re.compile(self.targets)
+        except re.error as e:
+            raise ConfigError(
+                f"model.lora.targets={self.targets!r} is not a regular expression: {e}"
+            ) from None
+        check(bool(self.targets), "model.lora.targets is empty; e.g. 'attention/|mlp/'")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank if self.rank else 0.0
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape and architectural switches of a decoder-only language model."""
@@ -103,6 +152,7 @@ class ModelConfig:
     remat: str = "none"
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         check_positive(

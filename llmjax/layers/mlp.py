@@ -3,7 +3,8 @@
 import flax.linen as nn
 import jax
 
-from llmjax.layers.common import constrain, contract, dtype_of, normal, out_std, param
+from llmjax.layers.common import constrain, dtype_of, normal, out_std, param
+from llmjax.layers.lora import project
 from llmjax.registry import Registry
 
 MLPS: Registry = Registry("mlp")
@@ -29,7 +30,9 @@ class Linear(nn.Module):
             normal(self.std),
             cfg.param_dtype,
         )
-        y = contract(x.astype(dtype), kernel.astype(dtype))
+        y = project(
+            self, "kernel", x.astype(dtype), kernel.astype(dtype), dims=1, axes=self.axes, cfg=cfg
+        )
         if cfg.has_mlp_bias:
             bias = param(
                 self,

@@ -5,8 +5,9 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
-from llmjax.layers.common import constrain, contract, dtype_of, normal, out_std, param
+from llmjax.layers.common import constrain, dtype_of, normal, out_std, param
 from llmjax.layers.kv_cache import LayerKV
+from llmjax.layers.lora import project as adapted_contract
 from llmjax.layers.positions import POSITIONS
 from llmjax.layers.state_cache import LayerState
 
@@ -36,7 +37,15 @@ class SelfAttention(nn.Module):
             w_DxNxH = param(
                 self, f"{name}_kernel", (D, heads, H), axes, normal(std), cfg.param_dtype
             )
-            y_BxTxNxH = contract(x_BxTxD.astype(dtype), w_DxNxH.astype(dtype))
+            y_BxTxNxH = adapted_contract(
+                self,
+                f"{name}_kernel",
+                x_BxTxD.astype(dtype),
+                w_DxNxH.astype(dtype),
+                dims=1,
+                axes=axes,
+                cfg=cfg,
+            )
             if cfg.has_qkv_bias:
                 b_NxH = param(
                     self,
@@ -82,15 +91,19 @@ class SelfAttention(nn.Module):
             checkpoint_name(out_BxTxNxH, "attention_out"), ("batch", "length", "heads", "head_dim")
         )
 
+        out_axes = ("heads", "head_dim", "embed")
         w_NxHxD = param(
+            self, "out_kernel", (N, H, D), out_axes, normal(out_std(cfg)), cfg.param_dtype
+        )
+        y_BxTxD = adapted_contract(
             self,
             "out_kernel",
-            (N, H, D),
-            ("heads", "head_dim", "embed"),
-            normal(out_std(cfg)),
-            cfg.param_dtype,
+            out_BxTxNxH.astype(dtype),
+            w_NxHxD.astype(dtype),
+            dims=2,
+            axes=out_axes,
+            cfg=cfg,
         )
-        y_BxTxD = contract(out_BxTxNxH.astype(dtype), w_NxHxD.astype(dtype), dims=2)
         if cfg.has_out_bias:
             b_D = param(self, "out_bias", (D,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
             y_BxTxD = y_BxTxD + b_D.astype(dtype)

@@ -37,6 +37,10 @@ def build_model(cfg: "ModelConfig") -> nn.Module:
     """The family's module for `cfg`, after the family checked the names of its parts."""
     family = family_of(cfg)
     family.check_config(cfg)
+    if cfg.lora.rank:
+        from llmjax.models.lora import lora_targets
+
+        lora_targets(cfg)  # targets that match nothing, a rank too large
     return family(cfg)
 
 

@@ -75,10 +75,17 @@ def check_not_overwritten(source: Source, out: str | Path | None) -> None:
 
 
 def restore_params(
-    source: Source, model: ModelConfig, target: Any, target_model_state: Any
+    source: Source, model: ModelConfig, target: Any, target_model_state: Any, *, seed: int = 0
 ) -> tuple[Any, dict[str, Any], int]:
     """(params, model_state, step) of the source's newest restorable checkpoint, restored onto
-    `target` (abstract params with the new run's shardings), after checking the shapes."""
+    `target` (abstract params with the new run's shardings), after checking the shapes.
+
+    LoRA: a source with other adapters than `model.lora` (or none) gives its weights with its
+    adapters merged in, and this run's adapters start fresh (from `seed`): B = 0, so the start
+    computes what the source computes.
+    """
+    from llmjax.models.lora import join, merge_adapters, split_adapters
+
     run, saved = source.run, source.config
     if saved.model.vocab_size != model.vocab_size:
         raise RunDirError(
@@ -86,20 +93,42 @@ def restore_params(
             f"this run's tokenizer {model.vocab_size}; a run that starts from another uses its "
             f"tokenizer (leave data.tokenizer unset, or pass that run's tokenizer.json)"
         )
+    same_adapters = saved.model.lora == model.lora
+    base_target, adapter_target = (target, {}) if same_adapters else split_adapters(target)
     have = weights_target(saved.model)["params"]
-    resized = _check_shapes(source.path, saved.model, model, have, target)
+    have_base = have if same_adapters else split_adapters(have)[0]
+    resized = _check_shapes(source.path, saved.model, model, have_base, base_target)
     with Checkpointer(run.checkpoints, read_only=True) as ckpt:
         # Params whose padded vocabulary differs (a mesh may pad it further) are read whole and
         # then cut or padded; the padding rows' logits are masked, so their values never matter.
-        onto = have if resized else target
+        # Adapters to merge are read with their base onto one device first.
+        merging = bool(saved.model.lora.rank) and not same_adapters
+        onto = have if resized or merging else base_target
         restored, step = ckpt.restore(
             {"params": onto, "model_state": target_model_state}, partial=True
         )
     params = restored["params"]
-    if resized:
-        params = jax.tree.map(_fit_to, params, target)
+    if merging:
+        params, _ = merge_adapters(params, saved.model)
+    if resized or merging:
+        params = jax.tree.map(_fit_to, params, base_target)
+    if adapter_target:
+        params = join(params, fresh_adapters(model, seed, adapter_target))
     log.info("starting from %s at its step %d", run.path, step)
     return params, restored["model_state"], step
+
+
+def fresh_adapters(model: ModelConfig, seed: int, target: Any) -> Any:
+    """New LoRA adapters of `model` (as a fresh run of `seed` draws them), placed as `target`
+    says. Only the adapters are computed: XLA drops the rest of the initializer."""
+    from llmjax.models import init_model
+    from llmjax.models.lora import split_adapters
+
+    def adapters(key: jax.Array) -> Any:
+        return split_adapters(init_model(model, key)[0])[1]
+
+    shardings = jax.tree.map(lambda t: t.sharding, target)
+    return jax.jit(adapters, out_shardings=shardings)(jax.random.key(seed))
 
 
 def _fit_to(x: jax.Array, want: jax.ShapeDtypeStruct) -> jax.Array:

@@ -160,7 +160,7 @@ def fit(
         elif start.source is not None:
             target = trainer.parallel.abstract_state()
             params, model_state, _ = restore_params(
-                start.source, cfg.model, target.params, target.model_state
+                start.source, cfg.model, target.params, target.model_state, seed=cfg.train.seed
             )
             state = trainer.state_from(params, model_state)
         else:

@@ -13,6 +13,7 @@ import optax
 
 from llmjax.config import Config
 from llmjax.eval import make_eval_step
+from llmjax.layers.lora import LORA_PARAMS
 from llmjax.models import build_model, init_model
 from llmjax.objectives import OBJECTIVES, Objective, build_objective
 from llmjax.train.frozen import Frozen, FrozenSlot, TrainableSpec, frozen_slots, trainable_mask
@@ -124,7 +125,8 @@ def build_training(
         growth_interval=cfg.train.loss_scale_growth_interval,
     )
     if trainable is None:
-        trainable = cfg.train.trainable
+        # With LoRA adapters and no other choice, the adapters alone are trained.
+        trainable = cfg.train.trainable or (LORA_PARAMS if cfg.model.lora.rank else "")
     mask = None
     if trainable is not None and not (isinstance(trainable, str) and not trainable):
         params, _ = jax.eval_shape(lambda k: init_model(cfg.model, k), jax.random.key(0))
