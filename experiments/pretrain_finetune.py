@@ -12,9 +12,9 @@ optimizer; scratch from a random init. Reported: the target test loss (the held-
 tuning never sees) against target tokens seen, the best (early-stopped on validation) loss per
 set size, and the source validation loss before and after fine-tuning (forgetting).
 
-    python -m experiments.pretrain_finetune            # 36 runs; 7.6 min of CPU time (13.8 min
+    python -m experiments.pretrain_finetune            # 33 runs; 7.6 min of CPU time (13.8 min
                                                        # wall on 2 cores shared with other jobs)
-    python -m experiments.pretrain_finetune --quick    # seconds: one size, one seed, one rate
+    python -m experiments.pretrain_finetune --quick    # ~27 s of CPU: one size, seed and rate
 
 What would change the conclusion: a target sharing less with the source than English prose
 shares with Python's comments and docstrings; much more target data or training (the gap
