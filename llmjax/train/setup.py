@@ -45,9 +45,11 @@ class Training:
         """Names of the frozen trees that checkpoints hold."""
         return frozenset(name for name, slot in self.frozen.items() if slot.save)
 
-    def init_state(self) -> TrainState:
-        """A fresh state, placed as the parallel mode wants it."""
-        state = self.parallel.init_state(self.init, jax.random.key(self.cfg.train.seed))
+    def init_state(self, seed: int | None = None) -> TrainState:
+        """A fresh state initialized from `seed` (default: cfg.train.seed), placed as the
+        parallel mode wants it."""
+        seed = self.cfg.train.seed if seed is None else seed
+        state = self.parallel.init_state(self.init, jax.random.key(seed))
         return self.with_frozen(state)
 
     def state_from(self, params: Any, model_state: dict[str, Any]) -> TrainState:

@@ -124,9 +124,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------- state
 
-    def init_state(self) -> TrainState:
-        """A fresh state, placed for the steps."""
-        return self.training.init_state()
+    def init_state(self, seed: int | None = None) -> TrainState:
+        """A fresh state, placed for the steps. `seed` (default: cfg.train.seed) picks the
+        initial params, so that runs of several seeds share one trainer's compiled steps."""
+        return self.training.init_state(seed)
 
     def state_from(self, params: Any, model_state: dict[str, Any] | None = None) -> TrainState:
         """A step-0 state around given params with a fresh optimizer state."""
