@@ -42,7 +42,8 @@ from llmjax.train.curves import curve, learning_curve, log_steps, tokens_to_matc
 from llmjax.train.fit import with_vocab
 from llmjax.train.trainer import Trainer
 
-TINY_SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
+# nanoGPT's tiny Shakespeare (1.1 MB), looked for in the working directory.
+TINY_SHAKESPEARE = Path("tinyshakespeare.txt")
 METHODS = ("fine-tune", "scratch")
 
 
@@ -294,7 +295,8 @@ def main(argv=None):
     parser.add_argument(
         "--target",
         default=str(TINY_SHAKESPEARE),
-        help="text file of the target domain (default: tiny Shakespeare)",
+        help="text file of the target domain (default: tinyshakespeare.txt in the working "
+        "directory)",
     )
     args = parser.parse_args(argv)
     if not Path(args.target).is_file():
