@@ -16,6 +16,8 @@ from llmjax.hf.export import export_hf
 from llmjax.hf.family import HFError
 from llmjax.hf.load import load_hf, load_tokenizer_file
 from llmjax.hf.outdir import check_new, fresh_directory
+from llmjax.hf.peft import export_peft
+from llmjax.models.lora import split_adapters, without_lora
 from llmjax.runs import RunDir, load_run, save_weights
 
 
@@ -59,15 +61,40 @@ def convert_to_hf(
     *,
     model_type: str | None = None,
     dtype: str | None = None,
+    adapter: bool = False,
 ) -> Path:
-    """Writes a new HF checkpoint directory `out` from an llmjax run's newest checkpoint."""
+    """Writes a new HF checkpoint directory `out` from an llmjax run's newest checkpoint.
+
+    A LoRA run is written with its adapters merged into the weights; with `adapter`, `out`
+    holds the base weights and `out/adapter/` the adapters in PEFT's format (load them with
+    `peft.PeftModel.from_pretrained(model, "out/adapter")`).
+    """
     check_new(out)
     loaded = load_run(run_dir)
-    return export_hf(
-        loaded.config,
+    model = loaded.config.model
+    if adapter and not model.lora.rank:
+        raise HFError(
+            f"{run_dir} has no LoRA adapters (model.lora.rank=0), so there is no adapter to "
+            f"export; drop --adapter"
+        )
+    if not adapter:
+        return export_hf(
+            loaded.config,
+            loaded.params,
+            out,
+            tokenizer=loaded.tokenizer,
+            model_type=model_type,
+            dtype=dtype,
+        )
+    base, _ = split_adapters(loaded.params)
+    base_model = without_lora(model)
+    export_hf(base_model, base, out, tokenizer=loaded.tokenizer, model_type=model_type, dtype=dtype)
+    export_peft(
+        model,
         loaded.params,
-        out,
-        tokenizer=loaded.tokenizer,
+        Path(out) / "adapter",
         model_type=model_type,
+        base_model=str(Path(out).absolute()),
         dtype=dtype,
     )
+    return Path(out)

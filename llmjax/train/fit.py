@@ -21,6 +21,7 @@ from llmjax.data.sources import BatchSource, TextWindows
 from llmjax.distributed import is_primary
 from llmjax.objectives import Objective
 from llmjax.runs import Checkpointer, RunDir, open_start, restore_params
+from llmjax.runs.init_from import base_weights
 from llmjax.train.frozen import Frozen, TrainableSpec
 from llmjax.train.hooks import (
     Checkpoint,
@@ -147,7 +148,15 @@ def fit(
             warm.append(preload_plotting())
         step, hook_states = 0, None
         if resuming:
-            state = trainer.restore(checkpointer)
+            base = None
+            if trainer.adapters_only:  # the checkpoints hold LoRA adapters, not base weights
+                base_info = checkpointer.meta(checkpointer.steps()[-1]).get("base") or {}
+                target = trainer.parallel.abstract_state()
+                base = base_weights(
+                    cfg, base_info.get("step"), target.params, target.model_state, where=run.path
+                )
+                trainer.checkpoint_meta["base"] = base_info
+            state = trainer.restore(checkpointer, base=base)
             step = int(jax.device_get(trainer.parallel.host_state(state).step))
             hook_states = checkpointer.meta(step).get("hooks")
             if primary:
@@ -159,9 +168,10 @@ def fit(
             state = trainer.init_state()
         elif start.source is not None:
             target = trainer.parallel.abstract_state()
-            params, model_state, _ = restore_params(
+            params, model_state, base_step = restore_params(
                 start.source, cfg.model, target.params, target.model_state, seed=cfg.train.seed
             )
+            trainer.checkpoint_meta["base"] = {"init_from": cfg.train.init_from, "step": base_step}
             state = trainer.state_from(params, model_state)
         else:
             state = trainer.init_state()

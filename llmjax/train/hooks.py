@@ -194,7 +194,7 @@ class Checkpoint(Hook):
                 self.saved_step,
             )
             return
-        meta = {"hooks": self.trainer.hook_states()}
+        meta = {**self.trainer.checkpoint_meta, "hooks": self.trainer.hook_states()}
         self.checkpointer.save(step, self.trainer.checkpoint_view(state), meta=meta)
         self.saved_step = step
 
