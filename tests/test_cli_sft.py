@@ -320,6 +320,15 @@ def test_a_template_that_fails_to_render_shows_its_error(files, tmp_path, capsys
           "--template", "hf"], ["--template hf", "no Hugging Face chat template"]),
         (["sft", "--init-from", "{base}", "--data", "builtin", "--out", "{tmp}/r",
           "--val-fraction", "1.5"], ["--val-fraction", "1.5"]),
+        (["sft", "--init-from", "{base}", "--data", "builtin", "--out", "{tmp}/r",
+          "--lora-rank", "0"], ["--lora-rank must be >= 1"]),
+        (["sft", "--init-from", "{base}", "--data", "builtin", "--out", "{tmp}/r",
+          "--lora-alpha", "8"], ["--lora-alpha needs --lora-rank"]),
+        (["sft", "--init-from", "{base}", "--data", "builtin", "--out", "{tmp}/r",
+          "--lora-rank", "4", "--lora-targets", "q_proj"],
+         ["matches no weight", "blocks/attention/query_kernel", "blocks/mlp/fc_in/kernel"]),
+        (["sft", "--init-from", "{base}", "--data", "builtin", "--out", "{tmp}/r",
+          "--lora-rank", "512"], ["model.lora.rank=512 is larger", "rank <= 32"]),
         (["chat", "--run", "{base}"], ["records no chat template", "--template", "simple"]),
         (["chat", "--run", "{tmp}/none"], ["does not exist"]),
     ],
@@ -350,3 +359,28 @@ def test_resume_refuses_changed_data_and_new_data_options(sft_run, tmp_path, cap
     plain.mkdir()
     save_config(get_preset("test-tiny"), plain / "config.json")
     _fails(["sft", "--resume", "--out", plain], capsys, "no sft.json", "llmjax train --resume")
+
+
+def test_sft_with_lora_trains_adapters_saved_alone_and_chats(files, tmp_path, monkeypatch, capsys):
+    from llmjax.models.lora import split_adapters
+    from llmjax.runs.shapes import _saved_param_shapes
+
+    base, data = files
+    out = tmp_path / "lora"
+    assert (
+        _sft(base, data, out, "--steps", 4, "--lora-rank", 4, "--lora-targets", "query|value") == 0
+    )
+    cfg = load_config(out / "config.json")
+    assert cfg.model.lora.rank == 4 and cfg.model.lora.targets == "query|value"
+    _, saved = _saved_param_shapes(out / "checkpoints")
+    assert saved and all("lora_" in name for name in saved)  # the base weights are not copied
+    loaded, source = load_run(out), load_run(base)
+    tuned_base, adapters = split_adapters(loaded.params)
+    for x, y in zip(jax.tree.leaves(source.params), jax.tree.leaves(tuned_base), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(np.abs(np.asarray(b)).max() > 0 for b in jax.tree.leaves(adapters))
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi 3\n"))
+    assert main(["chat", "--run", str(out), "--temperature", "0", "--max-new-tokens", "4"]) == 0
+    captured = capsys.readouterr()  # four tokens of a barely tuned model: a reply, cut
+    assert captured.out.endswith("\n") and "reply cut at 4 tokens" in captured.err

@@ -135,18 +135,62 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------- adapters
-# The one place for LoRA's options: --lora-rank, --lora-alpha, --lora-dropout and
-# --lora-targets, each becoming a --set model.lora.<field>=VALUE override (adapter_overrides),
-# once the model config has a `lora` section.
+# LoRA's options: --lora-rank, --lora-alpha, --lora-dropout and --lora-targets, each becoming a
+# --set model.lora.<field>=VALUE override (adapter_overrides).
 
 
 def add_adapter_options(p: argparse.ArgumentParser) -> None:
-    """Adds the adapter (LoRA) options; there are none yet."""
+    """Adds the LoRA options (each stands for a --set model.lora.* override)."""
+    g = p.add_argument_group(
+        "LoRA", "train low-rank adapters beside the frozen weights instead of every weight"
+    )
+    g.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="rank of the adapters (e.g. 8); without it every weight is trained",
+    )
+    g.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=None,
+        help="the adapters' update is scaled by alpha / rank (default: 16)",
+    )
+    g.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=None,
+        help="dropout on the adapters' input while training (default: 0)",
+    )
+    g.add_argument(
+        "--lora-targets",
+        default=None,
+        metavar="REGEX",
+        help="regular expression searched in each weight's param path, e.g. "
+        "'query|value' (default: every attention and MLP projection, 'attention/|mlp/')",
+    )
 
 
 def adapter_overrides(args: argparse.Namespace) -> list[str]:
-    """The --set overrides the adapter options stand for."""
-    return []
+    """The --set overrides the LoRA options stand for."""
+    given = {
+        name: getattr(args, f"lora_{name}", None)
+        for name in ("rank", "alpha", "dropout", "targets")
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return []
+    rank = given.get("rank")
+    if rank is None:
+        raise ConfigError(
+            f"--lora-{next(iter(given))} needs --lora-rank R (the adapters' rank, e.g. 8)"
+        )
+    if rank <= 0:
+        raise ConfigError(
+            f"--lora-rank must be >= 1 (e.g. 8), got {rank}; leave it out to train every weight"
+        )
+    return [f"model.lora.{k}={v}" for k, v in given.items()]
 
 
 # ----------------------------------------------------------------------------- the command
@@ -163,7 +207,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         given = [
             f"--{name.replace('_', '-')}"
-            for name in ("init_from", "data", "template", *DATA_OPTIONS)
+            for name in (
+                "init_from",
+                "data",
+                "template",
+                *DATA_OPTIONS,
+                *(f"lora_{k}" for k in ("rank", "alpha", "dropout", "targets")),
+            )
             if getattr(args, name) not in (None, False)
         ]
         if given:
