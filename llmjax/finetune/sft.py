@@ -48,12 +48,7 @@ def sft_config(
             "one `llmjax convert` made from a Hugging Face checkpoint)"
         )
     cfg = start_config(init_from=init_from)
-    cfg = dataclasses.replace(
-        cfg,
-        train=dataclasses.replace(cfg.train, objective="sft"),
-        # The source's schedule spans its own steps; a fine-tuning run plans its own.
-        optim=dataclasses.replace(cfg.optim, schedule_steps=None),
-    )
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, objective="sft"))
     cfg = apply_overrides(cfg, list(overrides))
     if cfg.optim.warmup_steps >= cfg.train.steps:
         log.warning(

@@ -62,6 +62,8 @@ def init_from_config(source: str | Path, base: Config | None = None) -> Config:
     return dataclasses.replace(
         cfg,
         model=src.config.model,
+        # The source saved the length its own schedule spanned; a new run spans its own steps.
+        optim=dataclasses.replace(cfg.optim, schedule_steps=None),
         data=dataclasses.replace(cfg.data, tokenizer=str(src.run.tokenizer.absolute())),
         train=dataclasses.replace(cfg.train, init_from=str(src.run.path.absolute())),
     )
