@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             f"one was not fine-tuned for chat); pass --template: {SPEC_HELP}"
         )
     session = ChatSession(
-        load_run(args.run, args.step),
+        load_run(args.run, args.step).merged(),
         template,
         system=args.system,
         max_new_tokens=args.max_new_tokens,

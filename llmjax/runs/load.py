@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 from llmjax.config import Config, load_config
 from llmjax.data import Tokenizer, load_tokenizer
 from llmjax.models import build_model
-from llmjax.models.lora import join, split_adapters
+from llmjax.models.lora import join, merge_adapters, split_adapters
 from llmjax.runs.checkpoint import Checkpointer
 from llmjax.runs.init_from import base_weights, saves_adapters_only
 from llmjax.runs.rundir import RunDir, RunDirError
@@ -32,6 +33,15 @@ class LoadedRun:
     @property
     def model(self):
         return build_model(self.config.model)
+
+    def merged(self) -> LoadedRun:
+        """The run with its LoRA adapters folded into the weights (the same function, decoded
+        at the base model's speed); itself when it has none."""
+        if not self.config.model.lora.rank:
+            return self
+        params, model = merge_adapters(self.params, self.config.model)
+        cfg = dataclasses.replace(self.config, model=model)
+        return dataclasses.replace(self, config=cfg, params=params)
 
 
 def save_weights(run: RunDir, step: int, params: Any, model_state: dict | None = None) -> None:
