@@ -47,22 +47,29 @@ class CompiledStep:
     xla_flops: float  # XLA's cost_analysis() FLOPs (per device on a mesh)
     done: int = 0  # steps run so far
     times: list[float] = field(default_factory=list)
+    # Process CPU seconds (all threads) per step, averaged over each `run` call: unlike wall
+    # time, barely moved by other jobs taking turns on a shared machine's cores.
+    cpu_times: list[float] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
 
     def run(self, steps: int = 1, batches: Iterable[HostBatch] | None = None) -> None:
         """`steps` more timed steps on `batches` (default: the compiled-with batch)."""
         source = itertools.repeat(self.batch) if batches is None else batches
         start = self.done
+        cpu_start = time.process_time()
         self.state, metrics = self.trainer.train(
             source, state=self.state, start=start, end=start + steps, sync=True
         )
+        cpu_s = time.process_time() - cpu_start
         self.done += len(metrics)
         self.times += [m["step_s"] for m in metrics]
+        self.cpu_times += [cpu_s / max(len(metrics), 1)] * len(metrics)
         self.metrics += metrics
 
     def clear(self) -> None:
         """Forgets the timings and metrics so far (after warm-up steps)."""
         self.times.clear()
+        self.cpu_times.clear()
         self.metrics.clear()
 
     @property
@@ -73,6 +80,10 @@ class CompiledStep:
     @property
     def median_s(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def median_cpu_s(self) -> float:
+        return statistics.median(self.cpu_times)
 
 
 def compile_step(cfg: Config, batch: HostBatch | None = None) -> CompiledStep:
