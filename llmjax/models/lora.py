@@ -201,7 +201,12 @@ def with_fresh_adapters(base: Any, cfg: ModelConfig, seed: int) -> dict:
             "the base params already hold LoRA adapters; fold them in with merge_adapters "
             "(params, their model config) before adding fresh ones"
         )
-    return join(base, _fresh_adapters(cfg, jax.random.key(seed)))
+    return join(base, fresh_adapters(cfg, seed))
+
+
+def fresh_adapters(cfg: ModelConfig, seed: int) -> dict:
+    """New adapters of cfg.lora alone, as a fresh run of `seed` draws them."""
+    return _fresh_adapters(cfg, jax.random.key(seed))
 
 
 def _adapters_of(cfg: ModelConfig, key: jax.Array) -> dict:

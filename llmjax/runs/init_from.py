@@ -168,15 +168,10 @@ def base_weights(
 
 def fresh_adapters(model: ModelConfig, seed: int, target: Any) -> Any:
     """New LoRA adapters of `model` (as a fresh run of `seed` draws them), placed as `target`
-    says. Only the adapters are computed: XLA drops the rest of the initializer."""
-    from llmjax.models import init_model
-    from llmjax.models.lora import split_adapters
+    says."""
+    from llmjax.models.lora import fresh_adapters as draw
 
-    def adapters(key: jax.Array) -> Any:
-        return split_adapters(init_model(model, key)[0])[1]
-
-    shardings = jax.tree.map(lambda t: t.sharding, target)
-    return jax.jit(adapters, out_shardings=shardings)(jax.random.key(seed))
+    return jax.device_put(draw(model, seed), jax.tree.map(lambda t: t.sharding, target))
 
 
 def _fit_to(x: jax.Array, want: jax.ShapeDtypeStruct) -> jax.Array:
