@@ -21,9 +21,9 @@ import numpy as np
 import tokenizers
 
 from llmjax.data.instruct.messages import Conversation
-from llmjax.data.instruct.templates import ChatTemplate, SimpleTemplate
+from llmjax.data.instruct.templates import ChatTemplate, SimpleTemplate, render
 from llmjax.data.tokenizers import BPETokenizer, Tokenizer
-from llmjax.errors import InstructDataError
+from llmjax.errors import ChatTemplateError, InstructDataError
 
 TRAIN_ON = ("responses", "all")
 
@@ -109,8 +109,25 @@ class ConversationEncoder:
         return Encoded(np.concatenate(ids), np.concatenate(mask))
 
     def prompt_ids(self, conversation: Conversation) -> np.ndarray:
-        """The ids a model continues to write the next reply (for generation and scoring)."""
-        return np.asarray(self._encode(self.template.prompt(conversation)), np.int32)
+        """The ids a model continues to write the next reply (for generation and scoring).
+
+        Earlier replies end with the end-of-reply token, as `encode` trains them: the rendered
+        text has no such token, so encoding it alone would show a model histories (few-shot
+        examples, earlier turns) it never saw in training.
+        """
+        text = self.template.prompt(conversation)
+        if not self.template.appends_eos or all(m.role != "assistant" for m in conversation):
+            return np.asarray(self._encode(text), np.int32)
+        rendered = render(self.template, conversation)
+        if not text.startswith(rendered):
+            raise ChatTemplateError(
+                f"the template's generation prompt does not start with the conversation's "
+                f"rendering ({rendered[-60:]!r} vs {text[-80:]!r}), so the end-of-reply tokens "
+                f"of its replies cannot be placed; render the prompt as the conversation "
+                f"followed by the reply's header"
+            )
+        header = np.asarray(self._encode(text[len(rendered) :]), np.int32)
+        return np.concatenate([self.encode(conversation).ids, header])
 
 
 def truncate(encoded: Encoded, seq_len: int) -> Encoded:
