@@ -1,6 +1,7 @@
 """Evaluation: an objective's metrics over a split, and measurement helpers that experiments
 and notebooks share."""
 
+from llmjax.eval.answers import Answers, answer_prompts, score_answers
 from llmjax.eval.core import evaluate, make_eval_step
 
-__all__ = ["evaluate", "make_eval_step"]
+__all__ = ["Answers", "answer_prompts", "evaluate", "make_eval_step", "score_answers"]
