@@ -65,7 +65,12 @@ class CachePlan:
 
 
 def plan_cache(
-    cfg, longest_prompt: int, max_new_tokens: int, *, use_cache: bool = True
+    cfg,
+    longest_prompt: int,
+    max_new_tokens: int,
+    *,
+    use_cache: bool = True,
+    pad_multiple: int = PAD_MULTIPLE,
 ) -> CachePlan:
     """Checks the lengths against the model's context and sizes the cache.
 
@@ -73,12 +78,19 @@ def plan_cache(
     1 slots when that is smaller than prompt + new tokens; it may then take prompts longer than
     max_seq_len (so may the no-cache mode, whose buffer holds everything). Otherwise the prompt
     must fit the context, and with a learned position table so must prompt + max_new_tokens.
+    The padded prompt length is a multiple of `pad_multiple` (a multiple of PAD_MULTIPLE):
+    callers with many batches of varied lengths pass a larger one to compile fewer programs.
+    Padding takes no positions, so the checks are on the real longest prompt.
     """
     limits = family_of(cfg).decoding_limits(cfg)
     window, extrapolates = limits.window, limits.extrapolates
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    T = -(-longest_prompt // PAD_MULTIPLE) * PAD_MULTIPLE
+    if pad_multiple < 1 or pad_multiple % PAD_MULTIPLE:
+        raise ValueError(
+            f"pad_multiple={pad_multiple} must be a positive multiple of {PAD_MULTIPLE}"
+        )
+    T = -(-longest_prompt // pad_multiple) * pad_multiple
     if window is not None and extrapolates:
         chunk = min(T, -(-window // PAD_MULTIPLE) * PAD_MULTIPLE)
         rolling_len = window + chunk - 1

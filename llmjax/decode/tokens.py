@@ -38,10 +38,13 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[np.
     return out
 
 
-def _start(model, variables, prompts, max_new_tokens, use_cache, padding):
+def _start(model, variables, prompts, max_new_tokens, use_cache, padding, pad_multiple):
     cfg = model.cfg
     prompts = check_prompts(prompts, cfg.vocab_size)
-    plan = steps.plan_cache(cfg, max(len(p) for p in prompts), max_new_tokens, use_cache=use_cache)
+    longest = max(len(p) for p in prompts)
+    plan = steps.plan_cache(
+        cfg, longest, max_new_tokens, use_cache=use_cache, pad_multiple=pad_multiple
+    )
     if plan.rolling:
         padding = "left"  # right padding would evict real tokens from a rolling cache
     tokens_BxT, valid_BxT = steps.pad_prompts(prompts, padding=padding, length=plan.prompt_len)
@@ -65,15 +68,18 @@ def generate_tokens(
     padding: str = "left",
     on_chunk: OnChunk | None = None,
     chunk_size: int | None = None,
+    pad_multiple: int = steps.PAD_MULTIPLE,
 ) -> DecodeOutput:
     """Continues each prompt (a sequence of ids; lengths may differ) by up to max_new_tokens.
 
     `variables` are the model's {"params": ..., **model_state}. `key` is one PRNG key (row b
     uses fold_in(key, b)) or one key per row. `use_cache=False` recomputes the whole sequence
     every step (the baseline the cache is measured against). Rows stop at any of `stop_ids`.
+    The prompts are padded to a multiple of `pad_multiple` tokens: one compiled program
+    serves every batch whose longest prompt rounds up to the same length.
     """
     fn, first_BxV, state, tokens_BxT, valid_BxT = _start(
-        model, variables, prompts, max_new_tokens, use_cache, padding
+        model, variables, prompts, max_new_tokens, use_cache, padding, pad_multiple
     )
     sampling = SamplingConfig() if sampling is None else sampling
     needs_prompt = {"repetition", "no_repeat_ngram"} & set(sampling.stages())
@@ -111,7 +117,7 @@ def beam_search_tokens(
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams={num_beams!r} is out of range; valid: an integer >= 1")
     fn, first_BxV, state, _, _ = _start(
-        model, variables, prompts, max_new_tokens, use_cache, padding
+        model, variables, prompts, max_new_tokens, use_cache, padding, steps.PAD_MULTIPLE
     )
     return beam_search(
         fn,

@@ -7,6 +7,15 @@ a loss mask on the replies, packed rows in the `lm` objective's layout, and buil
     batch = source.batch(step)                         # inputs, targets, mask, segments, positions
 """
 
+from llmjax.data.instruct.fewshot import (
+    LAYOUTS,
+    ChatFormat,
+    PromptFormat,
+    TextFormat,
+    TextLayout,
+    demonstration_pages,
+    few_shot_ids,
+)
 from llmjax.data.instruct.jinja import HFChatTemplate, special_tokens_from_config
 from llmjax.data.instruct.messages import (
     ROLES,
@@ -24,7 +33,9 @@ from llmjax.data.instruct.tasks import (
     TASKS,
     Task,
     TaskExample,
+    TaskInstance,
     exact_match,
+    make_instances,
     make_tasks,
     split_cells,
     write_jsonl,
@@ -49,10 +60,12 @@ from llmjax.errors import ChatTemplateError, InstructDataError
 __all__ = [
     "FIELDS",
     "HELDOUT_TASKS",
+    "LAYOUTS",
     "ROLES",
     "SPLITS",
     "TASKS",
     "TRAIN_ON",
+    "ChatFormat",
     "ChatTemplate",
     "ChatTemplateError",
     "Conversation",
@@ -64,14 +77,21 @@ __all__ = [
     "InstructDataError",
     "Message",
     "Piece",
+    "PromptFormat",
     "SimpleTemplate",
     "Task",
     "TaskExample",
+    "TaskInstance",
+    "TextFormat",
+    "TextLayout",
     "build_rows",
     "conversation",
+    "demonstration_pages",
     "encode_all",
     "exact_match",
+    "few_shot_ids",
     "load_jsonl",
+    "make_instances",
     "make_rows",
     "make_tasks",
     "pack_plan",

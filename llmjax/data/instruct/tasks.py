@@ -8,13 +8,15 @@ lookup), each with four phrasings. Splits, for generalization experiments:
     "heldout_task"      the held-out tasks (default: subtract, lower) in every phrasing
 
 Each example carries its exact expected answer; `exact_match` scores a model's reply.
+`make_instances` gives task inputs without a phrasing (`TaskInstance.phrased` words them), for
+asking the same questions in every phrasing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +255,74 @@ def make_tasks(
         task = TASKS[name]
         fields, answer = task.generate(rng)
         out.append(TaskExample(name, phrasing, task.phrasings[phrasing].format(**fields), answer))
+    return out
+
+
+@dataclass(frozen=True)
+class TaskInstance:
+    """One generated input of a task and its answer, to be worded in any of the task's
+    phrasings: the same instances in every phrasing measure how much the wording matters."""
+
+    task: str
+    fields: tuple[tuple[str, str], ...]
+    answer: str
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """What makes two instances the same question, whatever their phrasing."""
+        return self.task, self.fields
+
+    @property
+    def bare(self) -> str:
+        """The inputs alone, with no instruction (" ; " between fields): a question only
+        examples of the same task can explain."""
+        return " ; ".join(value for _, value in self.fields)
+
+    def phrased(self, phrasing: int) -> TaskExample:
+        phrasings = TASKS[self.task].phrasings
+        if not 0 <= phrasing < len(phrasings):
+            raise ValueError(
+                f"phrasing={phrasing} is out of range: task {self.task!r} has phrasings "
+                f"0..{len(phrasings) - 1}"
+            )
+        prompt = phrasings[phrasing].format(**dict(self.fields))
+        return TaskExample(self.task, phrasing, prompt, self.answer)
+
+
+def make_instances(
+    seed: int,
+    n_per_task: int,
+    tasks: Sequence[str],
+    *,
+    exclude: Collection[tuple] = (),
+    distinct: bool = True,
+) -> list[TaskInstance]:
+    """`n_per_task` instances of each task (task-major order) whose keys are not in `exclude`
+    (e.g. the keys of a test set, to keep it out of training data and demonstrations), all
+    different unless `distinct=False` (a task such as add has only 2500 inputs); a pure
+    function of its arguments."""
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not tasks; choose from {sorted(TASKS)}")
+    out = []
+    for name in tasks:
+        rng = np.random.default_rng([seed, list(TASKS).index(name)])
+        seen: set[tuple] = set()
+        made = 0
+        for _ in range(100 * n_per_task):  # bounded: a small task may run out of inputs
+            if made == n_per_task:
+                break
+            fields, answer = TASKS[name].generate(rng)
+            instance = TaskInstance(name, tuple(sorted(fields.items())), answer)
+            if instance.key not in exclude and not (distinct and instance.key in seen):
+                seen.add(instance.key)
+                out.append(instance)
+                made += 1
+        if made < n_per_task:
+            raise ValueError(
+                f"task {name!r} has fewer than {n_per_task} distinct instances outside the "
+                f"{len(exclude)} excluded; ask for fewer"
+            )
     return out
 
 
