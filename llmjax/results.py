@@ -65,6 +65,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def spread(values: Any) -> dict[str, float]:
+    """The mean, min and max of a measurement over seeds (or repeats)."""
+    import numpy as np
+
+    v = np.asarray(values, np.float64)
+    if not v.size:
+        raise ValueError("spread needs at least one value")
+    return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+
+
 def write_results(
     name: str,
     metrics: dict[str, Any],

@@ -181,3 +181,12 @@ def test_cli_init_from_takes_the_source_model_and_the_preset_optimizer(source, c
     steps = run.config.train.steps
     assert run.config.optim == dataclasses.replace(PRESETS["nano"].optim, schedule_steps=steps)
     assert run.config.train.init_from == str(src_dir.absolute())
+
+
+def test_a_run_started_from_another_spans_its_own_schedule(source, tmp_path):
+    """The source saved the length of its own lr schedule; a new run plans one over its steps."""
+    from llmjax.runs import init_from_config
+
+    out, result = source
+    assert result.config.optim.schedule_steps == 30
+    assert init_from_config(out).optim.schedule_steps is None

@@ -19,6 +19,7 @@ from llmjax.models.lora import (
     lora_targets,
     merge_adapters,
     split_adapters,
+    with_fresh_adapters,
     without_lora,
 )
 from llmjax.train.fit import fit
@@ -219,3 +220,30 @@ def test_init_from_a_base_starts_with_fresh_adapters_and_resumes_exactly(tmp_pat
     merged, _ = merge_adapters(jax.device_get(whole.state.params), whole.config.model)
     for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def test_fresh_adapters_on_params_in_memory_keep_the_base_function():
+    cfg = _cfg().model
+    base, _ = split_adapters(init_model(cfg, jax.random.key(0))[0])
+    tuned = with_fresh_adapters(base, cfg, seed=3)
+    assert with_fresh_adapters(base, without_lora(cfg), seed=3) is base
+    assert adapter_count(tuned) == adapter_count(init_model(cfg, jax.random.key(0))[0])
+    np.testing.assert_array_equal(_logits(cfg, tuned), _logits(without_lora(cfg), base))
+    a = lambda p: np.asarray(p["blocks"]["attention"]["query_lora_a"])  # noqa: E731
+    assert not np.array_equal(a(tuned), a(with_fresh_adapters(base, cfg, seed=4)))
+    np.testing.assert_array_equal(a(tuned), a(with_fresh_adapters(base, cfg, seed=3)))
+    with pytest.raises(ConfigError, match="already hold LoRA adapters"):
+        with_fresh_adapters(tuned, cfg, seed=0)
+
+
+def test_state_memory_counts_the_trained_params_and_their_optimizer_state():
+    from llmjax.train.bench import state_memory
+
+    lora, full = Trainer(_cfg()), Trainer(apply_overrides(PRESETS["test-tiny"], []))
+    lora_state, full_state = lora.init_state(), full.init_state()
+    lm, fm = state_memory(lora, lora_state), state_memory(full, full_state)
+    n_full = sum(x.size for x in jax.tree.leaves(full_state.params))
+    assert lm["trained_params"] == adapter_count(lora_state.params) < n_full == fm["trained_params"]
+    assert lm["params_bytes"] == 4 * (n_full + lm["trained_params"])  # base and adapters
+    for m in (lm, fm):  # Adam's two float32 moments per trained param, and a few counters
+        assert 0 <= m["opt_state_bytes"] - 8 * m["trained_params"] < 100

@@ -1,4 +1,5 @@
-"""The `llmjax` command line: train, sample, eval, convert, presets (one module each)."""
+"""The `llmjax` command line: train, sft, sample, chat, eval, convert, presets (one module
+each)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import traceback
 import warnings
 
-from llmjax.cli import convert, evaluate, presets, sample, train
+from llmjax.cli import chat, convert, evaluate, presets, sample, sft, train
 from llmjax.cli.errors import (
     GENERAL_FIXES,
     OutOfMemory,
@@ -22,16 +23,28 @@ from llmjax.config import ConfigError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, OutOfMemory)
 # Options whose values are paths: an OSError on one of them names the option to change.
-PATH_OPTIONS = ("out", "data", "run", "init_from", "from_hf", "to_hf", "tokenizer", "prompt_file")
+PATH_OPTIONS = (
+    "out",
+    "data",
+    "val_data",
+    "run",
+    "init_from",
+    "from_hf",
+    "to_hf",
+    "tokenizer",
+    "prompt_file",
+    "template",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmjax",
-        description="Train, sample, evaluate and convert JAX language models.",
+        description="Train, fine-tune, sample, chat with, evaluate and convert JAX language "
+        "models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, sample, evaluate, convert, presets):
+    for command in (train, sft, sample, chat, evaluate, convert, presets):
         command.add(sub)
     return parser
 

@@ -33,6 +33,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         "model's config)",
     )
     p.add_argument(
+        "--adapter",
+        action="store_true",
+        help="with --to-hf on a LoRA run: write the base weights to --out and the adapters in "
+        "PEFT's format to OUT/adapter (default: the adapters merged into the weights)",
+    )
+    p.add_argument(
         "--tokenizer",
         default=None,
         metavar="FILE",
@@ -47,14 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
     check_writable_dir(args.out, "--out")  # before reading gigabytes of weights
     if args.from_hf is not None:
-        if args.model_type is not None:
-            raise ConfigError("--model-type applies to --to-hf only")
+        if args.model_type is not None or args.adapter:
+            raise ConfigError("--model-type and --adapter apply to --to-hf only")
         out = convert_from_hf(
             args.from_hf, args.out, dtype=args.dtype or "float32", tokenizer=args.tokenizer
         )
     else:
         if args.tokenizer is not None:
             raise ConfigError("--tokenizer applies to --from-hf only")
-        out = convert_to_hf(args.to_hf, args.out, model_type=args.model_type, dtype=args.dtype)
+        out = convert_to_hf(
+            args.to_hf, args.out, model_type=args.model_type, dtype=args.dtype, adapter=args.adapter
+        )
     print(json.dumps({"out": str(out)}))
     return 0

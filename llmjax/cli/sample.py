@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         prompts += _read_prompts(Path(args.prompt_file))
     if not prompts:
         prompts = [""]
-    loaded = load_run(args.run, args.step)
+    loaded = load_run(args.run, args.step).merged()
     model_cfg = loaded.config.model
     longest = max(max(len(loaded.tokenizer.encode(t)), 1) for t in prompts)
     max_new = args.max_new_tokens

@@ -1,6 +1,7 @@
-"""Decoding: KV-cached batched generation, samplers, beam search."""
+"""Decoding: KV-cached batched generation, samplers, beam search, chat sessions."""
 
 from llmjax.decode.beam import BeamOutput, beam_search
+from llmjax.decode.chat import ChatReply, ChatSession
 from llmjax.decode.generate import Completion, generate
 from llmjax.decode.loop import DecodeOutput, decode
 from llmjax.decode.samplers import SamplingConfig, process_logits
@@ -11,6 +12,8 @@ from llmjax.models import init_cache
 
 __all__ = [
     "BeamOutput",
+    "ChatReply",
+    "ChatSession",
     "Completion",
     "DecodeOutput",
     "KVCache",

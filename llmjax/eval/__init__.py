@@ -2,5 +2,6 @@
 and notebooks share."""
 
 from llmjax.eval.core import evaluate, make_eval_step
+from llmjax.eval.instruct import ReplyScorer, ReplyScores
 
-__all__ = ["evaluate", "make_eval_step"]
+__all__ = ["ReplyScorer", "ReplyScores", "evaluate", "make_eval_step"]

@@ -13,6 +13,7 @@ from llmjax.hf import gpt2, llama  # noqa: F401  (registers the families)
 from llmjax.hf.export import export_hf
 from llmjax.hf.family import HF_FAMILIES, HFError, HFFamily, TensorMap, register_hf
 from llmjax.hf.load import HFModel, load_hf
+from llmjax.hf.peft import export_peft
 from llmjax.hf.run import convert_from_hf, convert_to_hf
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "convert_from_hf",
     "convert_to_hf",
     "export_hf",
+    "export_peft",
     "load_hf",
     "register_hf",
 ]

@@ -15,6 +15,7 @@ from llmjax.hf.family import choose_family
 from llmjax.hf.outdir import check_new, fresh_directory
 from llmjax.hf.params import export_layout, write_tensors
 from llmjax.hf.safetensors_io import write_safetensors
+from llmjax.models.lora import merge_adapters
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,12 @@ def export_hf(
 
     `model_type` picks the HF family (default: the first that holds the model exactly, else one
     that only adds zero biases); `dtype` casts the weights (default: the params' own). `out`
-    must not exist.
+    must not exist. LoRA adapters are merged into their kernels (`export_peft` writes them
+    apart instead).
     """
     model_cfg = cfg.model if isinstance(cfg, Config) else cfg
+    if model_cfg.lora.rank:
+        params, model_cfg = merge_adapters(params, model_cfg)
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not known; valid choices: {', '.join(DTYPES)}")
     check_new(out)

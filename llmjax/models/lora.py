@@ -24,6 +24,7 @@ import numpy as np
 from llmjax.config import LoraConfig
 from llmjax.errors import ConfigError
 from llmjax.layers.lora import adapter_names
+from llmjax.runtime import jit_once
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -186,3 +187,33 @@ def merge_adapters(params: Any, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
 def adapter_count(params: Any) -> int:
     """The number of adapter params in a tree."""
     return sum(int(np.prod(x.shape)) for p, x in _flat(params).items() if is_adapter(p))
+
+
+def with_fresh_adapters(base: Any, cfg: ModelConfig, seed: int) -> dict:
+    """`base` (params of the model without adapters) with new adapters of cfg.lora beside its
+    kernels, drawn as a fresh run of `seed` draws them: B = 0, so the result computes what
+    `base` computes. Without LoRA, `base` itself. (For params in memory; a run directory's are
+    read by `train.init_from`.)"""
+    if not cfg.lora.rank:
+        return base
+    if adapter_count(base):
+        raise ConfigError(
+            "the base params already hold LoRA adapters; fold them in with merge_adapters "
+            "(params, their model config) before adding fresh ones"
+        )
+    return join(base, fresh_adapters(cfg, seed))
+
+
+def fresh_adapters(cfg: ModelConfig, seed: int) -> dict:
+    """New adapters of cfg.lora alone, as a fresh run of `seed` draws them."""
+    return _fresh_adapters(cfg, jax.random.key(seed))
+
+
+def _adapters_of(cfg: ModelConfig, key: jax.Array) -> dict:
+    from llmjax.models import init_model
+
+    return split_adapters(init_model(cfg, key)[0])[1]
+
+
+# Compiled once per config; only the adapters are computed (XLA drops the rest of the init).
+_fresh_adapters = jit_once(_adapters_of, static_argnums=0)

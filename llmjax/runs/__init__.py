@@ -2,6 +2,7 @@
 (fresh, resumed, or from another run's params). Decoding, export and evaluation read runs
 through this package alone; only training writes them."""
 
+from llmjax.runs.chat_template import choose_template, run_template, save_template
 from llmjax.runs.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from llmjax.runs.init_from import Source, init_from_config, open_source, restore_params
 from llmjax.runs.load import LoadedRun, load_run, save_weights
@@ -22,11 +23,14 @@ __all__ = [
     "Start",
     "check_resumable",
     "check_saved_shapes",
+    "choose_template",
     "init_from_config",
     "load_run",
     "open_source",
     "open_start",
     "restore_params",
+    "run_template",
+    "save_template",
     "save_weights",
     "start_config",
     "weights_target",

@@ -48,7 +48,9 @@ def open_source(path: str | Path) -> Source:
             f"least one checkpoint"
         )
     config = load_config(run.config)
-    check_saved_shapes(f"train.init_from={path}", run, config.model)
+    check_saved_shapes(
+        f"train.init_from={path}", run, config.model, adapters_only=saves_adapters_only(config)
+    )
     return Source(path, run, config)
 
 
@@ -60,6 +62,8 @@ def init_from_config(source: str | Path, base: Config | None = None) -> Config:
     return dataclasses.replace(
         cfg,
         model=src.config.model,
+        # The source saved the length its own schedule spanned; a new run spans its own steps.
+        optim=dataclasses.replace(cfg.optim, schedule_steps=None),
         data=dataclasses.replace(cfg.data, tokenizer=str(src.run.tokenizer.absolute())),
         train=dataclasses.replace(cfg.train, init_from=str(src.run.path.absolute())),
     )
@@ -74,17 +78,32 @@ def check_not_overwritten(source: Source, out: str | Path | None) -> None:
         )
 
 
+def saves_adapters_only(cfg: Config) -> bool:
+    """Whether the checkpoints of a run of `cfg` hold its LoRA adapters without the base
+    weights: a LoRA run started from another run, which holds those weights."""
+    return bool(cfg.model.lora.rank) and bool(cfg.train.init_from)
+
+
 def restore_params(
-    source: Source, model: ModelConfig, target: Any, target_model_state: Any, *, seed: int = 0
+    source: Source,
+    model: ModelConfig,
+    target: Any,
+    target_model_state: Any,
+    *,
+    seed: int = 0,
+    step: int | None = None,
 ) -> tuple[Any, dict[str, Any], int]:
-    """(params, model_state, step) of the source's newest restorable checkpoint, restored onto
-    `target` (abstract params with the new run's shardings), after checking the shapes.
+    """(params, model_state, step) of the source's checkpoint `step` (default: the newest that
+    restores), restored onto `target` (abstract params with the new run's shardings), after
+    checking the shapes.
 
     LoRA: a source with other adapters than `model.lora` (or none) gives its weights with its
     adapters merged in, and this run's adapters start fresh (from `seed`): B = 0, so the start
-    computes what the source computes.
+    computes what the source computes. A source that saved only adapters is read with its own
+    base.
     """
     from llmjax.models.lora import join, merge_adapters, split_adapters
+    from llmjax.runs.load import load_run
 
     run, saved = source.run, source.config
     if saved.model.vocab_size != model.vocab_size:
@@ -98,16 +117,22 @@ def restore_params(
     have = weights_target(saved.model)["params"]
     have_base = have if same_adapters else split_adapters(have)[0]
     resized = _check_shapes(source.path, saved.model, model, have_base, base_target)
-    with Checkpointer(run.checkpoints, read_only=True) as ckpt:
-        # Params whose padded vocabulary differs (a mesh may pad it further) are read whole and
-        # then cut or padded; the padding rows' logits are masked, so their values never matter.
-        # Adapters to merge are read with their base onto one device first.
-        merging = bool(saved.model.lora.rank) and not same_adapters
-        onto = have if resized or merging else base_target
-        restored, step = ckpt.restore(
-            {"params": onto, "model_state": target_model_state}, partial=True
-        )
-    params = restored["params"]
+    merging = bool(saved.model.lora.rank) and not same_adapters
+    if saves_adapters_only(saved):  # its base lives in its own init-from run
+        loaded = load_run(run.path, step)
+        params, step = loaded.params, loaded.step
+        restored = {"model_state": loaded.model_state}
+        resized = True  # placed below
+    else:
+        with Checkpointer(run.checkpoints, read_only=True) as ckpt:
+            # Params whose padded vocabulary differs (a mesh may pad it further) are read whole
+            # and then cut or padded; the padding rows' logits are masked, so their values never
+            # matter. Adapters to merge are read with their base onto one device first.
+            onto = have if resized or merging else base_target
+            restored, step = ckpt.restore(
+                {"params": onto, "model_state": target_model_state}, step, partial=True
+            )
+        params = restored["params"]
     if merging:
         params, _ = merge_adapters(params, saved.model)
     if resized or merging:
@@ -118,17 +143,35 @@ def restore_params(
     return params, restored["model_state"], step
 
 
+def base_weights(
+    cfg: Config, base_step: int | None, target: Any, target_model_state: Any, *, where: str
+) -> Any:
+    """The base weights (without adapters) under the LoRA adapters of a run of `cfg` whose
+    checkpoints hold only adapters: step `base_step` of its train.init_from run, placed as
+    `target` (the run's whole abstract params) says."""
+    from llmjax.models.lora import split_adapters
+    from llmjax.runs.checkpoint import CheckpointError
+
+    at = "its newest step" if base_step is None else f"step {base_step}"
+    try:
+        params, _, _ = restore_params(
+            open_source(cfg.train.init_from), cfg.model, target, target_model_state, step=base_step
+        )
+    except (RunDirError, CheckpointError) as e:
+        raise RunDirError(
+            f"{where} holds LoRA adapters only; their base weights are {at} of "
+            f"train.init_from={cfg.train.init_from}, which cannot be read ({e}). Restore that run "
+            f"(or that checkpoint) to use these adapters"
+        ) from None
+    return split_adapters(params)[0]
+
+
 def fresh_adapters(model: ModelConfig, seed: int, target: Any) -> Any:
     """New LoRA adapters of `model` (as a fresh run of `seed` draws them), placed as `target`
-    says. Only the adapters are computed: XLA drops the rest of the initializer."""
-    from llmjax.models import init_model
-    from llmjax.models.lora import split_adapters
+    says."""
+    from llmjax.models.lora import fresh_adapters as draw
 
-    def adapters(key: jax.Array) -> Any:
-        return split_adapters(init_model(model, key)[0])[1]
-
-    shardings = jax.tree.map(lambda t: t.sharding, target)
-    return jax.jit(adapters, out_shardings=shardings)(jax.random.key(seed))
+    return jax.device_put(draw(model, seed), jax.tree.map(lambda t: t.sharding, target))
 
 
 def _fit_to(x: jax.Array, want: jax.ShapeDtypeStruct) -> jax.Array:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import jax.numpy as jnp
 from llmjax.config import Config, load_config
 from llmjax.data import Tokenizer, load_tokenizer
 from llmjax.models import build_model
+from llmjax.models.lora import join, merge_adapters, split_adapters
 from llmjax.runs.checkpoint import Checkpointer
+from llmjax.runs.init_from import base_weights, saves_adapters_only
 from llmjax.runs.rundir import RunDir, RunDirError
 from llmjax.runs.shapes import check_saved_shapes, weights_target
 
@@ -30,6 +33,15 @@ class LoadedRun:
     @property
     def model(self):
         return build_model(self.config.model)
+
+    def merged(self) -> LoadedRun:
+        """The run with its LoRA adapters folded into the weights (the same function, decoded
+        at the base model's speed); itself when it has none."""
+        if not self.config.model.lora.rank:
+            return self
+        params, model = merge_adapters(self.params, self.config.model)
+        cfg = dataclasses.replace(self.config, model=model)
+        return dataclasses.replace(self, config=cfg, params=params)
 
 
 def save_weights(run: RunDir, step: int, params: Any, model_state: dict | None = None) -> None:
@@ -51,7 +63,8 @@ def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
     cfg = load_config(run.config)
     if not run.tokenizer.exists():
         raise RunDirError(f"{run.path} has no tokenizer.json; it was not written by llmjax train")
-    check_saved_shapes(str(path), run, cfg.model)
+    adapters_only = saves_adapters_only(cfg)
+    check_saved_shapes(str(path), run, cfg.model, adapters_only=adapters_only)
     tokenizer = load_tokenizer(run.tokenizer)
     have, want = tokenizer.vocab_size, cfg.model.vocab_size
     # A run trains on its tokenizer's exact vocabulary; a converted one may have more
@@ -64,6 +77,19 @@ def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
         )
     # Sampling and evaluation need no optimizer state: it is not read (two thirds of a trained
     # AdamW run's bytes), and runs made by `llmjax convert` do not store one.
+    target = weights_target(cfg.model)
+    if adapters_only:  # the base weights come from the run it started from
+        _, adapters = split_adapters(target["params"])
+        target = {**target, "params": adapters}
     with Checkpointer(run.checkpoints, read_only=True) as ckpt:
-        restored, step = ckpt.restore(weights_target(cfg.model), step, partial=True)
-    return LoadedRun(run, cfg, tokenizer, restored["params"], restored["model_state"], step)
+        restored, step = ckpt.restore(target, step, partial=True)
+        meta = ckpt.meta(step)
+    params = restored["params"]
+    if adapters_only:
+        whole = weights_target(cfg.model)
+        base_step = (meta.get("base") or {}).get("step")
+        base = base_weights(
+            cfg, base_step, whole["params"], whole["model_state"], where=str(run.path)
+        )
+        params = join(base, params)
+    return LoadedRun(run, cfg, tokenizer, params, restored["model_state"], step)

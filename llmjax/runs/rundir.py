@@ -7,6 +7,8 @@ Layout::
     RUN/checkpoints/N/   orbax checkpoints of the train state after N steps
     RUN/metrics.jsonl    one JSON record per log / eval step
     RUN/loss.png         loss curves
+    RUN/chat_template.json, chat_template.jinja   the chat template a chat model uses
+    RUN/sft.json         the instruction data of a `llmjax sft` run (to resume it)
     RUN/llmjax-manifest.json   which of these files llmjax wrote (and may replace)
 """
 
@@ -22,7 +24,16 @@ log = logging.getLogger(__name__)
 # What a run writes beside its checkpoints. The manifest names the ones a run claimed; only
 # those (and the checkpoint steps its index lists) are ever removed.
 MANIFEST = "llmjax-manifest.json"
-RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "loss.png")
+RUN_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "metrics.jsonl",
+    "loss.png",
+    # What a fine-tuned or converted chat model adds (llmjax.runs.chat_template, finetune).
+    "chat_template.json",
+    "chat_template.jinja",
+    "sft.json",
+)
 CHECKPOINTS = "checkpoints"
 
 

@@ -3,6 +3,7 @@ read: restoring onto other shapes fails deep inside orbax and tensorstore."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,12 @@ def _saved_param_shapes(checkpoints: Path) -> tuple[Path, dict[str, tuple[int, .
     return None
 
 
-def check_saved_shapes(where: str, run: RunDir, model: ModelConfig) -> None:
-    """The params of `run`'s newest checkpoint have the shapes its config's `model` gives;
-    raises RunDirError naming config.json and the checkpoint otherwise.
+def check_saved_shapes(
+    where: str, run: RunDir, model: ModelConfig, *, adapters_only: bool = False
+) -> None:
+    """The params of `run`'s newest checkpoint have the shapes its config's `model` gives (only
+    its LoRA adapters, with `adapters_only`); raises RunDirError naming config.json and the
+    checkpoint otherwise.
 
     Checked from the checkpoint's metadata before orbax reads any array: restoring onto other
     shapes fails deep inside orbax and tensorstore (or, when the tree differs, hands back
@@ -73,6 +77,8 @@ def check_saved_shapes(where: str, run: RunDir, model: ModelConfig) -> None:
         return
     step_dir, have = saved
     want = param_shapes(weights_target(model)["params"])
+    if adapters_only:
+        want = {k: v for k, v in want.items() if re.search(r"lora_[ab]'\]$", k)}
     wrong = _differences(have, want, "in the checkpoint", "from config.json")
     if wrong:
         raise RunDirError(

@@ -89,16 +89,22 @@ class CompiledStep:
 def compile_step(cfg: Config, batch: HostBatch | None = None) -> CompiledStep:
     """Compiles cfg's train step (parallel.mode none or mesh) and reads XLA's analyses."""
     trainer = Trainer(cfg)
+    host = synthetic_batch(cfg) if batch is None else batch
+    return measure_step(trainer, trainer.init_state(), host)
+
+
+def measure_step(trainer: Trainer, state: Any, batch: HostBatch) -> CompiledStep:
+    """Compiles `trainer`'s train step for `state` and host `batch` and reads XLA's analyses;
+    the CompiledStep trains `state` (a fine-tuning start, or a fresh one)."""
+    cfg = trainer.cfg
     if trainer.parallel.axis_name is not None:
         raise ValueError(
-            f"compile_step measures parallel.mode none or mesh, not {cfg.parallel.kind!r}: "
+            f"measure_step takes parallel.mode none or mesh, not {cfg.parallel.kind!r}: "
             f"pmap's compiled step returns one copy of the metrics per device"
         )
-    state = trainer.init_state()
-    host = synthetic_batch(cfg) if batch is None else batch
     start = time.perf_counter()
     # Compiled for what the loop will pass, so that its calls find this program ready.
-    compiled = trainer.compile_train_step(state, host)
+    compiled = trainer.compile_train_step(state, batch)
     compile_s = time.perf_counter() - start
     stats = compiled.memory_analysis()
     memory = {
@@ -108,7 +114,22 @@ def compile_step(cfg: Config, batch: HostBatch | None = None) -> CompiledStep:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan")))
-    return CompiledStep(cfg, trainer, state, host, compile_s, memory, flops)
+    return CompiledStep(cfg, trainer, state, batch, compile_s, memory, flops)
+
+
+def state_memory(trainer: Trainer, state: Any) -> dict[str, int]:
+    """How many params the optimizer updates, and the bytes of all params and of the
+    optimizer state (a mask that trains some params gives the others no optimizer state)."""
+    params = jax.tree.leaves(state.params)
+    mask = trainer.training.trainable
+    trained = params if mask is None else [
+        x for x, keep in zip(params, jax.tree.leaves(mask), strict=True) if keep
+    ]  # fmt: skip
+    return {
+        "trained_params": int(sum(x.size for x in trained)),
+        "params_bytes": int(sum(x.nbytes for x in params)),
+        "opt_state_bytes": int(sum(x.nbytes for x in jax.tree.leaves(state.opt_state))),
+    }
 
 
 def time_round_robin(steps: Mapping[Any, CompiledStep], rounds: int, warmup: int = 1) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,21 @@ from typing import Any
 import jax
 
 from llmjax import scaling
-from llmjax.config import Config, load_config, save_config
-from llmjax.data import TokenData, Tokenizer, load_tokenizer, prepare_data, val_batches
-from llmjax.data.sources import BatchSource, TextWindows
+from llmjax.config import Config, ConfigError, load_config, save_config
+from llmjax.data import (
+    TokenData,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    prepare_data,
+    val_batches,
+)
+from llmjax.data.sources import BatchSource, HostBatch, TextWindows
 from llmjax.distributed import is_primary
+from llmjax.files import write_atomic
 from llmjax.objectives import Objective
-from llmjax.runs import Checkpointer, RunDir, open_start, restore_params
+from llmjax.runs import RUN_FILES, Checkpointer, RunDir, Start, open_start, restore_params
+from llmjax.runs.init_from import base_weights
 from llmjax.train.frozen import Frozen, TrainableSpec
 from llmjax.train.hooks import (
     Checkpoint,
@@ -72,6 +81,9 @@ def fit(
     stop_after: int | None = None,
     objective: Objective | None = None,
     source: BatchSource | None = None,
+    val: Callable[[], Iterable[HostBatch]] | None = None,
+    tokenizer: Tokenizer | None = None,
+    files: Mapping[str, str] | None = None,
     frozen: Mapping[str, Frozen | Any] | None = None,
     trainable: TrainableSpec = None,
     hooks: Sequence[Hook] = (),
@@ -84,31 +96,53 @@ def fit(
     `stop_after` ends the loop early after that many total steps (with a checkpoint), as an
     interruption would. `objective`, `source` (default: random windows of the training
     text), `frozen` and `trainable` are the Trainer's; `hooks` run after the built-in ones.
+
+    `val()` gives the batches of each evaluation (default: windows of the text's validation
+    split). With both `source` and `val` (and no `data`) no text corpus is read: the
+    tokenizer is `tokenizer`, else the resumed run's or train.init_from's, else the one
+    data.tokenizer names (byte or a tokenizer.json). `files` are text files a new run writes
+    beside its config.json (their names must be in llmjax.runs.RUN_FILES, so that the run
+    claims them): what a run needs besides its config, such as a fine-tuning run's chat
+    template.
     """
     t_start = time.perf_counter()
     check_names(cfg)  # a misspelt name fails before any data is read
     primary = is_primary()  # only process 0 writes config, tokenizer, metrics and plots
+    unclaimed = sorted(set(files or {}) - set(RUN_FILES))
+    if unclaimed:
+        raise ValueError(
+            f"files={unclaimed} are not run files a run directory claims; name them in "
+            f"llmjax.runs.RUN_FILES ({', '.join(RUN_FILES)})"
+        )
     start = open_start(cfg, out, resume=resume, overwrite=overwrite, primary=primary)
     cfg, run = start.cfg, start.run
     checkpointer = None
     if run is not None:
         if primary and not start.resume:  # at once, so that a --resume after a kill finds it
             save_config(cfg, run.config)
+            for name, text in (files or {}).items():
+                write_atomic(run.path / name, text)
         checkpointer = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     # A run stopped before its first checkpoint is resumed by starting it afresh.
     resuming = start.resume and checkpointer is not None and bool(checkpointer.steps())
     if start.resume and not resuming:
         log.warning("%s has no checkpoint to resume from; training it from step 0", run.path)
-    if data is None:
-        tokenizer_file = start.tokenizer_file
-        data = prepare_data(
-            cfg.data.path,
-            cfg.data.tokenizer if tokenizer_file is None else load_tokenizer(tokenizer_file),
-            bpe_vocab_size=cfg.data.bpe_vocab_size,
-            val_fraction=cfg.data.val_fraction,
-            cache_dir=cfg.data.cache_dir,
-        )
-    cfg = with_vocab(cfg, data.tokenizer)
+    if data is not None:
+        tokenizer = data.tokenizer
+    else:
+        tokenizer = _run_tokenizer(start, tokenizer)
+        if source is None or val is None:
+            data = prepare_data(
+                cfg.data.path,
+                cfg.data.tokenizer if tokenizer is None else tokenizer,
+                bpe_vocab_size=cfg.data.bpe_vocab_size,
+                val_fraction=cfg.data.val_fraction,
+                cache_dir=cfg.data.cache_dir,
+            )
+            tokenizer = data.tokenizer
+        elif tokenizer is None:  # the batches are given: no corpus to build a tokenizer from
+            tokenizer = _tokenizer_without_corpus(cfg)
+    cfg = with_vocab(cfg, tokenizer)
     if not resuming:
         cfg = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode").adapt_config(cfg)
         # The schedule's length is saved, so that resuming with more steps keeps it.
@@ -118,24 +152,26 @@ def fit(
         )
     # Checks the config against the devices before anything is written.
     trainer = Trainer(
-        cfg, objective=objective, frozen=frozen, trainable=trainable, tokenizer=data.tokenizer
+        cfg, objective=objective, frozen=frozen, trainable=trainable, tokenizer=tokenizer
     )
     if run is not None and primary:
         if not resuming:
             save_config(cfg, run.config)
-            data.tokenizer.save(run.path)
+            tokenizer.save(run.path)
         elif load_config(run.config) != cfg:  # resumed with new train or optim settings
             save_config(cfg, run.config)
     if source is None:
         source = TextWindows(data.train, cfg.data.batch_size, cfg.seq_len, cfg.train.seed)
 
-    def val() -> Any:
-        return val_batches(
-            data.val,
-            batch_size=cfg.data.batch_size,
-            seq_len=cfg.seq_len,
-            max_batches=cfg.train.eval_batches,
-        )
+    if val is None:
+
+        def val() -> Iterable[HostBatch]:
+            return val_batches(
+                data.val,
+                batch_size=cfg.data.batch_size,
+                seq_len=cfg.seq_len,
+                max_batches=cfg.train.eval_batches,
+            )
 
     warm: list[threading.Thread] = []
     try:
@@ -147,7 +183,15 @@ def fit(
             warm.append(preload_plotting())
         step, hook_states = 0, None
         if resuming:
-            state = trainer.restore(checkpointer)
+            base = None
+            if trainer.adapters_only:  # the checkpoints hold LoRA adapters, not base weights
+                base_info = checkpointer.meta(checkpointer.steps()[-1]).get("base") or {}
+                target = trainer.parallel.abstract_state()
+                base = base_weights(
+                    cfg, base_info.get("step"), target.params, target.model_state, where=run.path
+                )
+                trainer.checkpoint_meta["base"] = base_info
+            state = trainer.restore(checkpointer, base=base)
             step = int(jax.device_get(trainer.parallel.host_state(state).step))
             hook_states = checkpointer.meta(step).get("hooks")
             if primary:
@@ -159,9 +203,10 @@ def fit(
             state = trainer.init_state()
         elif start.source is not None:
             target = trainer.parallel.abstract_state()
-            params, model_state, _ = restore_params(
+            params, model_state, base_step = restore_params(
                 start.source, cfg.model, target.params, target.model_state, seed=cfg.train.seed
             )
+            trainer.checkpoint_meta["base"] = {"init_from": cfg.train.init_from, "step": base_step}
             state = trainer.state_from(params, model_state)
         else:
             state = trainer.init_state()
@@ -208,11 +253,35 @@ def fit(
         run,
         cfg,
         trainer.parallel.host_state(state),
-        data.tokenizer,
+        tokenizer,
         evaluations.latest,
         trainer.history,
         time.perf_counter() - t_start,
     )
+
+
+def _run_tokenizer(start: Start, given: Tokenizer | None) -> Tokenizer | None:
+    """`given`, checked to be the tokenizer the run must use (the resumed run's, or
+    train.init_from's) if it has one; else that one; None if neither is known."""
+    saved = None if start.tokenizer_file is None else load_tokenizer(start.tokenizer_file)
+    if given is not None and saved is not None and given != saved:
+        raise ConfigError(
+            f"the tokenizer given ({given!r}) is not {start.tokenizer_file}, which this run "
+            f"must use (the params were trained on its token ids); encode the data with that "
+            f"tokenizer"
+        )
+    return saved if given is None else given
+
+
+def _tokenizer_without_corpus(cfg: Config) -> Tokenizer:
+    """data.tokenizer, for a run that reads no text corpus (its batches are given)."""
+    if cfg.data.tokenizer in ("char", "bpe"):
+        raise ConfigError(
+            f"data.tokenizer={cfg.data.tokenizer} is built from a text corpus, and this run "
+            f"reads none (its source and val batches are given); pass tokenizer=..., or start "
+            f"from a run (train.init_from) whose tokenizer the batches use"
+        )
+    return build_tokenizer(cfg.data.tokenizer, b"")
 
 
 def _plot(run: RunDir | None, primary: bool) -> None:

@@ -1,5 +1,6 @@
 """The hooks `fit` runs: logging, evaluation, checkpoints, metrics file, progress bar,
-preemption, and early stopping (see llmjax.train.trainer.Hook for the callbacks)."""
+preemption, and early stopping; evaluation on several splits at chosen steps for learning
+curves (see llmjax.train.trainer.Hook for the callbacks)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -135,6 +136,29 @@ class Evaluate(Hook):
         self.trainer.emit({"step": step, "split": "val", **self.latest})
 
 
+class EvaluateAt(Hook):
+    """Evaluates on each named split after each of `steps` and emits one record per split
+    ({"step", "split": its name, metrics...}): learning curves at chosen (e.g. log-spaced)
+    steps, on as many held-out sets as a study compares (target, source, ...)."""
+
+    def __init__(self, splits: Mapping[str, Callable[[], Iterable[dict]]], steps: Collection[int]):
+        if not splits:
+            raise ValueError("EvaluateAt needs at least one split to evaluate on")
+        self.splits, self.steps = dict(splits), frozenset(steps)
+        self.trainer: Trainer | None = None
+
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        self.trainer = trainer
+
+    def due(self, step: int, end: int) -> bool:
+        return step in self.steps
+
+    def on_state(self, step: int, state: TrainState) -> None:
+        for name, batches in self.splits.items():
+            report = self.trainer.evaluate(state, batches())
+            self.trainer.emit({"step": step, "split": name, **report})
+
+
 class Checkpoint(Hook):
     """Saves the state every `every` steps and when the loop ends; closes the checkpointer.
 
@@ -170,7 +194,7 @@ class Checkpoint(Hook):
                 self.saved_step,
             )
             return
-        meta = {"hooks": self.trainer.hook_states()}
+        meta = {**self.trainer.checkpoint_meta, "hooks": self.trainer.hook_states()}
         self.checkpointer.save(step, self.trainer.checkpoint_view(state), meta=meta)
         self.saved_step = step
 

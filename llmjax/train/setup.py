@@ -3,6 +3,7 @@ mode, frozen trees, and the compiled steps."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,16 +46,23 @@ class Training:
         """Names of the frozen trees that checkpoints hold."""
         return frozenset(name for name, slot in self.frozen.items() if slot.save)
 
-    def init_state(self) -> TrainState:
-        """A fresh state, placed as the parallel mode wants it."""
-        state = self.parallel.init_state(self.init, jax.random.key(self.cfg.train.seed))
+    def init_state(self, seed: int | None = None) -> TrainState:
+        """A fresh state initialized from `seed` (default: cfg.train.seed), placed as the
+        parallel mode wants it."""
+        seed = self.cfg.train.seed if seed is None else seed
+        state = self.parallel.init_state(self.init, jax.random.key(seed))
         return self.with_frozen(state)
 
     def state_from(self, params: Any, model_state: dict[str, Any]) -> TrainState:
         """A step-0 state around given params (placed as abstract_state().params says) with a
         fresh optimizer state, placed as init_state places a fresh one."""
-        create = state_from_params(self.tx, self.scaler)
-        return self.with_frozen(self.parallel.init_state(create, params, model_state))
+        return self.with_frozen(self.parallel.init_state(self._create, params, model_state))
+
+    @functools.cached_property
+    def _create(self) -> Callable[[Any, dict[str, Any]], TrainState]:
+        # One function for every start, so that its compiled program serves them all (a
+        # sweep over seeds starts many states of one Training).
+        return state_from_params(self.tx, self.scaler)
 
     def with_frozen(self, state: TrainState) -> TrainState:
         """`state` with the frozen trees it lacks (all, or those checkpoints do not hold)."""

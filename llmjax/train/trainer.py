@@ -27,8 +27,10 @@ import jax.numpy as jnp
 from llmjax.config import Config
 from llmjax.data.sources import BatchSource, HostBatch, describe, iterate
 from llmjax.eval import evaluate
+from llmjax.models.lora import join, split_adapters
 from llmjax.objectives import Objective, check_batch
 from llmjax.runs import Checkpointer
+from llmjax.runs.init_from import saves_adapters_only
 from llmjax.train.frozen import Frozen, TrainableSpec
 from llmjax.train.setup import build_training
 from llmjax.train.state import TrainState
@@ -112,6 +114,11 @@ class Trainer:
         self.train_step = self.training.train_step()
         self.eval_step = self.training.eval_step()
         self.history: list[dict[str, Any]] = []
+        # A LoRA run started from another run checkpoints its adapters alone; restoring then
+        # takes the base weights (`restore(base=)`). `checkpoint_meta` is kept with each
+        # checkpoint (where the base weights came from).
+        self.adapters_only = saves_adapters_only(cfg)
+        self.checkpoint_meta: dict[str, Any] = {}
         self._hooks: Sequence[Hook] = ()
         self.stop_reason: str | None = None
         multi = jax.process_count() > 1
@@ -124,23 +131,40 @@ class Trainer:
 
     # ------------------------------------------------------------------------- state
 
-    def init_state(self) -> TrainState:
-        """A fresh state, placed for the steps."""
-        return self.training.init_state()
+    def init_state(self, seed: int | None = None) -> TrainState:
+        """A fresh state, placed for the steps. `seed` (default: cfg.train.seed) picks the
+        initial params, so that runs of several seeds share one trainer's compiled steps."""
+        return self.training.init_state(seed)
 
     def state_from(self, params: Any, model_state: dict[str, Any] | None = None) -> TrainState:
         """A step-0 state around given params with a fresh optimizer state."""
         return self.training.state_from(params, model_state or {})
 
     def checkpoint_view(self, state: TrainState) -> dict[str, Any]:
-        """What a checkpoint of `state` holds (host layout; frozen trees saved only if asked)."""
-        return self.parallel.host_state(state).checkpointed(self.training.saved_frozen)
+        """What a checkpoint of `state` holds (host layout; frozen trees saved only if asked;
+        of the params, only LoRA adapters when `adapters_only`)."""
+        view = self.parallel.host_state(state).checkpointed(self.training.saved_frozen)
+        if self.adapters_only:
+            view["params"] = split_adapters(view["params"])[1]
+        return view
 
-    def restore(self, checkpointer: Checkpointer, step: int | None = None) -> TrainState:
+    def restore(
+        self, checkpointer: Checkpointer, step: int | None = None, *, base: Any = None
+    ) -> TrainState:
         """The state of a checkpoint (default: the newest that restores), placed for the steps;
-        frozen trees the checkpoint does not hold are the ones this trainer was given."""
+        frozen trees the checkpoint does not hold are the ones this trainer was given. `base`:
+        the base weights under the adapters, for checkpoints that hold adapters only."""
         target = self.parallel.abstract_state().checkpointed(self.training.saved_frozen)
+        if self.adapters_only:
+            if base is None:
+                raise ValueError(
+                    "this run's checkpoints hold LoRA adapters only; pass the base weights "
+                    "(restore(..., base=params of its train.init_from run))"
+                )
+            target["params"] = split_adapters(target["params"])[1]
         restored, _ = checkpointer.restore(target, step)
+        if self.adapters_only:
+            restored["params"] = join(base, restored["params"])
         state = TrainState.from_checkpoint(restored)
         return self.training.with_frozen(self.parallel.device_state(state))
 

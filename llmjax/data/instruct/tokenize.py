@@ -21,7 +21,7 @@ import numpy as np
 import tokenizers
 
 from llmjax.data.instruct.messages import Conversation
-from llmjax.data.instruct.templates import ChatTemplate, SimpleTemplate
+from llmjax.data.instruct.templates import ChatTemplate, SimpleTemplate, render
 from llmjax.data.tokenizers import BPETokenizer, Tokenizer
 from llmjax.errors import InstructDataError
 
@@ -109,8 +109,19 @@ class ConversationEncoder:
         return Encoded(np.concatenate(ids), np.concatenate(mask))
 
     def prompt_ids(self, conversation: Conversation) -> np.ndarray:
-        """The ids a model continues to write the next reply (for generation and scoring)."""
-        return np.asarray(self._encode(self.template.prompt(conversation)), np.int32)
+        """The ids a model continues to write the next reply (for generation and scoring):
+        the conversation's ids as `encode` gives them (so earlier replies end with the
+        end-of-reply ids training put there), then the generation prompt's."""
+        text = self.template.prompt(conversation)
+        rendered = render(self.template, conversation) if conversation else ""
+        if not conversation or not text.startswith(rendered):
+            return self.encode_text(text)
+        header = self.encode_text(text[len(rendered) :])
+        return np.concatenate([self.encode(conversation).ids, header]).astype(np.int32)
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """Template text as ids, read as the pieces are (special-token strings as their ids)."""
+        return np.asarray(self._encode(text), np.int32)
 
 
 def truncate(encoded: Encoded, seq_len: int) -> Encoded:
