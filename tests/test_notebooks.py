@@ -58,3 +58,20 @@ def test_add_attention_variant_runs():
     text = _outputs(nb)
     assert "reads_only_visible_keys" in text  # the conformance table
     assert "over 40 steps" in text  # the training run (the notebook asserts the loss fell)
+
+
+def test_fine_tuning_runs():
+    sizes = {
+        "FINETUNE_PRETRAIN_STEPS": "10",
+        "FINETUNE_SFT_STEPS": "20",
+        "FINETUNE_EVAL_EXAMPLES": "8",
+    }
+    nb = _run("fine_tuning.ipynb", sizes)
+    text = _outputs(nb)
+    assert "adapter + " in text  # the trained-param count
+    assert "SFT loss (reply tokens):" in text  # the notebook asserts the loss fell
+    for split in ("train", "heldout_phrasing", "heldout_task"):
+        assert f"--- {split}: exact match" in text
+    assert any(
+        o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])
+    )  # the before/after plot
