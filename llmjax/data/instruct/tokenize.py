@@ -23,7 +23,7 @@ import tokenizers
 from llmjax.data.instruct.messages import Conversation
 from llmjax.data.instruct.templates import ChatTemplate, SimpleTemplate, render
 from llmjax.data.tokenizers import BPETokenizer, Tokenizer
-from llmjax.errors import ChatTemplateError, InstructDataError
+from llmjax.errors import InstructDataError
 
 TRAIN_ON = ("responses", "all")
 
