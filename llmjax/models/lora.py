@@ -46,9 +46,10 @@ class Target:
 
 
 def _flat(tree: Any) -> dict[str, Any]:
-    from llmjax.train.frozen import param_path
+    def name(path: tuple) -> str:
+        return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
-    return {param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return {name(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 @lru_cache(maxsize=32)
