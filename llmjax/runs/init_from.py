@@ -103,7 +103,6 @@ def restore_params(
     base.
     """
     from llmjax.models.lora import join, merge_adapters, split_adapters
-    from llmjax.runs.load import load_run
 
     run, saved = source.run, source.config
     if saved.model.vocab_size != model.vocab_size:
@@ -119,9 +118,8 @@ def restore_params(
     resized = _check_shapes(source.path, saved.model, model, have_base, base_target)
     merging = bool(saved.model.lora.rank) and not same_adapters
     if saves_adapters_only(saved):  # its base lives in its own init-from run
-        loaded = load_run(run.path, step)
-        params, step = loaded.params, loaded.step
-        restored = {"model_state": loaded.model_state}
+        params, model_state, step = read_params(run, saved, step)
+        restored = {"model_state": model_state}
         resized = True  # placed below
     else:
         with Checkpointer(run.checkpoints, read_only=True) as ckpt:
@@ -140,6 +138,30 @@ def restore_params(
     if adapter_target:
         params = join(params, fresh_adapters(model, seed, adapter_target))
     log.info("starting from %s at its step %d", run.path, step)
+    return params, restored["model_state"], step
+
+
+def read_params(run: RunDir, cfg: Config, step: int | None = None) -> tuple[Any, dict, int]:
+    """(params, model_state, step) of `run`'s checkpoint `step` (default: the newest that
+    restores), on one device; a run of `cfg` that checkpoints LoRA adapters alone gets them
+    joined with their base weights."""
+    from llmjax.models.lora import join, split_adapters
+
+    adapters_only = saves_adapters_only(cfg)
+    whole = weights_target(cfg.model)
+    target = whole
+    if adapters_only:  # the base weights come from the run it started from
+        target = {**whole, "params": split_adapters(whole["params"])[1]}
+    with Checkpointer(run.checkpoints, read_only=True) as ckpt:
+        restored, step = ckpt.restore(target, step, partial=True)
+        meta = ckpt.meta(step)
+    params = restored["params"]
+    if adapters_only:
+        base_step = (meta.get("base") or {}).get("step")
+        base = base_weights(
+            cfg, base_step, whole["params"], whole["model_state"], where=str(run.path)
+        )
+        params = join(base, params)
     return params, restored["model_state"], step
 
 

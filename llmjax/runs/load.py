@@ -12,11 +12,11 @@ import jax.numpy as jnp
 from llmjax.config import Config, load_config
 from llmjax.data import Tokenizer, load_tokenizer
 from llmjax.models import build_model
-from llmjax.models.lora import join, merge_adapters, split_adapters
+from llmjax.models.lora import merge_adapters
 from llmjax.runs.checkpoint import Checkpointer
-from llmjax.runs.init_from import base_weights, saves_adapters_only
+from llmjax.runs.init_from import read_params, saves_adapters_only
 from llmjax.runs.rundir import RunDir, RunDirError
-from llmjax.runs.shapes import check_saved_shapes, weights_target
+from llmjax.runs.shapes import check_saved_shapes
 
 
 @dataclass
@@ -77,19 +77,5 @@ def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
         )
     # Sampling and evaluation need no optimizer state: it is not read (two thirds of a trained
     # AdamW run's bytes), and runs made by `llmjax convert` do not store one.
-    target = weights_target(cfg.model)
-    if adapters_only:  # the base weights come from the run it started from
-        _, adapters = split_adapters(target["params"])
-        target = {**target, "params": adapters}
-    with Checkpointer(run.checkpoints, read_only=True) as ckpt:
-        restored, step = ckpt.restore(target, step, partial=True)
-        meta = ckpt.meta(step)
-    params = restored["params"]
-    if adapters_only:
-        whole = weights_target(cfg.model)
-        base_step = (meta.get("base") or {}).get("step")
-        base = base_weights(
-            cfg, base_step, whole["params"], whole["model_state"], where=str(run.path)
-        )
-        params = join(base, params)
-    return LoadedRun(run, cfg, tokenizer, params, restored["model_state"], step)
+    params, model_state, step = read_params(run, cfg, step)
+    return LoadedRun(run, cfg, tokenizer, params, model_state, step)
