@@ -168,3 +168,17 @@ def build_tokenizer_json(path: Path, kind: str = "byte-level", vocab_size: int =
 
 def random_tokens(batch: int, length: int, vocab_size: int = VOCAB, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab_size, (batch, length)).astype(np.int32)
+
+
+def random_params(cfg, seed: int) -> dict:
+    """llmjax params of cfg's shapes drawn wide (no init compile); norm scales near 1."""
+    import jax.numpy as jnp
+
+    from llmjax.hf.params import abstract_params, unflatten
+
+    rng = np.random.default_rng(seed)
+    flat = {
+        path: (1.0 if path.endswith("scale") else 0.0) + 0.2 * rng.standard_normal(x.shape)
+        for path, x in abstract_params(cfg).items()
+    }
+    return unflatten({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})

@@ -5,7 +5,6 @@ import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,7 +13,6 @@ from llmjax.cli import main
 from llmjax.config import Config, ModelConfig, save_config
 from llmjax.data import BPETokenizer, ByteTokenizer, load_tokenizer, prepare_data, val_batches
 from llmjax.hf import HFError, convert_from_hf, convert_to_hf, export_hf
-from llmjax.hf.params import abstract_params, unflatten
 from llmjax.models import build_model
 from llmjax.runs import Checkpointer, load_run
 from llmjax.train.setup import create_state
@@ -22,6 +20,7 @@ from tests.hf_helpers import (
     TOKENIZER_TEXT,
     build_tokenizer_json,
     make_hf_model,
+    random_params,
     random_tokens,
     save_hf_model,
 )
@@ -236,16 +235,6 @@ def test_load_run_still_reads_a_trained_run(tmp_path, tiny_model):
 # ----------------------------------------------------------------------------- export
 
 
-def _random_params(cfg: ModelConfig, seed: int) -> dict:
-    """Params of cfg's shapes drawn wide (no init compile); norm scales near 1."""
-    rng = np.random.default_rng(seed)
-    flat = {
-        path: (1.0 if path.endswith("scale") else 0.0) + 0.2 * rng.standard_normal(x.shape)
-        for path, x in abstract_params(cfg).items()
-    }
-    return unflatten({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
-
-
 def test_export_llmjax_gpt2_shape_adds_zero_biases_and_drops_vocab_padding(tmp_path):
     cfg = ModelConfig(
         vocab_size=61,
@@ -256,7 +245,7 @@ def test_export_llmjax_gpt2_shape_adds_zero_biases_and_drops_vocab_padding(tmp_p
         n_heads=4,
         use_bias=False,
     )
-    params = _random_params(cfg, 0)
+    params = random_params(cfg, 0)
     out = export_hf(cfg, params, tmp_path / "out")
     assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
     tokens = random_tokens(2, 16, vocab_size=61)
@@ -283,7 +272,7 @@ def llama_like():
         tie_embeddings=False,
         scan_layers=False,
     )
-    params = _random_params(cfg, 1)
+    params = random_params(cfg, 1)
     tokens = random_tokens(2, 16, vocab_size=64)
     return cfg, params, tokens, _llmjax_logits(cfg, params, tokens)
 

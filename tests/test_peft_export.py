@@ -7,17 +7,15 @@ import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from llmjax.cli import main
 from llmjax.config import LoraConfig, ModelConfig
 from llmjax.hf import HFError, export_hf, export_peft
-from llmjax.hf.params import abstract_params, unflatten
 from llmjax.models import build_model
 from llmjax.models.lora import split_adapters, without_lora
-from tests.hf_helpers import random_tokens
+from tests.hf_helpers import random_params, random_tokens
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -40,16 +38,6 @@ LLAMA = ModelConfig(
 )
 
 
-def _params(cfg: ModelConfig, seed: int):
-    """Random params with adapters whose B is not zero (trained ones)."""
-    rng = np.random.default_rng(seed)
-    flat = {
-        path: (1.0 if path.endswith("scale") else 0.0) + 0.2 * rng.standard_normal(x.shape)
-        for path, x in abstract_params(cfg).items()
-    }
-    return unflatten({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
-
-
 def _peft_logits(base_dir, adapter_dir, tokens):
     model = transformers.AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager")
     model = peft.PeftModel.from_pretrained(model, adapter_dir).eval()
@@ -70,7 +58,7 @@ def _peft_logits(base_dir, adapter_dir, tokens):
 )
 def test_peft_loads_the_adapter_on_the_exported_base_with_llmjax_logits(base, lora, tmp_path):
     cfg = dataclasses.replace(base, lora=lora)
-    params = _params(cfg, 0)
+    params = random_params(cfg, 0)
     tokens = random_tokens(2, 16, vocab_size=64)
     ours = np.asarray(build_model(cfg).apply({"params": params}, tokens).logits)
     base_params, _ = split_adapters(params)
@@ -134,5 +122,5 @@ def test_a_lora_run_converts_as_base_plus_adapter(tmp_path, capsys):
 
 def test_export_peft_refuses_a_model_without_adapters(tmp_path):
     with pytest.raises(HFError, match="no LoRA adapters"):
-        export_peft(GPT2, _params(GPT2, 0), tmp_path / "a")
+        export_peft(GPT2, random_params(GPT2, 0), tmp_path / "a")
     assert jax.device_count() >= 1
