@@ -35,7 +35,7 @@ from llmjax.data import ByteTokenizer
 from llmjax.data.instruct import InstructBatches, encode_all, make_rows, make_tasks
 from llmjax.models.lora import lora_targets
 from llmjax.results import experiment_parser, write_results
-from llmjax.train.bench import CompiledStep, compile_step, time_round_robin
+from llmjax.train.bench import CompiledStep, compile_step, state_memory, time_round_robin
 
 # What the measurement aims at (stated in the JSON): LoRA's AdamW state at most 5% of full
 # fine-tuning's, its step no slower, and packed batches at least 90% real tokens.
@@ -69,32 +69,10 @@ def parse_args(argv: list[str] | None = None):
     return args
 
 
-def _bytes(tree: Any) -> int:
-    return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
-
-
-def _size(tree: Any) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _trained(step: CompiledStep) -> int:
-    """Params the optimizer updates (the trainable mask's True leaves; all without one)."""
-    mask = step.trainer.training.trainable
-    params = step.state.params
-    if mask is None:
-        return _size(params)
-    leaves = zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
-    return sum(int(np.prod(x.shape)) for x, t in leaves if t)
-
-
 def _state_figures(step: CompiledStep) -> dict[str, Any]:
     """What the fresh state holds (read before any step donates it)."""
-    return {
-        "params": _size(step.state.params),
-        "trained_params": _trained(step),
-        "params_bytes": _bytes(step.state.params),
-        "opt_state_bytes": _bytes(step.state.opt_state),
-    }
+    params = sum(int(x.size) for x in jax.tree.leaves(step.state.params))
+    return {"params": params, **state_memory(step.trainer, step.state)}
 
 
 def _timing(step: CompiledStep) -> dict[str, Any]:
