@@ -153,6 +153,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # A scalar head (Dense D -> 1, param `value_head`) on the final hidden state, returned as
+    # ModelOutput.aux["value"] [B, T] in float32: a reward model's score, PPO's value function.
+    value_head: bool = False
 
     def __post_init__(self):
         check_positive(

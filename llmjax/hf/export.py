@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -56,6 +57,13 @@ def export_hf(
     model_cfg = cfg.model if isinstance(cfg, Config) else cfg
     if model_cfg.lora.rank:
         params, model_cfg = merge_adapters(params, model_cfg)
+    if model_cfg.value_head:
+        log.warning(
+            "the value head (model.value_head: a reward model's score or a PPO policy's value) "
+            "has no place in a Hugging Face causal LM and is not exported"
+        )
+        params = {k: v for k, v in params.items() if k != "value_head"}
+        model_cfg = dataclasses.replace(model_cfg, value_head=False)
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not known; valid choices: {', '.join(DTYPES)}")
     check_new(out)

@@ -25,6 +25,9 @@ from llmjax.layers.common import contract, param
 
 # The param-path suffix of every adapter param; `train.trainable` defaults to it under LoRA.
 LORA_PARAMS = r"lora_[ab]$"
+# What a base model lacks and a run on top of it adds: LoRA adapters and the scalar value head
+# (model.value_head). With LoRA they alone train, and an adapter-only checkpoint holds them.
+ADDED_PARAMS = rf"{LORA_PARAMS}|^value_head/"
 
 
 def adapter_names(kernel: str) -> tuple[str, str]:

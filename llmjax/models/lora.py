@@ -23,7 +23,7 @@ import numpy as np
 
 from llmjax.config import LoraConfig
 from llmjax.errors import ConfigError
-from llmjax.layers.lora import adapter_names
+from llmjax.layers.lora import ADDED_PARAMS, LORA_PARAMS, adapter_names
 from llmjax.runtime import jit_once
 
 if TYPE_CHECKING:
@@ -116,19 +116,27 @@ def without_lora(cfg: ModelConfig) -> ModelConfig:
     return _with_lora(cfg, LoraConfig())
 
 
-_ADAPTER = re.compile(r"lora_[ab]$")
+_LORA = re.compile(LORA_PARAMS)
+_ADDED = re.compile(ADDED_PARAMS)
 
 
 def is_adapter(path: str) -> bool:
-    return _ADAPTER.search(path) is not None
+    """Whether a param path is a LoRA adapter (lora_a / lora_b)."""
+    return _LORA.search(path) is not None
+
+
+def is_added(path: str) -> bool:
+    """Whether a param path is one a run adds to its base: an adapter or the value head."""
+    return _ADDED.search(path) is not None
 
 
 def split_adapters(params: Any) -> tuple[dict, dict]:
-    """(base params, adapter params) as two nested dicts of the same layout."""
+    """(base params, added params: LoRA adapters and the value head) as two nested dicts of
+    the same layout."""
     base: dict = {}
     adapters: dict = {}
     for path, leaf in _flat(params).items():
-        _put(adapters if is_adapter(path) else base, path, leaf)
+        _put(adapters if is_added(path) else base, path, leaf)
     return base, adapters
 
 
@@ -170,8 +178,7 @@ def merge_adapters(params: Any, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
     if not cfg.lora.rank:
         return params, cfg
     flat = _flat(params)
-    base, _ = split_adapters(params)
-    merged = _flat(base)
+    merged = {p: x for p, x in flat.items() if not is_adapter(p)}  # the value head stays
     for target in _adapted(cfg):
         a_path, b_path = target.adapters
         if a_path not in flat or b_path not in flat:
@@ -193,9 +200,9 @@ def adapter_count(params: Any) -> int:
 def with_fresh_adapters(base: Any, cfg: ModelConfig, seed: int) -> dict:
     """`base` (params of the model without adapters) with new adapters of cfg.lora beside its
     kernels, drawn as a fresh run of `seed` draws them: B = 0, so the result computes what
-    `base` computes. Without LoRA, `base` itself. (For params in memory; a run directory's are
-    read by `train.init_from`.)"""
-    if not cfg.lora.rank:
+    `base` computes; with model.value_head, a new (zero) value head too. Without either,
+    `base` itself. (For params in memory; a run directory's are read by `train.init_from`.)"""
+    if not cfg.lora.rank and not cfg.value_head:
         return base
     if adapter_count(base):
         raise ConfigError(
@@ -206,7 +213,7 @@ def with_fresh_adapters(base: Any, cfg: ModelConfig, seed: int) -> dict:
 
 
 def fresh_adapters(cfg: ModelConfig, seed: int) -> dict:
-    """New adapters of cfg.lora alone, as a fresh run of `seed` draws them."""
+    """New adapters of cfg.lora (and value head) alone, as a fresh run of `seed` draws them."""
     return _fresh_adapters(cfg, jax.random.key(seed))
 
 

@@ -87,6 +87,20 @@ def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
     return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
 
 
+def value_head(cfg: "ModelConfig", x_BxTxD: jax.Array) -> jax.Array:
+    """The scalar head on the final hidden states: [B, T] float32 (zero-initialized kernel, so
+    a new head scores every token 0)."""
+    head = nn.Dense(
+        1,
+        dtype=jnp.float32,
+        param_dtype=dtype_of(cfg.param_dtype),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", None)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+        name="value_head",
+    )
+    return head(x_BxTxD.astype(jnp.float32))[..., 0]
+
+
 class Decoder(nn.Module):
     """Token ids in, a `ModelOutput` with next-token logits (float32) out.
 
@@ -207,10 +221,14 @@ class Decoder(nn.Module):
             real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
             logits_BxTxV = jnp.where(real, logits_BxTxV, PADDED_LOGIT)
         logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
+        aux = {}
+        if cfg.value_head:
+            aux["value"] = value_head(cfg, x_BxTxD)
         return ModelOutput(
             logits=logits_BxTxV,
             hidden=x_BxTxD if return_hidden else None,
             cache=None if cache is None else cache.replace(layers=layers),
+            aux=aux,
         )
 
     # ------------------------------------------------------------------ the family protocol

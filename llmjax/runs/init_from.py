@@ -111,12 +111,15 @@ def restore_params(
             f"this run's tokenizer {model.vocab_size}; a run that starts from another uses its "
             f"tokenizer (leave data.tokenizer unset, or pass that run's tokenizer.json)"
         )
-    same_adapters = saved.model.lora == model.lora
-    base_target, adapter_target = (target, {}) if same_adapters else split_adapters(target)
+    # The source's adapters and value head carry over when this run has the same ones; else
+    # its adapters are merged into its weights, its value head dropped, and this run's start
+    # fresh.
+    same_added = saved.model.lora == model.lora and saved.model.value_head == model.value_head
+    base_target, adapter_target = (target, {}) if same_added else split_adapters(target)
     have = weights_target(saved.model)["params"]
-    have_base = have if same_adapters else split_adapters(have)[0]
+    have_base = have if same_added else split_adapters(have)[0]
     resized = _check_shapes(source.path, saved.model, model, have_base, base_target)
-    merging = bool(saved.model.lora.rank) and not same_adapters
+    merging = bool(saved.model.lora.rank) and not same_added
     if saves_adapters_only(saved):  # its base lives in its own init-from run
         params, model_state, step = read_params(run, saved, step)
         restored = {"model_state": model_state}
@@ -133,6 +136,8 @@ def restore_params(
         params = restored["params"]
     if merging:
         params, _ = merge_adapters(params, saved.model)
+    if not same_added:
+        params = split_adapters(params)[0]
     if resized or merging:
         params = jax.tree.map(_fit_to, params, base_target)
     if adapter_target:

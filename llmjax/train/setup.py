@@ -14,7 +14,7 @@ import optax
 
 from llmjax.config import Config
 from llmjax.eval import make_eval_step
-from llmjax.layers.lora import LORA_PARAMS
+from llmjax.layers.lora import ADDED_PARAMS
 from llmjax.models import build_model, init_model
 from llmjax.objectives import OBJECTIVES, Objective, build_objective
 from llmjax.train.frozen import Frozen, FrozenSlot, TrainableSpec, frozen_slots, trainable_mask
@@ -134,7 +134,7 @@ def build_training(
     )
     if trainable is None:
         # With LoRA adapters and no other choice, the adapters alone are trained.
-        trainable = cfg.train.trainable or (LORA_PARAMS if cfg.model.lora.rank else "")
+        trainable = cfg.train.trainable or (ADDED_PARAMS if cfg.model.lora.rank else "")
     mask = None
     if trainable is not None and not (isinstance(trainable, str) and not trainable):
         params, _ = jax.eval_shape(lambda k: init_model(cfg.model, k), jax.random.key(0))
