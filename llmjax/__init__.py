@@ -14,6 +14,7 @@ The public API, in the order a notebook meets it::
 
 __version__ = "0.1.0"
 
+from llmjax.align import score
 from llmjax.attention import ATTENTION, Mask, reference_attention, register_attention
 from llmjax.config import (
     PRESETS,
@@ -77,6 +78,7 @@ __all__ = [
     "export_hf",
     "fit",
     "generate",
+    "score",
     "get_preset",
     "init_from_config",
     "init_model",

@@ -90,3 +90,20 @@ def test_export_drops_the_head_with_a_warning(base_run, tmp_path, caplog):
         export_hf(cfg, params, tmp_path / "hf", tokenizer=run.tokenizer)
     assert "value head" in caplog.text
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_score_reads_the_head_at_each_sequences_last_token():
+    from llmjax.align import score_tokens
+
+    cfg = _tiny("model.value_head=true")
+    params, _ = init_model(cfg.model, jax.random.key(0))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: x + rng.normal(0, 0.1, x.shape).astype(x.dtype), params)
+    model = build_model(cfg.model)
+    seqs = [rng.integers(0, 200, n).astype(np.int32) for n in (3, 9, 1, 17)]
+    got = score_tokens(model, {"params": params}, seqs, batch_size=3, pad_multiple=8)
+    for s, g in zip(seqs, got, strict=True):
+        alone = model.apply({"params": params}, s[None]).aux["value"][0, -1]
+        np.testing.assert_allclose(g, alone, rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="no value head"):
+        score_tokens(build_model(_tiny().model), {"params": params}, seqs)

@@ -4,6 +4,7 @@ The package imports nothing above it: names of registered parts (norms, attentio
 optimizers, parallel modes, objectives ...) are checked where they are built.
 """
 
+from llmjax.config.align import KL_ESTIMATORS, PREFERENCE_LOSSES, PreferenceConfig, RLConfig
 from llmjax.config.io import RENAMED, from_dict, load_config, migrate, save_config, to_dict
 from llmjax.config.model import (
     DTYPES,
@@ -28,6 +29,7 @@ from llmjax.errors import ConfigError
 
 __all__ = [
     "DTYPES",
+    "KL_ESTIMATORS",
     "LORA_DEFAULT_TARGETS",
     "LOSS_SCALE_MODES",
     "NORM_POSITIONS",
@@ -40,7 +42,10 @@ __all__ = [
     "ModelConfig",
     "MuonConfig",
     "OptimConfig",
+    "PREFERENCE_LOSSES",
     "ParallelConfig",
+    "PreferenceConfig",
+    "RLConfig",
     "RopeScaling",
     "TrainConfig",
     "apply_overrides",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmjax.config.align import PreferenceConfig, RLConfig
 from llmjax.config.checks import check, check_choice, check_finite, check_positive
 from llmjax.config.model import ModelConfig
 from llmjax.errors import ConfigError
@@ -208,13 +209,16 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a run needs: model, data, optimizer and training settings."""
+    """Everything a run needs: model, data, optimizer and training settings, and those of the
+    alignment objectives."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def __post_init__(self):
         check(
