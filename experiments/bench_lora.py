@@ -134,7 +134,9 @@ def _plot(rows: list[dict[str, Any]], pack: dict[str, Any], shape: str, steps: i
     time_ax.bar(x + 0.2, [r["cpu_ms_per_step"] / 1e3 for r in rows], 0.4, label="CPU (all threads)")
     time_ax.set_xticks(x, names)
     time_ax.set_ylabel(f"s per train step (median of {steps}, alternated)")
-    time_ax.legend()
+    tallest = max(max(r["ms_per_step"], r["cpu_ms_per_step"]) for r in rows) / 1e3
+    time_ax.set_ylim(0, tallest * 1.3)  # room for the legend above the bars
+    time_ax.legend(loc="upper center", ncol=2)
     shares = [pack[k]["batch_share_mean"] for k in ("packed", "unpacked")]
     pack_ax.bar(["packed", "one per row"], shares, color="tab:green")
     pack_ax.set_ylim(0, 1)
