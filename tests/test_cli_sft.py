@@ -22,6 +22,7 @@ from llmjax.data.instruct import (
     HFChatTemplate,
     Message,
     SimpleTemplate,
+    conversation,
 )
 from llmjax.decode.chat import ChatSession, reply_end
 from llmjax.finetune import SFTConfig, fit_sft, open_sft, read_record, sft_config
@@ -254,6 +255,51 @@ def test_convert_keeps_a_hugging_face_chat_template(tmp_path):
     assert run_template(run) == HFChatTemplate(CHATML, {"eos_token": "<|endoftext|>"})
 
 
+def test_export_writes_the_runs_chat_template_for_transformers(tmp_path):
+    """convert --to-hf puts the run's template into tokenizer_config.json: transformers'
+    apply_chat_template then renders the text llmjax trained on (simple template), or the
+    HF template the run was converted with."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from llmjax.hf import convert_from_hf, convert_to_hf
+    from tests.hf_helpers import build_tokenizer_json, make_hf_model, save_hf_model
+
+    tok = build_tokenizer_json(tmp_path / "tokenizer.json", "byte-level")
+    model = make_hf_model("gpt2", vocab_size=BPETokenizer.from_file(tok).vocab_size)
+    hf_dir = save_hf_model(model, tmp_path / "hf", tokenizer_json=tok)
+    config = {"chat_template": CHATML, "eos_token": "<|endoftext|>"}
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    run = convert_from_hf(hf_dir, tmp_path / "run")
+    convert_to_hf(run, tmp_path / "out-hf")
+    written = json.loads((tmp_path / "out-hf" / "tokenizer_config.json").read_text())
+    assert written["chat_template"] == CHATML
+
+    save_template(run, SimpleTemplate())
+    convert_to_hf(run, tmp_path / "out-simple")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out-simple")
+    bpe = BPETokenizer.from_file(run / "tokenizer.json")
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "again"},
+    ]
+    conv = conversation(messages)
+    # The same text, EOS token included (llmjax encodes it piece by piece, at reply
+    # boundaries, so a BPE may merge differently across them than one pass over the text).
+    ours = ConversationEncoder(bpe, SimpleTemplate()).encode(conv[:3]).ids
+    theirs = hf_tok.apply_chat_template(messages[:3], tokenize=False)
+    assert theirs == bpe.decode(ours) + "<|endoftext|>" or theirs == bpe.hf.decode(
+        ours.tolist(), skip_special_tokens=False
+    )
+    assert theirs.endswith("ok<|endoftext|>")
+    prompt = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == (
+        "<|system|>\nbe brief\n<|user|>\nhi there\n<|assistant|>\nok<|endoftext|>"
+        "<|user|>\nagain\n<|assistant|>\n"
+    )
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -290,7 +336,13 @@ def test_a_template_that_fails_to_render_shows_its_error(files, tmp_path, capsys
     broken = tmp_path / "broken.jinja"
     broken.write_text("{{ raise_exception('this template takes no user turns') }}")
     argv = ["sft", "--init-from", base, "--data", data, "--out", tmp_path / "r"]
-    _fails([*argv, "--template", broken], capsys, "this template takes no user turns", data)
+    _fails(
+        [*argv, "--template", broken],
+        capsys,
+        "this template takes no user turns",
+        data,
+        "conversation 1 (",  # which record failed
+    )
     (tmp_path / "syntax.jinja").write_text("{% for m in messages %}")
     _fails([*argv, "--template", tmp_path / "syntax.jinja"], capsys, "does not parse")
     chat = ["chat", "--run", base, "--template", broken]

@@ -25,7 +25,9 @@ def _token(tokenizer: BPETokenizer, i: int | None) -> str | None:
     return None if i is None else tokenizer.hf.id_to_token(i)
 
 
-def _write_tokenizer(tokenizer: BPETokenizer, directory: Path, max_seq_len: int) -> None:
+def _write_tokenizer(
+    tokenizer: BPETokenizer, directory: Path, max_seq_len: int, chat_template: str | None
+) -> None:
     (directory / "tokenizer.json").write_text(tokenizer.to_json())
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -33,6 +35,7 @@ def _write_tokenizer(tokenizer: BPETokenizer, directory: Path, max_seq_len: int)
         "bos_token": _token(tokenizer, tokenizer.bos_id),
         "eos_token": _token(tokenizer, tokenizer.eos_id),
         "pad_token": _token(tokenizer, tokenizer.pad_id),
+        "chat_template": chat_template,
     }
     text = json.dumps({k: v for k, v in config.items() if v is not None}, indent=2)
     (directory / "tokenizer_config.json").write_text(text + "\n")
@@ -46,8 +49,10 @@ def export_hf(
     tokenizer: Tokenizer | None = None,
     model_type: str | None = None,
     dtype: str | None = None,
+    chat_template: str | None = None,
 ) -> Path:
-    """Writes `out/` with config.json, model.safetensors and (for BPE) tokenizer files.
+    """Writes `out/` with config.json, model.safetensors and (for BPE) tokenizer files, with
+    `chat_template` (Jinja source) in tokenizer_config.json when given.
 
     `model_type` picks the HF family (default: the first that holds the model exactly, else one
     that only adds zero biases); `dtype` casts the weights (default: the params' own). `out`
@@ -97,5 +102,5 @@ def export_hf(
         write_safetensors(tensors, tmp)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         if bpe is not None:
-            _write_tokenizer(bpe, tmp, target.max_seq_len)
+            _write_tokenizer(bpe, tmp, target.max_seq_len, chat_template)
     return Path(out)

@@ -23,7 +23,7 @@ from llmjax.hf.outdir import check_new, fresh_directory
 from llmjax.hf.peft import export_peft
 from llmjax.models.lora import split_adapters, without_lora
 from llmjax.runs import RunDir, load_run, save_weights
-from llmjax.runs.chat_template import has_hf_template, save_template
+from llmjax.runs.chat_template import has_hf_template, run_template, save_template
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ def convert_to_hf(
 
     A LoRA run is written with its adapters merged into the weights; with `adapter`, `out`
     holds the base weights and `out/adapter/` the adapters in PEFT's format (load them with
-    `peft.PeftModel.from_pretrained(model, "out/adapter")`).
+    `peft.PeftModel.from_pretrained(model, "out/adapter")`). The chat template a fine-tuned
+    run records goes into tokenizer_config.json (`tokenizer.apply_chat_template` then renders
+    conversations as the run was trained on them).
     """
     check_new(out)
     loaded = load_run(run_dir)
@@ -98,6 +100,7 @@ def convert_to_hf(
             f"{run_dir} has no LoRA adapters (model.lora.rank=0), so there is no adapter to "
             f"export; drop --adapter"
         )
+    chat_template = _jinja_of(run_template(loaded.run.path, loaded.tokenizer))
     if not adapter:
         return export_hf(
             loaded.config,
@@ -106,10 +109,19 @@ def convert_to_hf(
             tokenizer=loaded.tokenizer,
             model_type=model_type,
             dtype=dtype,
+            chat_template=chat_template,
         )
     base, _ = split_adapters(loaded.params)
     base_model = without_lora(model)
-    export_hf(base_model, base, out, tokenizer=loaded.tokenizer, model_type=model_type, dtype=dtype)
+    export_hf(
+        base_model,
+        base,
+        out,
+        tokenizer=loaded.tokenizer,
+        model_type=model_type,
+        dtype=dtype,
+        chat_template=chat_template,
+    )
     export_peft(
         model,
         loaded.params,
@@ -119,3 +131,15 @@ def convert_to_hf(
         dtype=dtype,
     )
     return Path(out)
+
+
+def _jinja_of(template) -> str | None:
+    """The Jinja source of a run's chat template, for tokenizer_config.json (None: no template
+    recorded)."""
+    from llmjax.data.instruct import HFChatTemplate, SimpleTemplate
+
+    if isinstance(template, HFChatTemplate):
+        return template.source
+    if isinstance(template, SimpleTemplate):
+        return SimpleTemplate.JINJA
+    return None

@@ -66,6 +66,15 @@ class SimpleTemplate:
     # Every character the template writes, for building a CharTokenizer that can encode it.
     MARKUP: ClassVar[str] = "<|system|>\n<|user|>\n<|assistant|>\n<|end|>"
 
+    # The same template in Jinja, as transformers' apply_chat_template renders it (for a
+    # Hugging Face export; the end of a reply is the tokenizer's EOS token).
+    JINJA: ClassVar[str] = (
+        "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+        "{% if message['role'] != 'assistant' %}{{ '\\n' }}{% elif eos_token %}{{ eos_token }}"
+        "{% else %}<|end|>{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+
     @staticmethod
     def marker(role: str) -> str:
         return f"<|{role}|>\n"

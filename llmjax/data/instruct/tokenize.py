@@ -23,7 +23,7 @@ import tokenizers
 from llmjax.data.instruct.messages import Conversation
 from llmjax.data.instruct.templates import ChatTemplate, SimpleTemplate, render
 from llmjax.data.tokenizers import BPETokenizer, Tokenizer
-from llmjax.errors import InstructDataError
+from llmjax.errors import ChatTemplateError, InstructDataError
 
 TRAIN_ON = ("responses", "all")
 
@@ -146,8 +146,12 @@ def encode_all(
         raise ValueError(f"seq_len={seq_len} must be >= 1")
     encoder = ConversationEncoder(tokenizer, template, train_on=train_on)
     out, stats = [], EncodeStats()
-    for conversation in conversations:
-        full = encoder.encode(conversation)
+    for number, conversation in enumerate(conversations, start=1):
+        try:
+            full = encoder.encode(conversation)
+        except ChatTemplateError as e:
+            where = f"conversation {number} ({_preview(conversation)})"
+            raise ChatTemplateError(f"{where}: {e}") from None
         kept = truncate(full, seq_len)
         if len(kept) < len(full):
             stats.truncated += 1
@@ -166,3 +170,10 @@ def encode_all(
             f"{stats.dropped_conversations} given); raise seq_len or shorten the prompts"
         )
     return out, stats
+
+
+def _preview(conversation: Conversation, width: int = 40) -> str:
+    """The conversation's first turn, shortened, to name it in an error."""
+    first = conversation[0]
+    text = first.content if len(first.content) <= width else first.content[: width - 3] + "..."
+    return f"{first.role}: {text!r}"
