@@ -52,17 +52,19 @@ log = logging.getLogger(__name__)
 
 KINDS = ("ppo", "grpo")
 REFERENCE = "reference"
-# Objective metrics each optimizer step's "rl" record carries (those the objective reports).
-STEP_METRICS = (
-    "loss",
-    "policy_loss",
-    "value_loss",
-    "value_mse",
-    "entropy",
-    "clip_frac",
-    "approx_kl",
-    "kl",
-)
+# Objective metrics each optimizer step's "rl" record carries (those the objective reports),
+# by their names in the record: "kl" there is the rollout's KL to the reference per sequence,
+# "loss_kl" GRPO's in-loss k3 per token.
+STEP_METRICS = {
+    "loss": "loss",
+    "policy_loss": "policy_loss",
+    "value_loss": "value_loss",
+    "value_mse": "value_mse",
+    "entropy": "entropy",
+    "clip_frac": "clip_frac",
+    "approx_kl": "approx_kl",
+    "kl": "loss_kl",
+}
 
 
 # ----------------------------------------------------------------------------- config
@@ -77,7 +79,8 @@ def rl_config(
 ) -> Config:
     """The config of a ppo or grpo run: a new one from `init_from` (its config with the
     objective, PPO's value head, and data.batch_size = one minibatch of a rollout), or the
-    saved config of the run `resume` continues; then `overrides`."""
+    saved config of the run `resume` continues; then `overrides`. The source's train.steps
+    and train.checkpoint_every, unless overridden, are rounded up to whole rollouts."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
     if resume is not None:
@@ -93,11 +96,18 @@ def rl_config(
         cfg, model=model, train=dataclasses.replace(cfg.train, objective=kind)
     )
     cfg = apply_overrides(cfg, list(overrides))
-    given = any(o.split("=", 1)[0].strip() == "data.batch_size" for o in overrides)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
     rows, mb = cfg.rl.rollout_rows, cfg.rl.minibatches
-    if not given and rows % mb == 0:
+    if "data.batch_size" not in given and rows % mb == 0:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=rows // mb))
-    return cfg
+    # Steps and checkpoints the source's config had (not asked for) round up to whole rollouts.
+    k = cfg.rl.steps_per_rollout
+    train = {
+        name: -(-getattr(cfg.train, name) // k) * k
+        for name in ("steps", "checkpoint_every")
+        if f"train.{name}" not in given
+    }
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
 
 
 def check_rl(cfg: Config, stop_after: int | None = None) -> None:
@@ -168,6 +178,7 @@ class Rollouts:
         self.current: Rollout | None = None
         self.current_index: int | None = None
         self.stats: dict[int, dict[str, float]] = {}
+        self.made_at: dict[int, float] = {}  # when each rollout was ready (perf_counter)
 
     def set_params(self, index: int, params: Any) -> None:
         """The params rollout `index` is made with."""
@@ -206,6 +217,7 @@ class Rollouts:
         )
         self.current_index = index
         self.stats[index] = self.current.stats
+        self.made_at[index] = time.perf_counter()
         return self.current
 
     def minibatch(self, step: int) -> dict[str, np.ndarray]:
@@ -233,36 +245,32 @@ class Rollouts:
 
 class RolloutHook(Hook):
     """Hands the params to the source at each rollout boundary, writes an "rl" record per
-    optimizer step (the objective's metrics and the rollout's reward, KL, coefficient and
-    times), and keeps the KL controller's state with each checkpoint."""
+    optimizer step (the objective's metrics; the rollout's reward, KL, coefficient and
+    rollout_s; update_s, the time since the rollout was made: at its last step, the time of
+    all its updates), and keeps the KL controller's state with each checkpoint."""
 
     def __init__(self, source: Rollouts):
         self.source = source
         self.trainer: Trainer | None = None
-        self._t_update: float | None = None
-        self._update_s: dict[int, float] = {}
 
     def on_start(self, trainer: Trainer, step: int) -> None:
         self.trainer = trainer
-        self._t_update = time.perf_counter()
 
     def due(self, step: int, end: int) -> bool:
         return step % self.source.k == 0
 
     def on_state(self, step: int, state: Any) -> None:
-        index = step // self.source.k
-        self._update_s[index - 1] = time.perf_counter() - (self._t_update or 0.0)
         params = self.trainer.parallel.host_state(state).params
-        self.source.set_params(index, params)
-        self._t_update = time.perf_counter()  # the next rollout is timed by the source
+        self.source.set_params(step // self.source.k, params)
 
     def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         index = (step - 1) // self.source.k
         record = {"step": step, "split": "rl"}
-        record.update({k: float(metrics[k]) for k in STEP_METRICS if k in metrics})
+        record.update({v: float(metrics[k]) for k, v in STEP_METRICS.items() if k in metrics})
         record.update(self.source.stats.get(index, {}))
-        if index in self._update_s:
-            record["update_s"] = self._update_s[index]
+        made = self.source.made_at.get(index)
+        if made is not None:
+            record["update_s"] = time.perf_counter() - made
         self.trainer.emit(record)
 
     def state_dict(self) -> dict[str, Any]:
