@@ -2,7 +2,7 @@
 teacher-forced passes, rewards, GAE) against sampling alone with generate_tokens, at the same
 batch, prompts, length and key.
 
-    python -m experiments.bench_rollout --preset nano --batch 32 --new-tokens 48
+    python -m experiments.bench_rollout --preset nano --batch 32 --new-tokens 44
     python -m experiments.bench_rollout --quick                  # test-tiny, a few seconds
 
 The model is a fresh init of the preset with a value head (byte vocabulary); the prompts are
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser = experiment_parser(__doc__.splitlines()[0])
     parser.add_argument("--preset", default="nano")
     parser.add_argument("--batch", type=int, default=32, help="completions per rollout")
-    parser.add_argument("--new-tokens", type=int, default=48, help="rl.max_new_tokens")
+    parser.add_argument("--new-tokens", type=int, default=44, help="rl.max_new_tokens")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     if args.quick:

@@ -52,6 +52,9 @@ def test_ppo_runs_a_few_steps_and_resumes(base, tmp_path, capsys):
     assert cfg.train.objective == "ppo" and cfg.model.value_head
     assert (cfg.rl.reward, cfg.rl.prompts, cfg.rl.kl_coef) == ("arith", "arith", 0.02)
     assert cfg.data.batch_size == 2  # 2 prompts x 2 completions in 2 minibatches
+    changed = ["ppo", "--resume", "--out", str(out), "--kl-coef", "0.5"]
+    assert main(changed) == 2
+    assert "keeps the rl settings" in capsys.readouterr().err
     assert main(["ppo", "--resume", "--out", str(out), "--steps", "6", "--no-progress"]) == 0
     assert _last_json(capsys)["steps"] == 6
     steps = [

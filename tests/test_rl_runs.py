@@ -127,6 +127,7 @@ def test_ppo_raises_the_reward(base, ppo_run):
     model = build_model(result.config.model)
     before = policy_reward(run.model, run.params, run.tokenizer)
     after = policy_reward(model, result.state.params, run.tokenizer)
+    print(f"ppo: expected reward {before:.3f} -> {after:.3f} in 32 steps")
     assert after > before + 0.1, (before, after)
     records = rl_records(out)
     assert [r["step"] for r in records] == list(range(1, 33))
@@ -182,6 +183,7 @@ def test_grpo_raises_the_reward_with_an_adaptive_kl(base, tmp_path):
     run = load_run(base)
     before = policy_reward(run.model, run.params, run.tokenizer)
     after = policy_reward(build_model(result.config.model), result.state.params, run.tokenizer)
+    print(f"grpo: expected reward {before:.3f} -> {after:.3f} in 32 steps")
     assert after > before + 0.1, (before, after)
     records = rl_records(tmp_path / "grpo")
     coefs = [r["kl_coef"] for r in records]
@@ -323,3 +325,19 @@ def test_bench_rollout_quick(tmp_path):
     assert m["rollout_over_generate"] > 0 and "within_target" in m
     assert m["decoder_vs_teacher_forced_logp_max_abs"] < 1e-4
     assert (tmp_path / "bench_rollout" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_on_a_mesh_trains_as_on_one_device(base, tmp_path):
+    over = [*RL, "train.steps=8"]
+    runs = {}
+    for name, extra in (("one", []), ("mesh", ["parallel.mesh=data=2,fsdp=4"])):
+        cfg = rl_config("grpo", init_from=base, overrides=[*over, *extra])
+        result = fit_grpo(cfg, tmp_path / name, prompts=PROMPTS, reward_fn=REWARD, progress=False)
+        runs[name] = rl_records(tmp_path / name)
+        assert _leaves_equal(result.state.frozen["reference"], load_run(base).params)
+    assert len(runs["mesh"]) == 8
+    # The first rollout is the same; its updates agree to float32 rounding.
+    for a, b in zip(runs["one"][:4], runs["mesh"][:4], strict=True):
+        assert a["reward"] == b["reward"]
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-3, atol=1e-5)

@@ -29,12 +29,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from llmjax.align.advantages import KLController
 from llmjax.align.rewards import RewardFn, RewardModel, parse_reward
 from llmjax.align.rollout import PromptSet, Rollout, load_prompts, make_rollout
-from llmjax.config import Config, ConfigError, apply_overrides
+from llmjax.config import Config, ConfigError, apply_overrides, load_config
 from llmjax.data import load_tokenizer
 from llmjax.data.instruct import SimpleTemplate
 from llmjax.data.sources import Region, cut
@@ -350,6 +351,18 @@ def fit_rl(
     if isinstance(reward_fn, RewardModel):
         reward_fn.check_tokenizer(tokenizer)
     prompt_set = rl_prompts(cfg, tokenizer, prompts)
+    if resume and out is not None:
+        saved = load_config(RunDir.open(out).config).rl
+        if saved != cfg.rl:
+            changed = [
+                f"rl.{f.name}: {getattr(saved, f.name)!r} -> {getattr(cfg.rl, f.name)!r}"
+                for f in dataclasses.fields(saved)
+                if getattr(saved, f.name) != getattr(cfg.rl, f.name)
+            ]
+            raise ConfigError(
+                f"a resumed run keeps the rl settings it started with ({'; '.join(changed)}); "
+                f"drop those overrides, or start a new run"
+            )
     point = _resume_point(out) if resume and out is not None else None
     kl = KLController(cfg.rl.kl_coef, cfg.rl.kl_target, cfg.rl.kl_horizon)
     base_step = None
@@ -386,7 +399,8 @@ def fit_rl(
         source=source,
         val=lambda: [source.latest_batch()],
         tokenizer=tokenizer,
-        frozen={REFERENCE: Frozen(ref_params, model=ref_cfg)},
+        # A copy: placing a frozen tree on a mesh may donate the arrays it is given.
+        frozen={REFERENCE: Frozen(jax.tree.map(np.array, ref_params), model=ref_cfg)},
         hooks=[RolloutHook(source), *hooks],
         **options,
     )

@@ -33,10 +33,10 @@ The run records its reward and prompts in config.json (rl.reward, rl.prompts), s
 `llmjax {name} --resume --out OUT` continues where it stopped.
 """
 EXTRA = {
-    "ppo": " The value head (model.value_head) is added to the policy; advantages are GAE "
-    "over the KL-penalised per-token reward.",
-    "grpo": " Advantages are the rewards normalised within each prompt's group; the k3 KL "
-    "to the reference is in the loss; no value head.",
+    "ppo": "\nThe value head (model.value_head) is added to the policy; advantages are GAE over\n"
+    "the KL-penalised per-token reward.",
+    "grpo": "\nAdvantages are the rewards normalised within each prompt's group; the k3 KL to\n"
+    "the reference is in the loss; no value head.",
 }
 # Options that stand for --set rl.<field>=VALUE.
 RL_OPTIONS = {
