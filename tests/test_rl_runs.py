@@ -112,9 +112,9 @@ def test_experience_logprobs_are_the_teacher_forced_ones(base):
 
 @pytest.fixture(scope="module")
 def ppo_run(base, tmp_path_factory):
-    cfg = rl_config(
-        "ppo", init_from=base, overrides=[*RL, "train.steps=32", "train.checkpoint_every=8"]
-    )
+    # An adaptive KL coefficient: its state must travel through the checkpoint on resume.
+    over = [*RL, "train.steps=32", "train.checkpoint_every=8", "rl.kl_target=0.5"]
+    cfg = rl_config("ppo", init_from=base, overrides=[*over, "rl.kl_horizon=100"])
     out = tmp_path_factory.mktemp("ppo") / "run"
     result = fit_ppo(cfg, out, prompts=PROMPTS, reward_fn=REWARD, progress=False)
     return cfg, out, result
@@ -166,9 +166,10 @@ def test_a_ppo_run_killed_and_resumed_ends_identical(base, ppo_run, tmp_path):
     resumed = fit_ppo(cfg2, stopped, prompts=PROMPTS, reward_fn=REWARD, progress=False, resume=True)
     assert int(resumed.state.step) == 32
     assert _leaves_equal(resumed.state.params, result.state.params)
-    want = [(r["step"], r["reward"], r["kl"]) for r in rl_records(out)]
-    got = [(r["step"], r["reward"], r["kl"]) for r in rl_records(stopped)]
+    want = [(r["step"], r["reward"], r["kl"], r["kl_coef"]) for r in rl_records(out)]
+    got = [(r["step"], r["reward"], r["kl"], r["kl_coef"]) for r in rl_records(stopped)]
     assert got == want
+    assert want[-1][3] != want[0][3]  # the coefficient moved, and resumed where it was
 
 
 @pytest.mark.slow

@@ -278,8 +278,9 @@ class RolloutHook(Hook):
         return self.source.kl.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # The controller was set before the loop (the first rollout is made before on_start).
-        self.source.kl.load_state_dict(state)
+        # fit_rl set the controller from the checkpoint before the loop: the loop makes its
+        # first rollout (which updates the coefficient) before it hands the hooks their state.
+        pass
 
 
 # ----------------------------------------------------------------------------- runs
