@@ -2,8 +2,43 @@
 from a reward (PPO, GRPO), each an objective of the one training loop.
 
     scores = score("runs/reward", ["a reply", "another"])   # a reward model's scores
+    cfg = rl_config("ppo", init_from="runs/sft", overrides=["train.steps=40"])
+    result = fit_ppo(cfg, "runs/ppo", prompts=[...], reward_fn=arith_reward)
 """
 
+from llmjax.align.advantages import KLController, gae, group_advantages, kl_estimate
+from llmjax.align.rewards import (
+    RewardError,
+    RewardModel,
+    arith_prompts,
+    arith_reward,
+    count_reward,
+    parse_reward,
+)
+from llmjax.align.rl import check_rl, fit_grpo, fit_ppo, fit_rl, rl_config
+from llmjax.align.rollout import PromptSet, make_rollout
 from llmjax.align.score import check_scorer, last_token_values, score, score_tokens
 
-__all__ = ["check_scorer", "last_token_values", "score", "score_tokens"]
+__all__ = [
+    "KLController",
+    "PromptSet",
+    "RewardError",
+    "RewardModel",
+    "arith_prompts",
+    "arith_reward",
+    "check_rl",
+    "check_scorer",
+    "count_reward",
+    "fit_grpo",
+    "fit_ppo",
+    "fit_rl",
+    "gae",
+    "group_advantages",
+    "kl_estimate",
+    "last_token_values",
+    "make_rollout",
+    "parse_reward",
+    "rl_config",
+    "score",
+    "score_tokens",
+]

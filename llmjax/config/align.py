@@ -13,6 +13,8 @@ from llmjax.config.checks import check, check_choice, check_finite, check_positi
 
 PREFERENCE_LOSSES = ("sigmoid", "ipo")  # DPO's logistic loss, IPO's squared loss
 KL_ESTIMATORS = ("k1", "k3")  # log-ratio; Schulman's unbiased, non-negative k3
+PROMPT_FORMATS = ("chat", "plain")  # rendered by the run's chat template; the text as it is
+ON_REWARD_ERROR = ("stop", "skip")  # raise naming the prompt; mask the row out and count it
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,21 @@ class RLConfig:
     lam: float = 0.95  # GAE lambda
     whiten_rewards: bool = False
     whiten_advantages: bool = True
+    # What a run of `llmjax ppo` / `llmjax grpo` recorded, so that --resume rebuilds it: the
+    # reward spec (arith, count:<char>, run:<DIR>, module:function) and the prompts (arith or
+    # a JSONL file of {"prompt": ...}).
+    reward: str = ""
+    prompts: str = ""
+    prompt_format: str = "chat"
+    arith_prompts: int = 512  # prompts=arith: how many built-in arithmetic prompts
+    on_reward_error: str = "stop"
 
     def __post_init__(self):
+        check_choice("rl.prompt_format", self.prompt_format, PROMPT_FORMATS)
+        check_choice("rl.on_reward_error", self.on_reward_error, ON_REWARD_ERROR)
         check_positive(
             self,
+            "arith_prompts",
             "prompts_per_rollout",
             "group_size",
             "max_new_tokens",
@@ -112,3 +125,8 @@ class RLConfig:
     def rollout_rows(self) -> int:
         """Completions per rollout: prompts_per_rollout * group_size."""
         return self.prompts_per_rollout * self.group_size
+
+    @property
+    def steps_per_rollout(self) -> int:
+        """Optimizer steps on each rollout: ppo_epochs * minibatches."""
+        return self.ppo_epochs * self.minibatches

@@ -4,7 +4,9 @@ Adding one is one file: a frozen dataclass subclass of `Objective` under
 `@register_objective("name")` (see `lm.py`, the next-token objective).
 """
 
+from llmjax.objectives import grpo as _grpo  # noqa: F401  (registers "grpo")
 from llmjax.objectives import lm as _lm  # noqa: F401  (registers "lm")
+from llmjax.objectives import ppo as _ppo  # noqa: F401  (registers "ppo")
 from llmjax.objectives import sft as _sft  # noqa: F401  (registers "sft")
 from llmjax.objectives.base import (
     OBJECTIVES,
