@@ -1,5 +1,5 @@
-"""The `llmjax` command line: train, sft, sample, chat, eval, convert, presets (one module
-each)."""
+"""The `llmjax` command line: train, sft, reward, dpo, sample, chat, eval, convert, presets (one
+module each)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import traceback
 import warnings
 
-from llmjax.cli import chat, convert, evaluate, presets, sample, sft, train
+from llmjax.cli import chat, convert, dpo, evaluate, presets, reward, sample, sft, train
 from llmjax.cli.errors import (
     GENERAL_FIXES,
     OutOfMemory,
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, sft, sample, chat, evaluate, convert, presets):
+    for command in (train, sft, reward, dpo, sample, chat, evaluate, convert, presets):
         command.add(sub)
     return parser
 
