@@ -75,8 +75,10 @@ def pair_batch(rng: np.random.Generator, vocab: int, b: int = 4, t: int = 6) -> 
 
 def np_log_softmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
-    return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(
-        -1, keepdims=True
+    return (
+        x
+        - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - x.max(-1, keepdims=True)
     )
 
 

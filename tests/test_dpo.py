@@ -193,5 +193,8 @@ def test_cached_reference_log_probs_train_as_the_reference_forward_does(base, tm
     live = fit_dpo(cfg, tmp_path / "live", data, progress=False)
     cached = fit_dpo(cfg, tmp_path / "cached", data, progress=False, cache_reference=True)
     assert cached.state.frozen in (None, {})
-    for x, y in zip(jax.tree.leaves(live.state.params), jax.tree.leaves(cached.state.params)):
+    pairs = zip(
+        jax.tree.leaves(live.state.params), jax.tree.leaves(cached.state.params), strict=True
+    )
+    for x, y in pairs:
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)

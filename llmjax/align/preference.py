@@ -116,7 +116,7 @@ def open_preference(
             f"{', '.join(changed)} changed since {out} started, so its batches would not be the "
             f"ones it trained on; restore the file, or start a new run on the new data"
         )
-    return _with(data, reference_step=record.reference_step)
+    return _with(data, reference_step=record.reference_step, reference=record.reference)
 
 
 def _with(data: PreferenceData, **changes: Any) -> PreferenceData:
@@ -153,26 +153,37 @@ def fit_dpo(
     data: PreferenceData,
     *,
     resume: bool = False,
+    reference: str | Path | None = None,
     cache_reference: bool = False,
     **options: Any,
 ) -> FitResult:
     """`fit` with objective `dpo` (DPO or IPO, as cfg.preference says) on `data`, against the
-    reference policy: train.init_from's params, at the step the run recorded when resuming.
+    reference policy: the newest params of `reference` (a run directory; default:
+    train.init_from), or when resuming, the run and step the run recorded.
     `cache_reference`: compute the reference's log-probs of every pair once, before training,
     and feed them in the batches instead of running the reference each step."""
     _check_objective(cfg, "dpo")
     if not cfg.train.init_from:
         raise ConfigError("a dpo run needs its reference policy: start it from a run (--init-from)")
-    step = data.reference_step if resume else None
-    if resume and step is None:
-        raise ConfigError(f"{out} records no reference step; start it again with `llmjax dpo`")
-    reference, step = reference_policy(cfg, step, tokenizer=data.tokenizer)
-    data = _with(data, reference_step=step)
-    frozen = {REFERENCE: reference}
+    step = None
+    if resume:
+        if reference is not None:
+            recorded = data.reference or "its train.init_from"
+            raise ConfigError(
+                f"a resumed run keeps the reference it recorded ({recorded}); drop --reference"
+            )
+        if data.reference_step is None:
+            raise ConfigError(f"{out} records no reference step; start it again with `llmjax dpo`")
+        step, reference = data.reference_step, data.reference
+    elif reference is not None:
+        reference = str(Path(reference).absolute())
+    frozen_ref, step = reference_policy(cfg, step, tokenizer=data.tokenizer, run=reference)
+    data = _with(data, reference_step=step, reference=reference)
+    frozen = {REFERENCE: frozen_ref}
     if cache_reference:
         data = data.with_reference(
             *(
-                reference_logps(reference, data, cfg.data.batch_size, split=split)
+                reference_logps(frozen_ref, data, cfg.data.batch_size, split=split)
                 for split in ("train", "val")
             )
         )
@@ -199,11 +210,16 @@ def _check_objective(cfg: Config, objective: str) -> None:
 
 
 def reference_policy(
-    cfg: Config, step: int | None = None, *, tokenizer: Tokenizer | None = None
+    cfg: Config,
+    step: int | None = None,
+    *,
+    tokenizer: Tokenizer | None = None,
+    run: str | Path | None = None,
 ) -> tuple[Frozen, int]:
-    """(the reference, the step read): train.init_from's params at `step` (default: its newest)
-    as a Frozen tree under that run's model config, checked to share `tokenizer`."""
-    source = open_source(cfg.train.init_from)
+    """(the reference, the step read): the params of `run` (default: train.init_from) at
+    `step` (default: its newest) as a Frozen tree under that run's model config, checked to
+    share `tokenizer`."""
+    source = open_source(run or cfg.train.init_from)
     if tokenizer is not None:
         check_same_tokenizer(source.run.path, tokenizer, what="the reference policy")
     params, _, step = read_params(source.run, source.config, step)

@@ -34,6 +34,7 @@ PATH_OPTIONS = (
     "tokenizer",
     "prompt_file",
     "template",
+    "reference",
 )
 
 

@@ -45,19 +45,24 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="share of pairs taken to be mislabelled (conservative DPO; default: 0)",
     )
     g.add_argument(
+        "--reference",
+        default=None,
+        metavar="RUN",
+        help="the reference policy's run (default: --init-from); it must share its tokenizer",
+    )
+    g.add_argument(
         "--cache-reference",
         action="store_true",
         help="compute the reference's log-probs of every pair once before training, instead of "
         "a reference forward in each step",
     )
-    p.set_defaults(func=run, command_options=("beta", "loss", "label_smoothing"))
+    p.set_defaults(func=run, command_options=("beta", "loss", "label_smoothing", "reference"))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.beta is not None and not args.beta > 0:
         raise ConfigError(
-            f"--beta must be > 0 (e.g. 0.1; higher stays closer to the reference), got "
-            f"{args.beta}"
+            f"--beta must be > 0 (e.g. 0.1; higher stays closer to the reference), got {args.beta}"
         )
     extra = [
         f"preference.{name}={value}"

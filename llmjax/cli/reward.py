@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from llmjax.cli.errors import check_writable_dir, explain_out_of_memory, train_memory
-from llmjax.cli.sft import add_adapter_options, adapter_overrides
+from llmjax.cli.sft import adapter_overrides, add_adapter_options
 from llmjax.config import ConfigError
 
 # Options that set PreferenceDataConfig fields (unset: the field's default).
@@ -44,9 +44,7 @@ r_rejected - margin). Prints the held-out accuracy at the end.
 def add_common(p: argparse.ArgumentParser) -> None:
     """The options `llmjax reward` and `llmjax dpo` share."""
     p.add_argument("--init-from", default=None, metavar="RUN", help="the run to start from")
-    p.add_argument(
-        "--data", default=None, metavar="FILE", help="JSONL file of pairs, or `builtin`"
-    )
+    p.add_argument("--data", default=None, metavar="FILE", help="JSONL file of pairs, or `builtin`")
     p.add_argument(
         "--out", default=None, help="run directory to create (or, with --resume, continue)"
     )
@@ -183,7 +181,8 @@ def run_preference(args: argparse.Namespace, command: str, extra: list[str]) -> 
         "progress": not args.no_progress,
     }
     if command == "dpo":
-        options["cache_reference"] = bool(getattr(args, "cache_reference", False))
+        options["cache_reference"] = bool(args.cache_reference)
+        options["reference"] = args.reference
     fit_run = fit_dpo if command == "dpo" else fit_reward
     hint = f"llmjax {command} --resume"
     try:

@@ -4,10 +4,10 @@ Adding one is one file: a frozen dataclass subclass of `Objective` under
 `@register_objective("name")` (see `lm.py`, the next-token objective).
 """
 
-from llmjax.objectives import lm as _lm  # noqa: F401  (registers "lm")
-from llmjax.objectives import sft as _sft  # noqa: F401  (registers "sft")
-from llmjax.objectives import reward as _reward  # noqa: F401  (registers "reward")
 from llmjax.objectives import dpo as _dpo  # noqa: F401  (registers "dpo")
+from llmjax.objectives import lm as _lm  # noqa: F401  (registers "lm")
+from llmjax.objectives import reward as _reward  # noqa: F401  (registers "reward")
+from llmjax.objectives import sft as _sft  # noqa: F401  (registers "sft")
 from llmjax.objectives.base import (
     OBJECTIVES,
     Batch,

@@ -51,7 +51,9 @@ class GoldReward:
     def __call__(self, prompts: Sequence[str], replies: Sequence[str]) -> np.ndarray:
         if len(prompts) != len(replies):
             raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies; pass one each")
-        return np.asarray([self.score(p, r) for p, r in zip(prompts, replies)], np.float32)
+        return np.asarray(
+            [self.score(p, r) for p, r in zip(prompts, replies, strict=True)], np.float32
+        )
 
 
 def builtin_prompts(rng: np.random.Generator, count: int) -> list[str]:

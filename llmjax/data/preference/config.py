@@ -78,14 +78,17 @@ class PreferenceRecord:
 
     data: PreferenceDataConfig
     fingerprints: dict[str, str]
-    # The step of train.init_from a DPO run's reference was read at (None: no reference).
+    # The step a DPO run's reference was read at (None: no reference), and the run it was read
+    # from (None: train.init_from).
     reference_step: int | None = None
+    reference: str | None = None
 
     def text(self) -> str:
         record = {
             "preference_data": dataclasses.asdict(self.data),
             "fingerprints": self.fingerprints,
             "reference_step": self.reference_step,
+            "reference": self.reference,
         }
         return json.dumps(record, indent=1) + "\n"
 
@@ -110,6 +113,7 @@ def read_record(run_path: str | os.PathLike) -> PreferenceRecord:
             PreferenceDataConfig(**settings),
             dict(record.get("fingerprints") or {}),
             None if step is None else int(step),
+            record.get("reference"),
         )
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -91,6 +91,7 @@ class PreferenceData:
     train_ref_logps: np.ndarray | None = None
     val_ref_logps: np.ndarray | None = None
     reference_step: int | None = None
+    reference: str | None = None  # the reference's run (None: train.init_from)
 
     @classmethod
     def build(
@@ -160,9 +161,7 @@ class PreferenceData:
             missing = batch_size - len(idx)
             if missing:
                 part = {
-                    k: np.concatenate(
-                        [v, np.full((missing, *v.shape[1:]), self._fill(k), v.dtype)]
-                    )
+                    k: np.concatenate([v, np.full((missing, *v.shape[1:]), self._fill(k), v.dtype)])
                     for k, v in part.items()
                 }
             batches.append(part)
@@ -176,7 +175,7 @@ class PreferenceData:
         return {"train": self.train_stats.as_dict(), "val": self.val_stats.as_dict()}
 
     def record(self) -> PreferenceRecord:
-        return PreferenceRecord(self.config, self.fingerprints, self.reference_step)
+        return PreferenceRecord(self.config, self.fingerprints, self.reference_step, self.reference)
 
 
 def describe(summary: dict[str, dict[str, int]]) -> str:

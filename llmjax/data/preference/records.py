@@ -159,12 +159,14 @@ def load_pairs(path: str | os.PathLike) -> tuple[list[PreferencePair], int]:
             pairs.append(pair)
     if identical:
         log.warning(
-            "%s: skipped %d pair(s) whose chosen and rejected replies are identical", path, identical
+            "%s: skipped %d pair(s) whose chosen and rejected replies are identical",
+            path,
+            identical,
         )
     if not pairs:
         what = f"only identical pairs ({identical})" if identical else "no records"
         raise InstructDataError(
-            f"{path}: holds {what}; write one {{\"prompt\", \"chosen\", \"rejected\"}} object per "
+            f'{path}: holds {what}; write one {{"prompt", "chosen", "rejected"}} object per '
             f"line, with two different replies"
         )
     return pairs, identical
