@@ -5,6 +5,7 @@ uninterrupted one, and the chosen-vs-rejected margin raised on the built-in pair
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -198,3 +199,34 @@ def test_cached_reference_log_probs_train_as_the_reference_forward_does(base, tm
     )
     for x, y in pairs:
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_dpo_on_a_mesh_matches_one_device(base, tmp_path):
+    extra = ("optim.lr=1e-3", "train.eval_batches=1", "data.batch_size=8")
+    cfg, data = _dpo(base, 2, *extra)
+    one = fit_dpo(cfg, tmp_path / "one", data, progress=False)
+    cfg, data = _dpo(base, 2, *extra, "parallel.mesh=data=2,fsdp=2,tensor=2")
+    mesh = fit_dpo(cfg, tmp_path / "mesh", data, progress=False)
+    assert mesh.final_eval["loss"] == pytest.approx(one.final_eval["loss"], rel=1e-4)
+    for x, y in zip(
+        jax.tree.leaves(one.state.params), jax.tree.leaves(mesh.state.params), strict=True
+    ):
+        n = min(x.shape[0], y.shape[0]) if x.ndim else None  # a mesh may pad the vocabulary
+        np.testing.assert_allclose(np.asarray(y)[:n], np.asarray(x)[:n], rtol=1e-4, atol=1e-5)
+
+
+def test_bench_dpo_quick_times_both_steps(tmp_path, capsys):
+    from experiments import bench_dpo
+
+    result = bench_dpo.main(["--quick", "--out-dir", str(tmp_path)])
+    assert result["sft_rows"] == 2 * result["pairs"] == 4
+    for side in ("sft", "dpo"):
+        assert len(result[side]["step_ms"]) == 2 and result[side]["ms_per_step"] > 0
+    # DPO's first step is at the reference: loss log 2.
+    assert result["dpo"]["loss_first_last"][0] == pytest.approx(math.log(2.0), abs=1e-4)
+    assert result["ratios"]["xla_flops"] > 1.0  # the reference's forward adds work
+    assert set(result["meets_targets"]) == {"step_time"}
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ratios"] == result["ratios"]
+    )

@@ -20,6 +20,7 @@ recorded, and a resumed run reads the reference again at that step, so it is the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,8 +39,10 @@ from llmjax.objectives.reward import both_sides
 from llmjax.runs import RunDir
 from llmjax.runs.chat_template import run_template
 from llmjax.runs.init_from import open_source, read_params
+from llmjax.runs.shapes import weights_target
 from llmjax.train.fit import FitResult, fit
 from llmjax.train.frozen import Frozen
+from llmjax.train.parallel import PARALLELISM
 
 COMMANDS = ("reward", "dpo")
 
@@ -120,8 +123,6 @@ def open_preference(
 
 
 def _with(data: PreferenceData, **changes: Any) -> PreferenceData:
-    import dataclasses
-
     return dataclasses.replace(data, **changes)
 
 
@@ -223,7 +224,18 @@ def reference_policy(
     if tokenizer is not None:
         check_same_tokenizer(source.run.path, tokenizer, what="the reference policy")
     params, _, step = read_params(source.run, source.config, step)
-    return Frozen(params, model=source.config.model), int(step)
+    # The run's parallel mode may pad the vocabulary (a mesh's tensor axis must divide it): the
+    # reference gets the same padding, zero rows whose logits the model masks.
+    mode = PARALLELISM.get(cfg.parallel.kind, field="parallel.mode")
+    model = mode.adapt_config(dataclasses.replace(cfg, model=source.config.model)).model
+    if model != source.config.model:
+        params = jax.tree.map(_pad_to, params, weights_target(model)["params"])
+    return Frozen(params, model=model), int(step)
+
+
+def _pad_to(x: Any, want: jax.ShapeDtypeStruct) -> np.ndarray:
+    x = np.asarray(jax.device_get(x))
+    return np.pad(x, [(0, n - m) for m, n in zip(x.shape, want.shape, strict=True)])
 
 
 @functools.partial(jax.jit, static_argnums=0)
