@@ -239,3 +239,20 @@ def test_builtin_pairs_are_seeded_and_labelled_by_noisy_raters():
         [("p", "a b yes", "zzz"), ("p", "same", "same")], seed=0, temperature=1e-3
     )
     assert len(labelled) == 1 and labelled[0].chosen_text == "a b yes"
+
+
+def test_reference_log_probs_of_the_wrong_shape_are_refused(tmp_path):
+    data = PreferenceData.build(
+        PreferenceDataConfig(data=_write(tmp_path / "p.jsonl", _pairs(10))),
+        TOK,
+        SimpleTemplate(),
+        48,
+    )
+    with pytest.raises(
+        ValueError, match=r"train reference log-probs have shape \(9,\), not \(9, 2\)"
+    ):
+        data.with_reference(np.zeros(9), np.zeros((1, 2)))
+    cached = data.with_reference(np.zeros((9, 2)), -np.ones((1, 2)))
+    assert cached.val_batches(2)[0]["rejected_ref_logp"].tolist() == [-1.0, 0.0]  # padding: 0
+    with pytest.raises(ValueError, match="one .chosen, rejected. log-prob per pair"):
+        PreferenceBatches(data.train, 2, 48, 0, ref_logps=np.zeros((3, 2)))

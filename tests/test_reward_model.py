@@ -98,3 +98,34 @@ def test_a_reward_run_with_another_tokenizer_is_refused():
         check_same_tokenizer(CharTokenizer.from_text("abc"), ByteTokenizer())
     assert "\n" not in str(e.value)
     check_same_tokenizer(ByteTokenizer(), ByteTokenizer())
+
+
+def test_a_batch_without_pair_fields_is_a_batch_error():
+    from llmjax.errors import BatchError
+    from llmjax.objectives import check_batch
+
+    with pytest.raises(BatchError, match="'chosen_inputs'.*choose another train.objective"):
+        check_batch(RewardModel(), {"inputs": np.zeros((2, 3))})
+
+
+@pytest.mark.slow
+def test_lora_trains_the_adapters_and_the_head_alone(base, tmp_path):
+    import jax
+
+    from llmjax.models.lora import split_adapters
+
+    overrides = [*RUN_SET, "train.steps=3", "train.eval_every=3", "train.eval_batches=1"]
+    cfg = preference_config("reward", init_from=base, overrides=[*overrides, "model.lora.rank=2"])
+    data = open_preference(cfg, PreferenceDataConfig("builtin", builtin_pairs=40))
+    result = fit_reward(cfg, tmp_path / "rm", data, progress=False)
+    weights, added = split_adapters(result.state.params)
+    start = load_run(base)
+    for x, y in zip(jax.tree.leaves(weights), jax.tree.leaves(start.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # the base is frozen
+    assert float(np.abs(np.asarray(added["value_head"]["kernel"])).max()) > 0  # trained from 0
+    # The run saves the adapters and the head; loading joins them with the base weights.
+    run = load_run(tmp_path / "rm")
+    assert run.config.model.lora.rank == 2 and run.config.model.value_head
+    np.testing.assert_array_equal(
+        np.asarray(run.params["value_head"]["kernel"]), np.asarray(added["value_head"]["kernel"])
+    )
