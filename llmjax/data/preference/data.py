@@ -24,6 +24,7 @@ from llmjax.data.preference.source import PreferenceBatches
 from llmjax.data.sources import HostBatch
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.errors import ChatTemplateError, InstructDataError
+from llmjax.finetune.config import fingerprint
 
 
 def _existing(path: str, option: str) -> Path:
@@ -102,8 +103,6 @@ class PreferenceData:
         seq_len: int,
     ) -> PreferenceData:
         """Reads, splits and encodes the pairs (each side truncated to `seq_len + 1` tokens)."""
-        from llmjax.finetune.config import fingerprint
-
         config = config.absolute()
         train_pairs, val_pairs, skipped = load_preference_pairs(config)
         where = "the built-in pairs" if config.builtin else config.data
