@@ -119,7 +119,12 @@ def open_preference(
             f"{', '.join(changed)} changed since {out} started, so its batches would not be the "
             f"ones it trained on; restore the file, or start a new run on the new data"
         )
-    return _with(data, reference_step=record.reference_step, reference=record.reference)
+    return _with(
+        data,
+        reference_step=record.reference_step,
+        reference=record.reference,
+        cached_reference=record.cached_reference,
+    )
 
 
 def _with(data: PreferenceData, **changes: Any) -> PreferenceData:
@@ -155,14 +160,15 @@ def fit_dpo(
     *,
     resume: bool = False,
     reference: str | Path | None = None,
-    cache_reference: bool = False,
+    cache_reference: bool | None = None,
     **options: Any,
 ) -> FitResult:
     """`fit` with objective `dpo` (DPO or IPO, as cfg.preference says) on `data`, against the
     reference policy: the newest params of `reference` (a run directory; default:
     train.init_from), or when resuming, the run and step the run recorded.
     `cache_reference`: compute the reference's log-probs of every pair once, before training,
-    and feed them in the batches instead of running the reference each step."""
+    and feed them in the batches instead of running the reference each step (None: as the
+    resumed run recorded; off for a new run)."""
     _check_objective(cfg, "dpo")
     if not cfg.train.init_from:
         raise ConfigError("a dpo run needs its reference policy: start it from a run (--init-from)")
@@ -176,10 +182,17 @@ def fit_dpo(
         if data.reference_step is None:
             raise ConfigError(f"{out} records no reference step; start it again with `llmjax dpo`")
         step, reference = data.reference_step, data.reference
+        if cache_reference is not None and cache_reference != data.cached_reference:
+            raise ConfigError(
+                f"{out} was trained with cache_reference={data.cached_reference}; a resumed run "
+                f"keeps it (its steps would differ in the last bits otherwise): drop the option"
+            )
+        cache_reference = data.cached_reference
     elif reference is not None:
         reference = str(Path(reference).absolute())
     frozen_ref, step = reference_policy(cfg, step, tokenizer=data.tokenizer, run=reference)
-    data = _with(data, reference_step=step, reference=reference)
+    cache_reference = bool(cache_reference)
+    data = _with(data, reference_step=step, reference=reference, cached_reference=cache_reference)
     frozen = {REFERENCE: frozen_ref}
     if cache_reference:
         data = data.with_reference(

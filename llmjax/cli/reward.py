@@ -181,7 +181,7 @@ def run_preference(args: argparse.Namespace, command: str, extra: list[str]) -> 
         "progress": not args.no_progress,
     }
     if command == "dpo":
-        options["cache_reference"] = bool(args.cache_reference)
+        options["cache_reference"] = True if args.cache_reference else None
         options["reference"] = args.reference
     fit_run = fit_dpo if command == "dpo" else fit_reward
     hint = f"llmjax {command} --resume"

@@ -82,6 +82,7 @@ class PreferenceRecord:
     # from (None: train.init_from).
     reference_step: int | None = None
     reference: str | None = None
+    cached_reference: bool = False  # DPO read the reference's log-probs from a cache
 
     def text(self) -> str:
         record = {
@@ -89,6 +90,7 @@ class PreferenceRecord:
             "fingerprints": self.fingerprints,
             "reference_step": self.reference_step,
             "reference": self.reference,
+            "cached_reference": self.cached_reference,
         }
         return json.dumps(record, indent=1) + "\n"
 
@@ -114,6 +116,7 @@ def read_record(run_path: str | os.PathLike) -> PreferenceRecord:
             dict(record.get("fingerprints") or {}),
             None if step is None else int(step),
             record.get("reference"),
+            bool(record.get("cached_reference", False)),
         )
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -93,6 +93,7 @@ class PreferenceData:
     val_ref_logps: np.ndarray | None = None
     reference_step: int | None = None
     reference: str | None = None  # the reference's run (None: train.init_from)
+    cached_reference: bool = False  # DPO trains on cached reference log-probs
 
     @classmethod
     def build(
@@ -174,7 +175,13 @@ class PreferenceData:
         return {"train": self.train_stats.as_dict(), "val": self.val_stats.as_dict()}
 
     def record(self) -> PreferenceRecord:
-        return PreferenceRecord(self.config, self.fingerprints, self.reference_step, self.reference)
+        return PreferenceRecord(
+            self.config,
+            self.fingerprints,
+            self.reference_step,
+            self.reference,
+            self.cached_reference,
+        )
 
 
 def describe(summary: dict[str, dict[str, int]]) -> str:
