@@ -1,5 +1,5 @@
-"""The `llmjax` command line: train, sft, ppo, grpo, sample, chat, eval, convert, presets (one
-module each; ppo and grpo share one)."""
+"""The `llmjax` command line: train, sft, reward, dpo, ppo, grpo, sample, chat, eval, convert,
+presets (one module each; ppo and grpo share one)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import traceback
 import warnings
 
-from llmjax.cli import chat, convert, evaluate, presets, rl, sample, sft, train
+from llmjax.cli import chat, convert, dpo, evaluate, presets, reward, rl, sample, sft, train
 from llmjax.cli.errors import (
     GENERAL_FIXES,
     OutOfMemory,
@@ -35,6 +35,7 @@ PATH_OPTIONS = (
     "prompt_file",
     "template",
     "prompts",
+    "reference",
 )
 
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, sft, rl, sample, chat, evaluate, convert, presets):
+    for command in (train, sft, reward, dpo, rl, sample, chat, evaluate, convert, presets):
         command.add(sub)
     return parser
 

@@ -36,19 +36,21 @@ def sft_config(
     init_from: str | Path | None = None,
     resume: str | Path | None = None,
     overrides: Sequence[str] = (),
+    objective: str = "sft",
 ) -> Config:
     """The config of an sft run: a new one from `init_from` (its config, with the sft objective
     and a schedule of its own), or the saved config of the run `resume` continues; then
-    `overrides` (section.field=value)."""
+    `overrides` (section.field=value). `objective`: the objective a new run trains (the
+    fine-tuning commands on other data, such as `llmjax dpo`, start their runs the same way)."""
     if resume is not None:
         return apply_overrides(start_config(resume=resume, init_from=init_from), list(overrides))
     if init_from is None:
         raise ConfigError(
-            "sft fine-tunes a trained run: pass --init-from RUN (a run of `llmjax train`, or "
-            "one `llmjax convert` made from a Hugging Face checkpoint)"
+            f"{objective} fine-tunes a trained run: pass --init-from RUN (a run of `llmjax "
+            f"train`, or one `llmjax convert` made from a Hugging Face checkpoint)"
         )
     cfg = start_config(init_from=init_from)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, objective="sft"))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, objective=objective))
     cfg = apply_overrides(cfg, list(overrides))
     if cfg.optim.warmup_steps >= cfg.train.steps:
         log.warning(
@@ -77,6 +79,16 @@ def open_sft(
         return _resumed(cfg, config, out, template)
     if config is None:
         raise ConfigError("a new sft run needs its data: pass an SFTConfig (--data FILE)")
+    tokenizer, template = start_template(cfg, template)
+    return SFTData.build(config, tokenizer, template, cfg.seq_len)
+
+
+def start_template(
+    cfg: Config, template: str | ChatTemplate | None = None
+) -> tuple[Tokenizer, ChatTemplate]:
+    """The tokenizer and chat template of a new fine-tuning run: train.init_from's tokenizer,
+    and `template` (a ChatTemplate, or a spec: simple, hf or a path; default: the source's
+    recorded template, else simple)."""
     tokenizer = _tokenizer(cfg)
     source = cfg.train.init_from or None
     if isinstance(template, str):
@@ -85,7 +97,7 @@ def open_sft(
         template = choose_template(template, source or ".", tokenizer)
     elif template is None:
         template = (run_template(source, tokenizer) if source else None) or SimpleTemplate()
-    return SFTData.build(config, tokenizer, template, cfg.seq_len)
+    return tokenizer, template
 
 
 def _tokenizer(cfg: Config) -> Tokenizer:

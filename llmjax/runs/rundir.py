@@ -9,6 +9,7 @@ Layout::
     RUN/loss.png         loss curves
     RUN/chat_template.json, chat_template.jinja   the chat template a chat model uses
     RUN/sft.json         the instruction data of a `llmjax sft` run (to resume it)
+    RUN/preference.json  the pairs of a `llmjax reward` / `llmjax dpo` run (to resume it)
     RUN/llmjax-manifest.json   which of these files llmjax wrote (and may replace)
 """
 
@@ -33,6 +34,7 @@ RUN_FILES = (
     "chat_template.json",
     "chat_template.jinja",
     "sft.json",
+    "preference.json",
 )
 CHECKPOINTS = "checkpoints"
 

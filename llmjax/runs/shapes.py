@@ -3,7 +3,6 @@ read: restoring onto other shapes fails deep inside orbax and tensorstore."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +75,12 @@ def check_saved_shapes(
     if saved is None:
         return
     step_dir, have = saved
-    want = param_shapes(weights_target(model)["params"])
-    if adapters_only:
-        want = {k: v for k, v in want.items() if re.search(r"lora_[ab]'\]$", k)}
+    params = weights_target(model)["params"]
+    if adapters_only:  # what such a run saves: its added params (adapters, value head)
+        from llmjax.models.lora import split_adapters
+
+        params = split_adapters(params)[1]
+    want = param_shapes(params)
     wrong = _differences(have, want, "in the checkpoint", "from config.json")
     if wrong:
         raise RunDirError(

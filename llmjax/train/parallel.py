@@ -259,7 +259,11 @@ class MeshParallel(ParallelMode):
         }
 
     def put_eval_batch(self, batch: HostBatch) -> dict[str, jax.Array]:
-        shape = batch["inputs"].shape
+        # The [B, T] of the batch: its inputs', or (a batch of pairs) its first 2-d field's.
+        name = (
+            "inputs" if "inputs" in batch else next(k for k, v in batch.items() if np.ndim(v) == 2)
+        )
+        shape = np.shape(batch[name])
         region = self.local_slices(shape)
         return self.put({k: v[region[: v.ndim]] for k, v in batch.items()}, shape)
 
