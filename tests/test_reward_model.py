@@ -17,7 +17,7 @@ from llmjax.align.preference import (
 )
 from llmjax.config import apply_overrides, get_preset, load_config
 from llmjax.data import ByteTokenizer, CharTokenizer
-from llmjax.data.preference import PreferenceDataConfig, reward_ids
+from llmjax.data.preference import PreferenceDataConfig, load_preference_pairs, reward_ids
 from llmjax.errors import ConfigError
 from llmjax.objectives import Forward, RewardModel, build_objective, reply_ends
 from llmjax.runs import load_run
@@ -90,6 +90,20 @@ def test_a_reward_model_learns_the_gold_preference(base, tmp_path):
     run = load_run(tmp_path / "rm")
     want = RewardModel().rewards(Forward(run.model, run.params), jnp_batch(data.val_batches(1)[0]))
     np.testing.assert_allclose(got, np.concatenate(want), rtol=1e-4, atol=1e-5)
+    # (prompt, reply) texts are rendered with the run's template and read the same way, by
+    # score and by the RL reward function of a reward model.
+    first = load_preference_pairs(data.config)[1][0]  # the pair of data.val[0] (none dropped)
+    prompt, replies = (
+        first.prompt[-1].content,
+        [first.chosen[-1].content, first.rejected[-1].content],
+    )
+    texts = score(tmp_path / "rm", [(prompt, r) for r in replies])
+    np.testing.assert_allclose(texts, got, rtol=1e-5, atol=1e-6)
+    from llmjax.align import RewardModel as RewardFunction
+
+    np.testing.assert_allclose(
+        RewardFunction(tmp_path / "rm")([prompt, prompt], replies), got, rtol=1e-5, atol=1e-6
+    )
     check_same_tokenizer(tmp_path / "rm", base)  # the same tokenizer: no error
 
 

@@ -84,8 +84,10 @@ def count_reward(char: str) -> RewardFn:
 class RewardModel:
     """A reward model's score of prompt + completion ids (its value head at the last token).
 
-    It reads token ids, not text: `score_ids(sequences)`; called with texts, it encodes them
-    with its tokenizer. Its tokenizer must be the policy's (`check_tokenizer`)."""
+    It reads token ids, not text: `score_ids(sequences)` of prompt + reply ids without the
+    reply's end token (what training reads; `llmjax.data.preference.reward_ids`); called with
+    texts, it renders them with its chat template. Its tokenizer must be the policy's
+    (`check_tokenizer`)."""
 
     uses_tokens = True
 
@@ -120,12 +122,12 @@ class RewardModel:
         )
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
-        tok = self.tokenizer
-        seqs = [
-            np.concatenate([tok.prompt_prefix, tok.encode(p + c)]).astype(np.int32)
-            for p, c in zip(prompts, completions, strict=True)
-        ]
-        return self.score_ids(seqs)
+        """Scores of (prompt, reply) texts, rendered as one exchange with the reward model's
+        chat template (`llmjax.align.score`)."""
+        from llmjax.align.score import score
+
+        pairs = list(zip(prompts, completions, strict=True))
+        return score(self.run, pairs, batch_size=self.batch_size)
 
 
 # ----------------------------------------------------------------------------- specs

@@ -217,8 +217,11 @@ def make_rollout(
         for b in range(len(rows))
     ]
     texts = [prompts.texts[i] for i in rows]
+    # What a reward model reads: prompt + completion without its stop token (a reward model
+    # is trained to score a reply at its last token before the end of the reply).
     sequences = [
-        np.concatenate([p, out.tokens[b, : out.lengths[b]]]) for b, p in enumerate(prompt_ids)
+        np.concatenate([p, out.tokens[b, : out.lengths[b] - int(out.stopped[b])]])
+        for b, p in enumerate(prompt_ids)
     ]
     rewards, valid = compute_rewards(
         reward_fn,

@@ -1,13 +1,16 @@
 """Scoring sequences with a reward model: a run whose model has a value head
 (`model.value_head`), read at each sequence's last real token.
 
-    scores = llmjax.score("runs/reward", ["a reply", "another reply"])     # float32 [N]
+    scores = llmjax.score("runs/reward", [("talk about rain", "fine yes"), ...])   # float32 [N]
     scores = score(run, token_ids)                                        # pre-tokenized
 
-The score of a sequence is the head's output at its last token (for a conversation rendered
-by a chat template, the token that ends the reply), as the Bradley-Terry reward objective
-trains it. Rows are right-padded into batches of `batch_size`, to lengths rounded up to a
-multiple of `pad_multiple`, so that few programs are compiled.
+The score of a sequence is the head's output at its last token. The Bradley-Terry reward
+objective trains it at a reply's last token before the end-of-reply token, so a conversation
+rendered by a chat template is scored without that token (`llmjax.data.preference.reward_ids`
+gives those ids of an encoded conversation; RL rollouts drop a completion's stop token; a
+(prompt, reply) pair given to `score` is read so). Rows are right-padded into batches of
+`batch_size`, to lengths rounded up to a multiple of `pad_multiple`, so that few programs are
+compiled.
 """
 
 from __future__ import annotations
@@ -86,12 +89,14 @@ def score_tokens(
 
 def score(
     run: Any,
-    texts: Sequence[str] | Sequence[Sequence[int]],
+    texts: Sequence[Any],
     *,
     batch_size: int = 16,
 ) -> np.ndarray:
-    """Scores of `texts` (strings, tokenized as the run's tokenizer does prompts, or token-id
-    sequences) under the reward model `run` (a run directory or a LoadedRun): float32 [N]."""
+    """Scores under the reward model `run` (a run directory or a LoadedRun), float32 [N], of
+    each item of `texts`: a (prompt, reply) pair of strings, rendered as one exchange with the
+    run's chat template and read at the reply's last token, as training reads it; a string
+    (plain text, tokenized as the run's tokenizer does prompts); or token ids."""
     from llmjax.runs import LoadedRun, load_run
 
     if isinstance(run, str | Path):
@@ -101,11 +106,32 @@ def score(
     check_scorer(run.config, str(run.run.path))
     run = run.merged()
     tok = run.tokenizer
-    sequences = [
-        np.concatenate([tok.prompt_prefix, tok.encode(t)]).astype(np.int32)
-        if isinstance(t, str)
-        else np.asarray(t, np.int32)
-        for t in texts
-    ]
+    encoder = None
+    sequences = []
+    for item in texts:
+        if isinstance(item, str):
+            ids = np.concatenate([tok.prompt_prefix, tok.encode(item)])
+        elif isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item):
+            if encoder is None:
+                encoder = _encoder(run)
+            from llmjax.data.instruct import Message
+            from llmjax.data.preference import reward_ids
+
+            ids = reward_ids(
+                encoder.encode((Message("user", item[0]), Message("assistant", item[1])))
+            )
+        else:
+            ids = np.asarray(item)
+        sequences.append(np.asarray(ids, np.int32))
     variables = {"params": run.params, **run.model_state}
     return score_tokens(run.model, variables, sequences, batch_size=batch_size)
+
+
+def _encoder(run: Any) -> Any:
+    """The conversation encoder of the run's chat template (llmjax's simple one if it records
+    none)."""
+    from llmjax.data.instruct import ConversationEncoder, SimpleTemplate
+    from llmjax.runs.chat_template import run_template
+
+    template = run_template(run.run.path, run.tokenizer) or SimpleTemplate()
+    return ConversationEncoder(run.tokenizer, template)
