@@ -8,6 +8,7 @@ from a reward (PPO, GRPO), each an objective of the one training loop.
 """
 
 from llmjax.align.advantages import KLController, gae, group_advantages, kl_estimate
+from llmjax.align.evaluate import Samples, sample_replies, win_rate
 from llmjax.align.preference import (
     check_same_tokenizer,
     fit_dpo,
@@ -34,6 +35,7 @@ __all__ = [
     "PromptSet",
     "RewardError",
     "RewardModel",
+    "Samples",
     "arith_prompts",
     "arith_reward",
     "check_rl",
@@ -56,6 +58,8 @@ __all__ = [
     "reference_logps",
     "reference_policy",
     "rl_config",
+    "sample_replies",
     "score",
     "score_tokens",
+    "win_rate",
 ]
