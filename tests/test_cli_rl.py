@@ -77,6 +77,15 @@ def test_grpo_on_a_prompt_file_with_a_count_reward(base, tmp_path, capsys):
     assert cfg.train.objective == "grpo" and cfg.rl.prompts == str(prompts)
 
 
+def test_grpo_on_the_builtin_prompts_with_the_gold_reward(base, tmp_path, capsys):
+    out = tmp_path / "grpo"
+    argv = ["grpo", "--init-from", str(base), "--reward", "gold", "--prompts", "builtin"]
+    assert main([*argv, "--out", str(out), "--steps", "2", *SMALL]) == 0
+    assert 0.0 <= _last_json(capsys)["reward"] <= 1.5  # the gold reward's range
+    cfg = load_config(out / "config.json")
+    assert (cfg.rl.reward, cfg.rl.prompts) == ("gold", "builtin")
+
+
 def _raising(prompts, completions):
     raise RuntimeError("reward server down")
 
@@ -90,7 +99,7 @@ def _raising(prompts, completions):
          ["longer than the context", "rl.max_new_tokens"]),
         (["--reward", "tests.test_cli_rl:_raising", "--prompts", "arith"],
          ["reward server down", "What is"]),
-        (["--reward", "bogus", "--prompts", "arith"], ["not a reward spec", "arith, count"]),
+        (["--reward", "bogus", "--prompts", "arith"], ["not a reward spec", "arith, gold, count"]),
         (["--reward", "count:xy", "--prompts", "arith"], ["one character"]),
         (["--prompts", "arith"], ["--reward SPEC"]),
         (["--reward", "arith", "--prompts", "{tmp}/none.jsonl"], ["no such file"]),

@@ -28,7 +28,7 @@ import numpy as np
 from llmjax.errors import ConfigError
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
-SPECS = "arith, count:<char>, run:<DIR> or module:function"
+SPECS = "arith, gold, count:<char>, run:<DIR> or module:function"
 
 
 class RewardError(ValueError):
@@ -139,6 +139,10 @@ def parse_reward(spec: str) -> RewardFn:
         raise ConfigError(f"no reward given: pass --reward SPEC ({SPECS})")
     if spec == "arith":
         return arith_reward
+    if spec == "gold":  # the hidden reward of the built-in preference data, checked by code
+        from llmjax.data.preference import GoldReward
+
+        return GoldReward()
     kind, sep, rest = spec.partition(":")
     if kind == "count" and sep:
         return count_reward(rest)

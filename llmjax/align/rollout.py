@@ -41,12 +41,17 @@ from llmjax.objectives.losses import token_log_probs
 
 
 def load_prompts(spec: str, *, arith_count: int = 512, seed: int = 0) -> list[str]:
-    """The prompt texts a spec names: `arith` (built-in arithmetic questions) or a JSONL file
-    of {"prompt": "..."} lines."""
+    """The prompt texts a spec names: `arith` (built-in arithmetic questions), `builtin` (the
+    requests of the built-in preference data, llmjax.data.preference) or a JSONL file of
+    {"prompt": "..."} lines."""
     if spec == "arith":
         return arith_prompts(arith_count, seed)
+    if spec == "builtin":
+        from llmjax.data.preference import builtin_prompts
+
+        return builtin_prompts(np.random.default_rng([seed, 5]), arith_count)
     if not spec:
-        raise ConfigError("no prompts given: pass --prompts FILE.jsonl or --prompts arith")
+        raise ConfigError("no prompts given: pass --prompts FILE.jsonl, arith or builtin")
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ConfigError(f"--prompts {spec}: no such file (a JSONL file of {{'prompt': ...}})")

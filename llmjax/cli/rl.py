@@ -23,10 +23,12 @@ rl.minibatches optimizer steps over each rollout.{extra}
 rollout is made every ppo_epochs * minibatches steps. data.batch_size is set to the rows of
 one minibatch (rollout rows / minibatches).
 
---reward: arith (1 when the completion is the answer of "What is 17 + 25?"), count:<char>
+--reward: arith (1 when the completion is the answer of "What is 17 + 25?"), gold (the hidden
+reward of the built-in preference data, llmjax.data.preference.GoldReward), count:<char>
 (the share of <char> in the completion), run:<DIR> (a reward model: a run with a value head),
 or module:function (fn(prompts, completions) -> floats, imported).
---prompts: arith (built-in arithmetic questions) or a JSONL file of {{"prompt": "..."}} lines,
+--prompts: arith (built-in arithmetic questions), builtin (the built-in preference data's
+requests) or a JSONL file of {{"prompt": "..."}} lines,
 rendered with the run's chat template (--set rl.prompt_format=plain: the text as it is).
 
 The run records its reward and prompts in config.json (rl.reward, rl.prompts), so that
@@ -62,9 +64,17 @@ def _add(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--init-from", default=None, metavar="RUN", help="the run to start from")
     p.add_argument(
-        "--reward", default=None, metavar="SPEC", help="arith, count:<char>, run:DIR or mod:fn"
+        "--reward",
+        default=None,
+        metavar="SPEC",
+        help="arith, gold, count:<char>, run:DIR or mod:fn",
     )
-    p.add_argument("--prompts", default=None, metavar="FILE|arith", help="JSONL prompts, or arith")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE|arith|builtin",
+        help="JSONL prompts, arith or builtin",
+    )
     p.add_argument("--out", default=None, help="run directory to create (or continue)")
     p.add_argument(
         "--steps", type=int, default=None, metavar="N", help="optimizer steps (train.steps)"
@@ -105,7 +115,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"rl.reward={args.reward}")
     if args.prompts is not None:
         prompts = args.prompts
-        if prompts != "arith":
+        if prompts not in ("arith", "builtin"):
             prompts = str(Path(prompts).expanduser().absolute())
         out.append(f"rl.prompts={prompts}")
     out += args.overrides
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 f"drop {', '.join(given)}"
             )
     elif args.reward is None or args.prompts is None:
-        raise ConfigError(f"{kind} needs --reward SPEC and --prompts FILE|arith")
+        raise ConfigError(f"{kind} needs --reward SPEC and --prompts FILE|arith|builtin")
     cfg = rl_config(
         kind,
         init_from=None if args.resume else args.init_from,

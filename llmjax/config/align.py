@@ -75,7 +75,7 @@ class RLConfig:
     reward: str = ""
     prompts: str = ""
     prompt_format: str = "chat"
-    arith_prompts: int = 512  # prompts=arith: how many built-in arithmetic prompts
+    arith_prompts: int = 512  # prompts=arith or builtin: how many built-in prompts
     on_reward_error: str = "stop"
 
     def __post_init__(self):
