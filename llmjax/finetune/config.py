@@ -5,7 +5,6 @@ exactly the batches it trained on."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,14 +13,14 @@ from typing import Any
 
 from llmjax.config.checks import check, check_choice
 from llmjax.data.instruct import TRAIN_ON
+from llmjax.data.recorded import BUILTIN, DataFiles
 from llmjax.errors import ConfigError
 
-BUILTIN = "builtin"  # data=builtin: llmjax's generated tasks (llmjax.data.instruct.make_tasks)
 SFT_FILE = "sft.json"
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(DataFiles):
     """The instruction data of a fine-tuning run."""
 
     # A JSONL file of {"prompt", "response"[, "system"]} or {"messages": [...]} records, or
@@ -57,31 +56,6 @@ class SFTConfig:
             isinstance(self.data_seed, int) and self.data_seed >= 0,
             f"sft data_seed (--data-seed) must be an integer >= 0, got {self.data_seed!r}",
         )
-
-    @property
-    def builtin(self) -> bool:
-        return self.data == BUILTIN
-
-    def files(self) -> dict[str, str]:
-        """The data files this config reads, by field."""
-        out = {} if self.builtin else {"data": self.data}
-        if self.val_data is not None:
-            out["val_data"] = self.val_data
-        return out
-
-    def absolute(self) -> SFTConfig:
-        """The config with absolute paths (so a run resumes from any working directory)."""
-        paths = {k: str(Path(v).expanduser().absolute()) for k, v in self.files().items()}
-        return dataclasses.replace(self, **paths)
-
-
-def fingerprint(path: str | os.PathLike) -> str:
-    """A short hash of a file's bytes: a resumed run checks that its data did not change."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def record_text(config: SFTConfig, fingerprints: dict[str, str]) -> str:

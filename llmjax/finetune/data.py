@@ -31,7 +31,7 @@ from llmjax.data.instruct import (
 )
 from llmjax.data.sources import HostBatch
 from llmjax.errors import ChatTemplateError, InstructDataError
-from llmjax.finetune.config import SFT_FILE, SFTConfig, fingerprint, record_text
+from llmjax.finetune.config import SFT_FILE, SFTConfig, record_text
 from llmjax.runs.chat_template import template_files
 
 
@@ -112,7 +112,7 @@ class SFTData:
         options = (tokenizer, template, seq_len, config.train_on)
         train, train_stats = _encode(train_conversations, where, *options)
         val, val_stats = _encode(val_conversations, val_where, *options)
-        prints = {k: fingerprint(path) for k, path in config.files().items()}
+        prints = config.fingerprints()
         return cls(config, tokenizer, template, seq_len, train, val, train_stats, val_stats, prints)
 
     @property

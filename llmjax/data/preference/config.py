@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from llmjax.config.checks import check
+from llmjax.data.recorded import BUILTIN, DataFiles  # builtin: pairs rated by a gold reward
 from llmjax.errors import ConfigError
 
-BUILTIN = "builtin"  # data=builtin: generated pairs labelled by a gold reward (builtin.py)
 PREFERENCE_FILE = "preference.json"
 
 
 @dataclass(frozen=True)
-class PreferenceDataConfig:
+class PreferenceDataConfig(DataFiles):
     """The preference pairs of a reward-model or DPO run."""
 
     # A JSONL file of {"prompt", "chosen", "rejected"} records, or "builtin": `builtin_pairs`
@@ -54,22 +54,6 @@ class PreferenceDataConfig:
             isinstance(self.data_seed, int) and self.data_seed >= 0,
             f"--data-seed must be an integer >= 0, got {self.data_seed!r}",
         )
-
-    @property
-    def builtin(self) -> bool:
-        return self.data == BUILTIN
-
-    def files(self) -> dict[str, str]:
-        """The data files this config reads, by field."""
-        out = {} if self.builtin else {"data": self.data}
-        if self.val_data is not None:
-            out["val_data"] = self.val_data
-        return out
-
-    def absolute(self) -> PreferenceDataConfig:
-        """The config with absolute paths (so a run resumes from any working directory)."""
-        paths = {k: str(Path(v).expanduser().absolute()) for k, v in self.files().items()}
-        return dataclasses.replace(self, **paths)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from llmjax.data.preference.source import PreferenceBatches
 from llmjax.data.sources import HostBatch
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.errors import ChatTemplateError, InstructDataError
-from llmjax.finetune.config import fingerprint
 
 
 def _existing(path: str, option: str) -> Path:
@@ -111,7 +110,7 @@ class PreferenceData:
         train, train_stats = _encode(train_pairs, where, tokenizer, template, seq_len)
         val, val_stats = _encode(val_pairs, val_where, tokenizer, template, seq_len)
         train_stats.identical_skipped = skipped
-        prints = {k: fingerprint(path) for k, path in config.files().items()}
+        prints = config.fingerprints()
         return cls(config, tokenizer, template, seq_len, train, val, train_stats, val_stats, prints)
 
     @property
