@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from llmjax.cli.errors import check_writable_dir, explain_out_of_memory, train_memory
+from llmjax.cli.options import add_run_options
 from llmjax.cli.sft import adapter_overrides, add_adapter_options
 from llmjax.config import ConfigError
 
@@ -45,30 +46,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """The options `llmjax reward` and `llmjax dpo` share."""
     p.add_argument("--init-from", default=None, metavar="RUN", help="the run to start from")
     p.add_argument("--data", default=None, metavar="FILE", help="JSONL file of pairs, or `builtin`")
-    p.add_argument(
-        "--out", default=None, help="run directory to create (or, with --resume, continue)"
-    )
-    p.add_argument(
-        "--steps", type=int, default=None, metavar="N", help="shorthand for --set train.steps=N"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its newest checkpoint (its data, template and "
-        "config are the recorded ones; --steps and --set train.* may change)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p)
     g = p.add_argument_group("preference data")
     g.add_argument(
         "--template",

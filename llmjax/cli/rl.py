@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from llmjax.cli.errors import check_writable_dir, explain_out_of_memory, train_memory
+from llmjax.cli.options import add_run_options
 from llmjax.cli.sft import adapter_overrides, add_adapter_options
 from llmjax.config import ConfigError
 
@@ -75,10 +76,6 @@ def _add(sub: argparse._SubParsersAction, name: str) -> None:
         metavar="FILE|arith|builtin",
         help="JSONL prompts, arith or builtin",
     )
-    p.add_argument("--out", default=None, help="run directory to create (or continue)")
-    p.add_argument(
-        "--steps", type=int, default=None, metavar="N", help="optimizer steps (train.steps)"
-    )
     p.add_argument("--kl-coef", type=float, default=None, help="KL penalty coefficient")
     p.add_argument(
         "--kl-target", type=float, default=None, help="adaptive KL: the per-sequence KL target"
@@ -86,21 +83,13 @@ def _add(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--group-size", type=int, default=None, help="completions per prompt")
     p.add_argument("--prompts-per-rollout", type=int, default=None, help="prompts per rollout")
     p.add_argument("--max-new-tokens", type=int, default=None, help="completion length bound")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set rl.clip=0.1 (repeatable)",
+    add_run_options(
+        p,
+        steps_help="optimizer steps (train.steps), a multiple of ppo_epochs * minibatches",
+        set_example="rl.clip=0.1",
+        resume_help="continue the run in --out from its checkpoint (its reward, prompts and "
+        "config are the recorded ones)",
     )
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_adapter_options(p)
     p.set_defaults(func=run, kind=name)
 

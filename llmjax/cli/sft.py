@@ -8,6 +8,7 @@ import signal
 import sys
 
 from llmjax.cli.errors import check_writable_dir, explain_out_of_memory, train_memory
+from llmjax.cli.options import add_run_options
 from llmjax.config import ConfigError
 from llmjax.data.instruct import TRAIN_ON
 
@@ -58,34 +59,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="JSONL file of conversations, or `builtin` for the generated tasks",
     )
-    p.add_argument(
-        "--out", default=None, help="run directory to create (or, with --resume, continue)"
+    add_run_options(
+        p,
+        steps_help="shorthand for --set train.steps=N (default: RUN's train.steps)",
+        resume_help="continue the sft run in --out from its newest checkpoint (its data, "
+        "template and config are the recorded ones; --steps and --set train.* may change)",
     )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="shorthand for --set train.steps=N (default: RUN's train.steps)",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the sft run in --out from its newest checkpoint (its data, template "
-        "and config are the recorded ones; --steps and --set train.* may change)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("instruction data")
     g.add_argument(
         "--template",
