@@ -75,3 +75,18 @@ def test_fine_tuning_runs():
     assert any(
         o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])
     )  # the before/after plot
+
+
+def test_alignment_runs():
+    env = {
+        "ALIGN_BASE_STEPS": "10",
+        "ALIGN_SFT_STEPS": "6",
+        "ALIGN_RM_STEPS": "6",
+        "ALIGN_DPO_STEPS": "4",
+        "ALIGN_PPO_ROLLOUTS": "1",
+        "ALIGN_EVAL_PROMPTS": "4",
+    }
+    text = _outputs(_run("alignment.ipynb", env))
+    assert "held-out pair accuracy" in text
+    assert "optimizer steps; last:" in text  # the PPO run's records
+    assert "win vs SFT" in text  # the gold-reward comparison
