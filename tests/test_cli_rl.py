@@ -42,6 +42,7 @@ def _last_json(capsys) -> dict:
     return json.loads(out[-1])
 
 
+@pytest.mark.slow
 def test_ppo_runs_a_few_steps_and_resumes(base, tmp_path, capsys):
     out = tmp_path / "ppo"
     argv = ["ppo", "--init-from", str(base), "--reward", "arith", "--prompts", "arith"]
@@ -65,6 +66,7 @@ def test_ppo_runs_a_few_steps_and_resumes(base, tmp_path, capsys):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_grpo_on_a_prompt_file_with_a_count_reward(base, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("hi", "yo", "ok")))

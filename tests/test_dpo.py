@@ -216,6 +216,7 @@ def test_dpo_on_a_mesh_matches_one_device(base, tmp_path):
         np.testing.assert_allclose(np.asarray(y)[:n], np.asarray(x)[:n], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_dpo_quick_times_both_steps(tmp_path, capsys):
     from experiments import bench_dpo
 

@@ -300,6 +300,7 @@ def test_reward_specs():
     assert parse_reward("tests.test_rl_runs:_nan") is _nan
 
 
+@pytest.mark.slow
 def test_a_reward_model_with_another_tokenizer_is_refused(base, tmp_path):
     from llmjax.align.rewards import RewardModel
     from llmjax.data import build_tokenizer
@@ -318,6 +319,7 @@ def test_a_reward_model_with_another_tokenizer_is_refused(base, tmp_path):
         rm.check_tokenizer(load_run(base).tokenizer)
 
 
+@pytest.mark.slow
 def test_bench_rollout_quick(tmp_path):
     from experiments import bench_rollout
 

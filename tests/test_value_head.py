@@ -102,8 +102,12 @@ def test_score_reads_the_head_at_each_sequences_last_token():
     model = build_model(cfg.model)
     seqs = [rng.integers(0, 200, n).astype(np.int32) for n in (3, 9, 1, 17)]
     got = score_tokens(model, {"params": params}, seqs, batch_size=3, pad_multiple=8)
-    for s, g in zip(seqs, got, strict=True):
-        alone = model.apply({"params": params}, s[None]).aux["value"][0, -1]
-        np.testing.assert_allclose(g, alone, rtol=1e-5, atol=1e-6)
+    # One causal pass over the right-padded rows: position n - 1 sees only a row's own tokens.
+    padded = np.zeros((len(seqs), 17), np.int32)
+    for i, s in enumerate(seqs):
+        padded[i, : len(s)] = s
+    values = model.apply({"params": params}, padded).aux["value"]
+    want = [values[i, len(s) - 1] for i, s in enumerate(seqs)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="no value head"):
         score_tokens(build_model(_tiny().model), {"params": params}, seqs)
