@@ -44,18 +44,7 @@ def load_conversations(config: SFTConfig) -> tuple[list[Conversation], list[Conv
         conversations = load_jsonl(_existing(config.data, "--data"))
     if config.val_data is not None:
         return conversations, load_jsonl(_existing(config.val_data, "--val-data"))
-    n = len(conversations)
-    if n < 2:
-        raise InstructDataError(
-            f"{config.data} holds {n} conversation; holding some out for evaluation needs at "
-            f"least 2. Add conversations, or pass a validation file (--val-data)"
-        )
-    n_val = min(n - 1, max(1, round(n * config.val_fraction)))
-    held = np.random.default_rng([config.data_seed, 1]).permutation(n)[:n_val]
-    is_val = np.zeros(n, bool)
-    is_val[held] = True
-    train = [c for c, v in zip(conversations, is_val, strict=True) if not v]
-    return train, [c for c, v in zip(conversations, is_val, strict=True) if v]
+    return config.held_out(conversations, "conversation", "conversations")
 
 
 def _existing(path: str, option: str) -> Path:

@@ -51,17 +51,8 @@ def load_preference_pairs(
     if config.val_data is not None:
         val, more = load_pairs(_existing(config.val_data, "--val-data"))
         return pairs, val, skipped + more
-    n = len(pairs)
-    if n < 2:
-        raise InstructDataError(
-            f"{config.data} holds {n} usable pair; holding some out for evaluation needs at "
-            f"least 2. Add pairs, or pass a validation file (--val-data)"
-        )
-    n_val = min(n - 1, max(1, round(n * config.val_fraction)))
-    held = np.zeros(n, bool)
-    held[np.random.default_rng([config.data_seed, 1]).permutation(n)[:n_val]] = True
-    train = [p for p, v in zip(pairs, held, strict=True) if not v]
-    return train, [p for p, v in zip(pairs, held, strict=True) if v], skipped
+    train, val = config.held_out(pairs, "usable pair", "pairs")
+    return train, val, skipped
 
 
 def _encode(pairs, what, tokenizer, template, seq_len) -> tuple[list[EncodedPair], PairStats]:
