@@ -23,7 +23,6 @@ unlike prompts.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments.rlhf import MAX_NEW, PPO, RL, STAGE, _base, _data_files, _reward, _sft
+from experiments.rlhf import (
+    MAX_NEW,
+    PPO,
+    RL,
+    STAGE,
+    _base,
+    _data_files,
+    _reward,
+    _sft,
+    finish,
+    scratch_runs,
+)
 from llmjax.align.evaluate import sample_replies
 from llmjax.align.rewards import RewardModel
 from llmjax.align.rl import fit_ppo, rl_config
@@ -39,7 +49,7 @@ from llmjax.align.rollout import PromptSet
 from llmjax.data.instruct import ConversationEncoder, Message, SimpleTemplate
 from llmjax.data.preference import GoldReward, builtin_prompts, sample_reply
 from llmjax.models import build_model
-from llmjax.results import experiment_parser, write_results
+from llmjax.results import experiment_parser
 from llmjax.runs import load_run
 from llmjax.train.trainer import Hook
 
@@ -65,10 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = experiment_parser(__doc__.splitlines()[0]).parse_args(argv)
     s = QUICK if args.quick else FULL
     t_start = time.perf_counter()
-    root = Path(args.out_dir) / "reward_hacking" / "runs"
-    if root.exists():
-        shutil.rmtree(root)  # this experiment's own scratch runs, remade every time
-    root.mkdir(parents=True)
+    root = scratch_runs(args.out_dir, "reward_hacking")
     per_seed = []
     for seed in range(s["seeds"]):
         t0 = time.perf_counter()
@@ -81,18 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seeds": per_seed,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
-    out = write_results(
-        "reward_hacking",
-        metrics,
-        rows=rows,
-        plots={"reward_hacking": _plot(per_seed, s)},
-        out_dir=args.out_dir,
-        quick=args.quick,
-    )
-    if not args.quick:
-        shutil.rmtree(root, ignore_errors=True)
-    metrics["results_dir"] = str(out)
-    return metrics
+    return finish("reward_hacking", metrics, rows, _plot(per_seed, s), args, root)
 
 
 class Probe(Hook):

@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = experiment_parser(__doc__.splitlines()[0]).parse_args(argv)
     s = QUICK if args.quick else FULL
     t_start = time.perf_counter()
-    root = Path(args.out_dir) / "rlhf" / "runs"
-    if root.exists():
-        shutil.rmtree(root)  # this experiment's own scratch runs, remade every time
-    root.mkdir(parents=True)
+    root = scratch_runs(args.out_dir, "rlhf")
     gold = GoldReward()
     chosen_lr: dict[str, float] = {}
     per_seed = []
@@ -111,13 +108,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "methods": {r["method"]: r for r in rows},
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
+    return finish("rlhf", metrics, rows, _plot(rows, s), args, root)
+
+
+def scratch_runs(out_dir: str, name: str) -> Path:
+    """OUT/NAME/runs/, emptied: the experiment's own scratch runs, remade every time."""
+    root = Path(out_dir) / name / "runs"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    return root
+
+
+def finish(name: str, metrics: dict, rows: list[dict], figure, args, root: Path) -> dict:
+    """Writes the results and figure, removes the scratch runs of a full run (a --quick run
+    keeps them to look at), and returns the metrics with the results directory."""
     out = write_results(
-        "rlhf",
-        metrics,
-        rows=rows,
-        plots={"rlhf": _plot(rows, s)},
-        out_dir=args.out_dir,
-        quick=args.quick,
+        name, metrics, rows=rows, plots={name: figure}, out_dir=args.out_dir, quick=args.quick
     )
     if not args.quick:
         shutil.rmtree(root, ignore_errors=True)
