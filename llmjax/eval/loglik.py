@@ -1,0 +1,176 @@
+"""Log-likelihood of token continuations under a model, batched: the primitive every
+likelihood-based evaluation is built on (multiple choice, continuation scoring, rolling
+perplexity, the lm-evaluation-harness adapter).
+
+    scorer = TokenScorer(model, variables, max_length=cfg.max_seq_len)
+    scored = scorer.score([(context_ids, target_ids), ...])
+    scored[0].logprob, scored[0].greedy, scored[0].logprobs   # sum, all-argmax, per token
+
+A request (context, target) is scored with one forward pass over (context + target)[:-1]: the
+log-probability of each target token given every token before it. A request longer than the
+model's context keeps its last `max_length` input tokens (the context is cut from the left; a
+target longer than the context window is an error). Requests are sorted by length and cut into
+batches of `batch_size` rows, right-padded to a multiple of `pad_multiple` tokens, so a whole
+evaluation compiles a handful of programs; causal attention keeps padding on the right from
+changing any real position.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmjax.errors import ConfigError
+from llmjax.objectives.losses import token_log_probs
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One request's target tokens: log p of each (nats), and whether each was the argmax."""
+
+    logprobs: np.ndarray  # float64 [n_target]
+    greedy_tokens: np.ndarray  # bool [n_target]
+
+    @property
+    def logprob(self) -> float:
+        return float(self.logprobs.sum())
+
+    @property
+    def greedy(self) -> bool:
+        """Greedy decoding from the context would have produced the whole target."""
+        return bool(self.greedy_tokens.all())
+
+    @property
+    def tokens(self) -> int:
+        return len(self.logprobs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _target_log_probs(model: Any, variables: Any, inputs_BxT, targets_BxT):
+    logits_BxTxV = model.apply(variables, inputs_BxT).logits
+    logp_BxT = token_log_probs(logits_BxTxV, targets_BxT)
+    greedy_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+    return logp_BxT, greedy_BxT
+
+
+class TokenScorer:
+    """Batched log-likelihood of target token ids given context token ids (module docstring).
+
+    `variables`: {"params": ..., **model_state}, or the params tree alone.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        variables: Any,
+        *,
+        max_length: int | None = None,
+        batch_size: int = 16,
+        pad_multiple: int = 16,
+        pad_id: int = 0,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} is out of range; valid: >= 1")
+        if pad_multiple < 1:
+            raise ConfigError(f"pad_multiple={pad_multiple} is out of range; valid: >= 1")
+        self.model = model
+        self.variables = variables if "params" in variables else {"params": variables}
+        self.max_length = int(max_length or model.cfg.max_seq_len)
+        self.batch_size, self.pad_multiple, self.pad_id = batch_size, pad_multiple, pad_id
+
+    def _inputs(self, context: np.ndarray, target: np.ndarray, where: str) -> np.ndarray:
+        """(context + target) cut to the last max_length + 1 tokens."""
+        if len(target) == 0:
+            raise ConfigError(f"{where} has an empty continuation; there is nothing to score")
+        if len(target) > self.max_length:
+            raise ConfigError(
+                f"{where}: its continuation is {len(target)} tokens, longer than the model's "
+                f"context of {self.max_length} tokens, so it cannot be scored in one pass; "
+                f"shorten the continuation (or score the text with rolling windows)"
+            )
+        if len(context) == 0:
+            raise ConfigError(
+                f"{where} has an empty context: the first target token has nothing to be "
+                f"predicted from; start it with a BOS/EOS token"
+            )
+        whole = np.concatenate([context, target]).astype(np.int32)
+        return whole[-(self.max_length + 1) :]
+
+    def score(
+        self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, where: str = "request"
+    ) -> list[Scored]:
+        """Scored results in request order; `where` names the requests in errors."""
+        seqs, n_target = [], []
+        for i, (context, target) in enumerate(requests):
+            c, t = np.asarray(context, np.int32), np.asarray(target, np.int32)
+            seqs.append(self._inputs(c, t, f"{where} {i}"))
+            n_target.append(len(t))
+        order = np.argsort([-len(s) for s in seqs], kind="stable")  # longest first
+        out: list[Scored | None] = [None] * len(seqs)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            longest = max(len(seqs[i]) - 1 for i in rows)
+            width = min(-(-longest // self.pad_multiple) * self.pad_multiple, self.max_length)
+            inputs = np.full((self.batch_size, width), self.pad_id, np.int32)
+            targets = np.zeros((self.batch_size, width), np.int32)
+            for r, i in enumerate(rows):
+                s = seqs[i]
+                inputs[r, : len(s) - 1] = s[:-1]
+                targets[r, : len(s) - 1] = s[1:]
+            logp, greedy = jax.device_get(
+                _target_log_probs(self.model, self.variables, inputs, targets)
+            )
+            for r, i in enumerate(rows):
+                end = len(seqs[i]) - 1
+                begin = end - n_target[i]
+                out[i] = Scored(
+                    logp[r, begin:end].astype(np.float64), np.asarray(greedy[r, begin:end])
+                )
+        return out  # type: ignore[return-value]
+
+
+def rolling_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows that score tokens 1..n-1 of an n-token sequence, each with up to `window`
+    tokens of input: (start, first, end) means input tokens [start, end - 1) predict targets
+    [first, end). The first window scores targets 1..window; each next one moves `stride`
+    tokens on and scores only the targets not yet scored, so every target after the first
+    window is predicted from at least window - stride tokens. stride == window scores
+    independent chunks that share one token; window >= n - 1 is a single pass."""
+    if window < 1:
+        raise ConfigError(f"window={window} is out of range; valid: >= 1")
+    if not 1 <= stride <= window:
+        raise ConfigError(f"stride={stride} is out of range; valid: 1 <= stride <= window")
+    out, scored, start = [], 1, 0
+    while scored < n:
+        end = min(start + window + 1, n)
+        if end > scored:
+            out.append((start, scored, end))
+            scored = end
+        start += stride
+    return out
+
+
+def rolling_log_probs(
+    scorer: TokenScorer, ids: Sequence[int], *, window: int | None = None, stride: int | None = None
+) -> np.ndarray:
+    """log p(ids[t] | up to `window` tokens before it) for t = 1..len(ids)-1 (float64),
+    through `rolling_windows`; window defaults to the model's context, stride to window."""
+    window = scorer.max_length if window is None else window
+    stride = window if stride is None else stride
+    if window > scorer.max_length:
+        raise ConfigError(
+            f"window={window} is longer than the model's context of {scorer.max_length} "
+            f"tokens; use a window <= {scorer.max_length}"
+        )
+    ids = np.asarray(ids, np.int32)
+    spans = rolling_windows(len(ids), window, stride)
+    scored = scorer.score([(ids[a:f], ids[f:e]) for a, f, e in spans], where="window")
+    if not scored:
+        return np.zeros(0, np.float64)
+    return np.concatenate([s.logprobs for s in scored])
