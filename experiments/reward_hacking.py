@@ -47,7 +47,7 @@ from llmjax.align.rewards import RewardModel
 from llmjax.align.rl import fit_ppo, rl_config
 from llmjax.align.rollout import PromptSet
 from llmjax.data.instruct import ConversationEncoder, Message, SimpleTemplate
-from llmjax.data.preference import GoldReward, builtin_prompts, sample_reply
+from llmjax.data.preference import GoldReward, builtin_prompts, reward_ids, sample_reply
 from llmjax.models import build_model
 from llmjax.results import experiment_parser
 from llmjax.runs import load_run
@@ -233,7 +233,8 @@ def _shift_accuracy(seed: int, s: dict, scorers: dict, tok, gold: GoldReward) ->
     encoder = ConversationEncoder(tok, SimpleTemplate())
 
     def ids(prompt, reply):
-        return encoder.encode((Message("user", prompt), Message("assistant", reply))).ids
+        # read where the reward objective trains: the last reply token before its end token
+        return reward_ids(encoder.encode((Message("user", prompt), Message("assistant", reply))))
 
     out = {}
     for rm_name, rm in scorers.items():
