@@ -262,3 +262,34 @@ def test_cli_bad_input(trained_run, tmp_path, capsys, extra, match):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_ngram_model_through_the_same_harness(tmp_path):
+    """A Kneser-Ney model scores tasks and texts like a transformer does: its log-likelihoods
+    are its own log_probs, and its greedy flags its argmax."""
+    from llmjax.eval.ngram import KneserNey, NgramScorer
+
+    text = "the cat sat on the mat. the dog sat on the log. " * 30
+    kn = KneserNey.fit(TOK.encode(text), order=3, vocab_size=TOK.vocab_size)
+    lm = EvalLM.from_scorer(NgramScorer(kn), TOK)
+    doc = "the cat sat on the log."
+    ids = np.concatenate([[TOK.bos_id], TOK.encode(doc)])
+    scores = lm.rolling_loglikelihood([doc])
+    assert scores.logprobs[0] == pytest.approx(kn.log_probs(ids)[1:].sum(), rel=1e-12)
+    task = load_task(_write(tmp_path / "mc.jsonl", [
+        {"context": "the cat sat on the", "choices": [" mat", " dog"], "gold": 0},
+        {"context": "the dog sat on the", "choices": [" qzx", " log"], "gold": 1}]))  # fmt: skip
+    assert run_task(lm, task)["acc"] == 1.0
+    s = lm.loglikelihood([("the cat sat on th", "e")])[0]
+    assert s.greedy
+    with pytest.raises(ConfigError, match="cannot generate"):
+        lm.generate_until(["the"])
+
+
+def test_lm_eval_adapter_without_lm_eval_names_the_extra():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['lm_eval'] = None; import llmjax.lm_eval"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "pip install 'llmjax[lm-eval]'" in proc.stderr

@@ -147,3 +147,13 @@ def test_command_line_runs_lm_eval_with_the_model(setup, tmp_path):
     )  # fmt: skip
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr and "nowhere" in bad.stderr
+
+
+@pytest.mark.slow
+def test_bench_eval_quick(tmp_path):
+    from experiments.bench_eval import main
+
+    report = main(["--quick", "--out-dir", str(tmp_path)])
+    assert report["requests"] == 160 and report["max_abs_loglik_diff"] < 1e-4
+    assert set(report["median_s"]) == {"llmjax", "hf"}
+    assert (tmp_path / "bench_eval" / "metrics.json").exists()

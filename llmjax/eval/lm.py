@@ -73,13 +73,27 @@ class EvalLM:
             pad_id=pad_id,
         )
         self.batch_size = batch_size
+        self.prefix_id = self._prefix(tokenizer)
+
+    @classmethod
+    def from_scorer(cls, scorer: Any, tokenizer: Any) -> EvalLM:
+        """Text requests served by any object with TokenScorer's `score` and `max_length`
+        (e.g. llmjax.eval.ngram.NgramScorer); it cannot generate."""
+        lm = cls.__new__(cls)
+        lm.model, lm.variables, lm.tokenizer, lm.scorer = None, None, tokenizer, scorer
+        lm.batch_size = 16
+        lm.prefix_id = lm._prefix(tokenizer)
+        return lm
+
+    @staticmethod
+    def _prefix(tokenizer: Any) -> int:
         prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
         if prefix is None:
             raise ConfigError(
                 "the tokenizer has neither a BOS nor an EOS token, so a text's first token has "
                 "no context to be scored from; use a tokenizer with one of them"
             )
-        self.prefix_id = int(prefix)
+        return int(prefix)
 
     @classmethod
     def from_run(cls, run: str, *, step: int | None = None, **options: Any) -> EvalLM:
@@ -133,6 +147,8 @@ class EvalLM:
         self, contexts: Sequence[str], *, until: Sequence[str] = (), max_new_tokens: int = 32
     ) -> list[str]:
         """Greedy continuations, each cut before the first of `until` (and at EOS)."""
+        if self.model is None:
+            raise ConfigError("this scorer cannot generate; generation tasks need a model")
         if max_new_tokens < 1 or max_new_tokens >= self.max_length:
             raise ConfigError(
                 f"max_new_tokens={max_new_tokens} is out of range; valid: 1 .. "

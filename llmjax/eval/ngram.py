@@ -167,3 +167,29 @@ class KneserNey:
             n_bytes = float(np.asarray(token_bytes)[np.asarray(tokens)].sum())
             out["bits_per_byte"] = bits_per_byte(float(-lp.sum()), n_bytes)
         return out
+
+
+class NgramScorer:
+    """A KneserNey model behind the harness's scorer interface (`TokenScorer.score`), so the
+    same tasks and texts score it: `EvalLM.from_scorer(NgramScorer(lm), tokenizer)`. A
+    target token's context is the n - 1 tokens before it; greedy means it is the most probable
+    id there."""
+
+    def __init__(self, lm: KneserNey, max_length: int = 1 << 30):
+        self.lm, self.max_length = lm, max_length
+
+    def score(self, requests, *, where: str = "request"):
+        from llmjax.eval.loglik import Scored
+
+        out = []
+        for i, (context, target) in enumerate(requests):
+            context = np.asarray(context, np.int64)
+            target = np.asarray(target, np.int64)
+            if len(target) == 0 or len(context) == 0:
+                raise ConfigError(f"{where} {i} needs a non-empty context and continuation")
+            ids = np.concatenate([context, target])
+            logp = self.lm.log_probs(ids)[len(context) :]
+            greedy = [int(np.argmax(self.lm.distribution(ids[:t]))) == ids[t]
+                      for t in range(len(context), len(ids))]  # fmt: skip
+            out.append(Scored(logp, np.asarray(greedy, bool)))
+        return out
