@@ -11,6 +11,7 @@ from llmjax import scaling
 from llmjax.config import PRESETS, ModelConfig
 from llmjax.models import build_model, count_params, init_model
 from llmjax.objectives.losses import cross_entropy
+from llmjax.scaling import cost
 
 
 def test_gpt2_small_counts_match_the_known_totals():
@@ -93,18 +94,18 @@ def test_cpu_peak_is_measured_once_per_process(monkeypatch):
 def test_cpu_peak_is_kept_per_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMJAX_CACHE_DIR", str(tmp_path))
     calls = []
-    monkeypatch.setattr(scaling, "measure_matmul_peak", lambda: calls.append(1) or 1.5e11)
+    monkeypatch.setattr(cost, "measure_matmul_peak", lambda: calls.append(1) or 1.5e11)
     kept = tmp_path / scaling.PEAK_CACHE_FILE
     scaling.measured_matmul_peak.cache_clear()
     try:
         assert scaling.measured_matmul_peak() == 1.5e11 and len(calls) == 1
-        assert list(json.loads(kept.read_text())) == [scaling._machine_key()]
+        assert list(json.loads(kept.read_text())) == [cost._machine_key()]
         scaling.measured_matmul_peak.cache_clear()  # as in a new process
         assert scaling.measured_matmul_peak() == 1.5e11 and len(calls) == 1
         kept.write_text("{truncated")
         scaling.measured_matmul_peak.cache_clear()
         assert scaling.measured_matmul_peak() == 1.5e11 and len(calls) == 2
-        assert json.loads(kept.read_text())[scaling._machine_key()]["flops_per_s"] == 1.5e11
+        assert json.loads(kept.read_text())[cost._machine_key()]["flops_per_s"] == 1.5e11
     finally:
         scaling.measured_matmul_peak.cache_clear()
 

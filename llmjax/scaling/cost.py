@@ -242,7 +242,9 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> floa
 
 
 __all__ = [
+    "ENV_PEAK",
     "PEAK_BF16_FLOPS",
+    "PEAK_CACHE_FILE",
     "ParamCounts",
     "attention_flops_per_token",
     "forward_flops_per_token",

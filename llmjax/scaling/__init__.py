@@ -1,0 +1,56 @@
+"""Scaling: what a model costs to train (parameters, FLOPs, MFU) and scaling laws fitted to runs."""
+
+from llmjax.scaling.bootstrap import Bootstrap, bootstrap
+from llmjax.scaling.cost import (
+    ENV_PEAK,
+    PEAK_BF16_FLOPS,
+    PEAK_CACHE_FILE,
+    ParamCounts,
+    attention_flops_per_token,
+    forward_flops_per_token,
+    matmul_params,
+    measure_matmul_peak,
+    measured_matmul_peak,
+    mfu,
+    param_counts,
+    peak_flops,
+    table_peak,
+    train_flops_per_token,
+)
+from llmjax.scaling.law import (
+    HOFFMANN_2022,
+    ComputeLaw,
+    ScalingLaw,
+    compute_frontier,
+    fit_compute_law,
+    fit_frontier,
+    fit_law,
+    start_grid,
+)
+
+__all__ = [
+    "Bootstrap",
+    "ComputeLaw",
+    "ENV_PEAK",
+    "HOFFMANN_2022",
+    "PEAK_BF16_FLOPS",
+    "PEAK_CACHE_FILE",
+    "ParamCounts",
+    "ScalingLaw",
+    "attention_flops_per_token",
+    "bootstrap",
+    "compute_frontier",
+    "fit_compute_law",
+    "fit_frontier",
+    "fit_law",
+    "forward_flops_per_token",
+    "matmul_params",
+    "measure_matmul_peak",
+    "measured_matmul_peak",
+    "mfu",
+    "param_counts",
+    "peak_flops",
+    "start_grid",
+    "table_peak",
+    "train_flops_per_token",
+]
