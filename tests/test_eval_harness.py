@@ -3,8 +3,10 @@ windows score every token once with the stated context, multiple choice equals a
 computation, few-shot contexts are seeded, and bad task files name the file, line and field."""
 
 import dataclasses
+import functools
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -30,11 +32,20 @@ def lm():
     return EvalLM(model, random_params(cfg, seed=3), TOK, batch_size=4)
 
 
+@functools.cache
+def _forward(model):
+    return jax.jit(lambda variables, ids: model.apply(variables, ids).logits)
+
+
 def _one_pass(lm, ids):
-    """log p(ids[t] | ids[:t]) for t >= 1 from one unpadded forward pass."""
-    ids = np.asarray(ids, np.int32)[None]
-    logits = lm.model.apply(lm.variables, ids[:, :-1]).logits
-    return np.asarray(token_log_probs(logits, ids[:, 1:]))[0].astype(np.float64)
+    """log p(ids[t] | ids[:t]) for t >= 1 from one forward pass (right-padded to the context:
+    one compiled program; causal attention keeps padding from changing the real positions)."""
+    ids = np.asarray(ids, np.int32)
+    n = len(ids) - 1
+    inputs = np.zeros((1, CONTEXT), np.int32)
+    inputs[0, :n] = ids[:-1]
+    logits = _forward(lm.model)(lm.variables, inputs)[:, :n]
+    return np.asarray(token_log_probs(logits, ids[None, 1:]))[0].astype(np.float64)
 
 
 def test_windows_score_every_target_once():
@@ -122,8 +133,9 @@ def test_continuation_and_generate_tasks(lm, tmp_path):
     # greedy reply recomputed token by token from full forward passes
     ids = list(TOK.encode(ctx))
     for _ in range(6):
-        logits = lm.model.apply(lm.variables, np.asarray([ids], np.int32)).logits
-        nxt = int(np.argmax(np.asarray(logits)[0, -1]))
+        inputs = np.zeros((1, CONTEXT), np.int32)
+        inputs[0, : len(ids)] = ids
+        nxt = int(np.argmax(np.asarray(_forward(lm.model)(lm.variables, inputs))[0, len(ids) - 1]))
         if nxt == TOK.eos_id:
             break
         ids.append(nxt)
