@@ -1,0 +1,20 @@
+"""The evaluation experiments' --quick runs: the results they write and the properties their
+measurements must show even on an untrained model."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_autoregressive_quick(tmp_path):
+    from experiments.autoregressive import main
+
+    m = main(["--quick", "--out-dir", str(tmp_path)])
+    assert m["chain_rule"]["max_abs_seq_diff"] < 1e-4  # log p(x) = sum of the step log-probs
+    for row in m["sampling"]["contexts"]:  # samples follow the softmax
+        assert row["tv"] < 2 * row["tv_exact_sampling_p95"]
+    assert len(m["context"]["transformer"]) == 128
+    saved = json.loads((tmp_path / "autoregressive" / "metrics.json").read_text())
+    assert saved["quick"] and saved["rows"]
+    assert (tmp_path / "autoregressive" / "autoregressive.png").exists()
