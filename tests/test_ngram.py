@@ -83,3 +83,12 @@ def test_bad_settings_are_refused():
         KneserNey.fit(np.arange(5), order=5, vocab_size=50_000)
     with pytest.raises(ConfigError, match=r"\[0, 5\)"):
         KneserNey.fit(np.arange(7), order=2, vocab_size=5)
+
+
+def test_argmax_is_the_distributions_argmax():
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 7, 400)
+    lm = KneserNey.fit(tokens, order=3, vocab_size=7)
+    got = lm.argmax(tokens[:50], chunk=16)
+    expect = [int(np.argmax(lm.distribution(tokens[:t]))) for t in range(50)]
+    assert got.tolist() == expect

@@ -140,6 +140,25 @@ class KneserNey:
         known = np.minimum(np.arange(len(tokens)), n)
         return np.log(self._probs(history, tokens, known))
 
+    def argmax(self, tokens: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """The most probable id at every position t of `tokens` given the tokens before it
+        (as log_probs conditions), int64 [len(tokens)]: all ids scored, `chunk` positions at
+        a time."""
+        tokens = np.asarray(tokens, np.int64).ravel()
+        n, V = self.order - 1, self.vocab_size
+        padded = np.concatenate([np.zeros(n, np.int64), tokens])
+        out = np.zeros(len(tokens), np.int64)
+        ids = np.arange(V, dtype=np.int64)
+        for a in range(0, len(tokens), chunk):
+            t = np.arange(a, min(a + chunk, len(tokens)))
+            history = np.stack([padded[t + j] for j in range(n)], axis=1) if n else None
+            history = np.zeros((len(t), 0), np.int64) if history is None else history
+            known = np.minimum(t, n)
+            p = self._probs(np.repeat(history, V, axis=0), np.tile(ids, len(t)),
+                            np.repeat(known, V))  # fmt: skip
+            out[t] = p.reshape(len(t), V).argmax(1)
+        return out
+
     def distribution(self, context: np.ndarray) -> np.ndarray:
         """p(w | context) for every id w, float64 [vocab_size] (the last order - 1 tokens of
         `context` are used)."""
@@ -189,7 +208,6 @@ class NgramScorer:
                 raise ConfigError(f"{where} {i} needs a non-empty context and continuation")
             ids = np.concatenate([context, target])
             logp = self.lm.log_probs(ids)[len(context) :]
-            greedy = [int(np.argmax(self.lm.distribution(ids[:t]))) == ids[t]
-                      for t in range(len(context), len(ids))]  # fmt: skip
-            out.append(Scored(logp, np.asarray(greedy, bool)))
+            greedy = self.lm.argmax(ids)[len(context) :] == target
+            out.append(Scored(logp, greedy))
         return out
