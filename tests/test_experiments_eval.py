@@ -18,3 +18,14 @@ def test_autoregressive_quick(tmp_path):
     saved = json.loads((tmp_path / "autoregressive" / "metrics.json").read_text())
     assert saved["quick"] and saved["rows"]
     assert (tmp_path / "autoregressive" / "autoregressive.png").exists()
+
+
+@pytest.mark.slow
+def test_ngram_vs_transformer_quick(tmp_path):
+    from experiments.ngram_vs_transformer import main
+
+    m = main(["--quick", "--out-dir", str(tmp_path)])
+    bpb = {r["model"]: r["bpb"] for r in m["rows"]}
+    assert bpb["3-gram Kneser-Ney"] < bpb["1-gram Kneser-Ney"] < 8.1  # uniform is log2(259)
+    assert len(m["runs"]) == 1 and m["runs"][0]["train_tokens"] == 4 * 16 * 128
+    assert (tmp_path / "ngram_vs_transformer" / "ngram_vs_transformer.png").exists()
