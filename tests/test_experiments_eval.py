@@ -29,3 +29,15 @@ def test_ngram_vs_transformer_quick(tmp_path):
     assert bpb["3-gram Kneser-Ney"] < bpb["1-gram Kneser-Ney"] < 8.1  # uniform is log2(259)
     assert len(m["runs"]) == 1 and m["runs"][0]["train_tokens"] == 4 * 16 * 128
     assert (tmp_path / "ngram_vs_transformer" / "ngram_vs_transformer.png").exists()
+
+
+@pytest.mark.slow
+def test_scaling_laws_quick(tmp_path):
+    from experiments.scaling_laws import main
+
+    m = main(["--quick", "--out-dir", str(tmp_path)])
+    assert len(m["runs"]) == 6 and {"alpha", "beta", "E"} <= set(m["law"])
+    lo, hi = m["heldout_interval_90"]
+    assert lo <= m["heldout_predicted"] <= hi
+    assert all(r["N"] < m["heldout"]["N"] for r in m["runs"])  # the held-out run is larger
+    assert (tmp_path / "scaling_laws" / "scaling_laws.png").exists()
