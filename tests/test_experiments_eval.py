@@ -38,6 +38,6 @@ def test_scaling_laws_quick(tmp_path):
     m = main(["--quick", "--out-dir", str(tmp_path)])
     assert len(m["runs"]) == 6 and {"alpha", "beta", "E"} <= set(m["law"])
     lo, hi = m["heldout_interval_90"]
-    assert lo <= m["heldout_predicted"] <= hi
+    assert lo < hi and abs(m["heldout_error"]) < 10
     assert all(r["N"] < m["heldout"]["N"] for r in m["runs"])  # the held-out run is larger
     assert (tmp_path / "scaling_laws" / "scaling_laws.png").exists()
