@@ -41,3 +41,15 @@ def test_scaling_laws_quick(tmp_path):
     assert lo < hi and abs(m["heldout_error"]) < 10
     assert all(r["N"] < m["heldout"]["N"] for r in m["runs"])  # the held-out run is larger
     assert (tmp_path / "scaling_laws" / "scaling_laws.png").exists()
+
+
+@pytest.mark.slow
+def test_hallucination_quick(tmp_path):
+    from experiments.hallucination import main
+
+    m = main(["--quick", "--out-dir", str(tmp_path)])
+    run = m["runs"][0]
+    assert run["questions"] == 24  # 3 facts of each of the 8 held-out people
+    assert sum(b["questions"] for b in run["by_count"].values()) == 24
+    assert 0 <= run["ece"] <= 1 and len(run["reliability"]["counts"]) == 10
+    assert (tmp_path / "hallucination" / "hallucination.png").exists()
