@@ -53,3 +53,15 @@ def test_hallucination_quick(tmp_path):
     assert sum(b["questions"] for b in run["by_count"].values()) == 24
     assert 0 <= run["ece"] <= 1 and len(run["reliability"]["counts"]) == 10
     assert (tmp_path / "hallucination" / "hallucination.png").exists()
+
+
+@pytest.mark.slow
+def test_evaluation_metrics_quick(tmp_path):
+    from experiments.evaluation_metrics import main
+
+    m = main(["--quick", "--out-dir", str(tmp_path)])
+    assert [p["step"] for p in m["checkpoints"]] == [2, 4]  # each checkpoint of the one run
+    first, last = m["checkpoints"]
+    assert last["bits_per_byte"] < first["bits_per_byte"]  # training lowers held-out bpb
+    assert set(m["spearman_with_minus_bpb"]) >= {"exact_match", "choice_acc"}
+    assert (tmp_path / "evaluation_metrics" / "evaluation_metrics.png").exists()
