@@ -261,6 +261,7 @@ def test_cli_scores_texts_and_tasks(trained_run, tmp_path, capsys):
         (["--task", "{tmp}/nope.jsonl"], "does not exist"),
         (["--step", "3", "--task", "{mc}"], "3"),
         (["--window", "8"], "add --text"),
+        (["--task", "{mc}", "--batches", "2"], "have no meaning"),
         (["--text", "{mc}", "--window", "999"], "longer than the model's context"),
     ],
 )

@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if (args.window or args.stride) and not args.text:
         raise ConfigError("--window and --stride apply to --text; add --text FILE")
+    if (args.data is not None or args.batches is not None) and (args.text or args.task):
+        raise ConfigError(
+            "--data and --batches choose the validation split to evaluate; with --text or "
+            "--task they have no meaning: drop them, or run the split evaluation on its own"
+        )
     rows = _texts_and_tasks(args) if (args.text or args.task) else [_split(args)]
     for row in rows:
         print(json.dumps(row))
