@@ -2,10 +2,10 @@
 
 Interpolated Kneser-Ney models of order 1 to 5 (llmjax.eval.KneserNey) are counted on the whole
 training split of the built-in corpus (this interpreter's standard-library source, bytes as
-tokens); byte transformers of the nano shape (4 layers, d=128, context 128) train on the same
+tokens); byte transformers of the nano shape (4 layers, d=128, context 64) train on the same
 split for several step budgets, 3 seeds each. All are scored by the same harness
-(llmjax.eval.rolling_log_probs over one stretch of the validation split, windows of 128 bytes
-moving 64 at a time) in bits per byte, and the table says which budget first beats each
+(llmjax.eval.rolling_log_probs over one stretch of the validation split, windows of 64 bytes
+moving 32 at a time) in bits per byte, and the table says which budget first beats each
 n-gram order. The n-gram's training cost is one counting pass; the transformer's is given in
 training FLOPs (6 N per token plus attention, llmjax.scaling) and wall time.
 
@@ -32,9 +32,9 @@ from llmjax.runs import load_run
 from llmjax.scaling import train_flops_per_token
 from llmjax.train.fit import with_vocab
 
-FULL = {"orders": (1, 2, 3, 4, 5), "steps": (250, 750, 2000), "seeds": 3, "val_bytes": 100_000}
+FULL = {"orders": (1, 2, 3, 4, 5), "steps": (200, 600, 1500), "seeds": 3, "val_bytes": 100_000}
 QUICK = {"orders": (1, 3), "steps": (4,), "seeds": 1, "val_bytes": 4_000}
-CONTEXT, STRIDE, BATCH = 128, 64, 16
+CONTEXT, STRIDE, BATCH = 64, 32, 16
 
 
 def _bpb(scorer, ids: np.ndarray, prefix: int) -> float:

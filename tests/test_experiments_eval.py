@@ -27,7 +27,7 @@ def test_ngram_vs_transformer_quick(tmp_path):
     m = main(["--quick", "--out-dir", str(tmp_path)])
     bpb = {r["model"]: r["bpb"] for r in m["rows"]}
     assert bpb["3-gram Kneser-Ney"] < bpb["1-gram Kneser-Ney"] < 8.1  # uniform is log2(259)
-    assert len(m["runs"]) == 1 and m["runs"][0]["train_tokens"] == 4 * 16 * 128
+    assert len(m["runs"]) == 1 and m["runs"][0]["train_tokens"] == 4 * 16 * 64
     assert (tmp_path / "ngram_vs_transformer" / "ngram_vs_transformer.png").exists()
 
 
