@@ -14,7 +14,7 @@ from llmjax.config import PRESETS
 from llmjax.data import ByteTokenizer
 from llmjax.errors import ConfigError
 from llmjax.eval.lm import EvalLM
-from llmjax.eval.loglik import rolling_log_probs, rolling_windows
+from llmjax.eval.loglik import TokenScorer, rolling_log_probs, rolling_windows
 from llmjax.eval.tasks import fewshot_contexts, load_task, run_task
 from llmjax.models import build_model
 from llmjax.objectives.losses import token_log_probs
@@ -71,6 +71,17 @@ def test_scores_equal_plain_forward_passes(lm):
         expect = _one_pass(lm, np.concatenate([c, t]))[-len(t) :]
         np.testing.assert_allclose(s.logprobs, expect, atol=2e-5)
         assert s.tokens == len(t)
+
+
+def test_packed_requests_score_as_unpacked(lm):
+    rng = np.random.default_rng(7)
+    requests = [(rng.integers(0, 256, int(rng.integers(1, 20))),
+                 rng.integers(0, 256, int(rng.integers(1, 8)))) for _ in range(11)]  # fmt: skip
+    alone = TokenScorer(lm.model, lm.variables, batch_size=4, pack=False).score(requests)
+    packed = TokenScorer(lm.model, lm.variables, batch_size=4, pack=True).score(requests)
+    for a, b in zip(alone, packed, strict=True):
+        np.testing.assert_allclose(b.logprobs, a.logprobs, atol=2e-5)
+        assert (a.greedy_tokens == b.greedy_tokens).all()
 
 
 def test_rolling_stride_window_equals_chunks_and_long_window_one_pass(lm):

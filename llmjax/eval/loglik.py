@@ -9,10 +9,11 @@ perplexity, the lm-evaluation-harness adapter).
 A request (context, target) is scored with one forward pass over (context + target)[:-1]: the
 log-probability of each target token given every token before it. A request longer than the
 model's context keeps its last `max_length` input tokens (the context is cut from the left; a
-target longer than the context window is an error). Requests are sorted by length and cut into
-batches of `batch_size` rows, right-padded to a multiple of `pad_multiple` tokens, so a whole
-evaluation compiles a handful of programs; causal attention keeps padding on the right from
-changing any real position.
+target longer than the context window is an error). Requests are packed, longest first, into
+rows of `max_length` tokens, each request its own segment with positions from 0 (attention
+stays within a segment, so a packed request scores as it would alone, to float rounding); rows
+go in batches of `batch_size`, right-padded to a multiple of `pad_multiple` tokens, so a whole
+evaluation compiles a handful of programs. `pack=False` gives each request its own row.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmjax.data.instruct.packing import first_fit
 from llmjax.errors import ConfigError
 from llmjax.objectives.losses import token_log_probs
 
@@ -52,8 +54,9 @@ class Scored:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _target_log_probs(model: Any, variables: Any, inputs_BxT, targets_BxT):
-    logits_BxTxV = model.apply(variables, inputs_BxT).logits
+def _target_log_probs(model: Any, variables: Any, inputs_BxT, targets_BxT, positions_BxT,
+                      segments_BxT):  # fmt: skip
+    logits_BxTxV = model.apply(variables, inputs_BxT, positions_BxT, segments_BxT).logits
     logp_BxT = token_log_probs(logits_BxTxV, targets_BxT)
     greedy_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
     return logp_BxT, greedy_BxT
@@ -74,6 +77,7 @@ class TokenScorer:
         batch_size: int = 16,
         pad_multiple: int = 16,
         pad_id: int = 0,
+        pack: bool = True,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} is out of range; valid: >= 1")
@@ -83,6 +87,7 @@ class TokenScorer:
         self.variables = variables if "params" in variables else {"params": variables}
         self.max_length = int(max_length or model.cfg.max_seq_len)
         self.batch_size, self.pad_multiple, self.pad_id = batch_size, pad_multiple, pad_id
+        self.pack = pack
 
     def _inputs(self, context: np.ndarray, target: np.ndarray, where: str) -> np.ndarray:
         """(context + target) cut to the last max_length + 1 tokens."""
@@ -112,23 +117,35 @@ class TokenScorer:
             seqs.append(self._inputs(c, t, f"{where} {i}"))
             n_target.append(len(t))
         order = np.argsort([-len(s) for s in seqs], kind="stable")  # longest first
+        sizes = [len(seqs[i]) - 1 for i in order]
+        if self.pack:
+            rows = [[int(order[k]) for k in row] for row in first_fit(sizes, self.max_length)]
+        else:
+            rows = [[int(i)] for i in order]
         out: list[Scored | None] = [None] * len(seqs)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            longest = max(len(seqs[i]) - 1 for i in rows)
-            width = min(-(-longest // self.pad_multiple) * self.pad_multiple, self.max_length)
-            inputs = np.full((self.batch_size, width), self.pad_id, np.int32)
-            targets = np.zeros((self.batch_size, width), np.int32)
-            for r, i in enumerate(rows):
-                s = seqs[i]
-                inputs[r, : len(s) - 1] = s[:-1]
-                targets[r, : len(s) - 1] = s[1:]
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            fill = max(sum(len(seqs[i]) - 1 for i in row) for row in batch)
+            width = min(-(-fill // self.pad_multiple) * self.pad_multiple, self.max_length)
+            shape = (self.batch_size, width)
+            inputs = np.full(shape, self.pad_id, np.int32)
+            targets, positions, segments = (np.zeros(shape, np.int32) for _ in range(3))
+            spans = []
+            for r, row in enumerate(batch):
+                at = 0
+                for segment, i in enumerate(row, start=1):
+                    s, n = seqs[i], len(seqs[i]) - 1
+                    inputs[r, at : at + n], targets[r, at : at + n] = s[:-1], s[1:]
+                    positions[r, at : at + n] = np.arange(n)
+                    segments[r, at : at + n] = segment
+                    spans.append((i, r, at + n - n_target[i], at + n))
+                    at += n
             logp, greedy = jax.device_get(
-                _target_log_probs(self.model, self.variables, inputs, targets)
+                _target_log_probs(
+                    self.model, self.variables, inputs, targets, positions, segments
+                )  # fmt: skip
             )
-            for r, i in enumerate(rows):
-                end = len(seqs[i]) - 1
-                begin = end - n_target[i]
+            for i, r, begin, end in spans:
                 out[i] = Scored(
                     logp[r, begin:end].astype(np.float64), np.asarray(greedy[r, begin:end])
                 )

@@ -38,18 +38,24 @@ def pack_plan(encoded: Sequence[Encoded], seq_len: int, *, packed: bool = True) 
     slots_N = _slots(encoded, seq_len)
     if not packed:
         return [[i] for i in range(len(slots_N))]
+    return first_fit(slots_N.tolist(), seq_len)
+
+
+def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Items (indices into `sizes`, each <= capacity) in rows of at most `capacity`: each item,
+    in order, goes into the first row with room for it."""
     rows: list[list[int]] = []
-    room_R = np.zeros(len(slots_N), np.int64)
-    for i, slots in enumerate(slots_N.tolist()):
-        fits = np.flatnonzero(room_R[: len(rows)] >= slots)
+    room_R = np.zeros(len(sizes), np.int64)
+    for i, size in enumerate(sizes):
+        fits = np.flatnonzero(room_R[: len(rows)] >= size)
         if len(fits):
             row = int(fits[0])
         else:
             row = len(rows)
             rows.append([])
-            room_R[row] = seq_len
+            room_R[row] = capacity
         rows[row].append(i)
-        room_R[row] -= slots
+        room_R[row] -= size
     return rows
 
 
