@@ -37,7 +37,6 @@ from llmjax.decode.samplers import SamplingConfig
 from llmjax.decode.tokens import generate_tokens
 from llmjax.eval import EvalLM, KneserNey
 from llmjax.results import experiment_parser, write_results
-from llmjax.runs import load_run
 from llmjax.train.fit import with_vocab
 
 FULL = {"steps": 1500, "sequences": 64, "prompt": 16, "new_tokens": 100, "contexts": 6,
@@ -191,10 +190,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = _train(s, Path(tmp) / "run")
-        loaded = load_run(run)
-        lm = EvalLM(loaded.model, {"params": loaded.params, **loaded.model_state},
-                    loaded.tokenizer, batch_size=32)  # fmt: skip
-        data = prepare_data(None, loaded.tokenizer)
+        lm = EvalLM.from_run(run, batch_size=32)
+        data = prepare_data(None, lm.tokenizer)
         key = jax.random.key(0)
         chain = chain_rule(lm, data.val, s, jax.random.fold_in(key, 1))
         samp = sampling(lm, data.val, s, jax.random.fold_in(key, 2))

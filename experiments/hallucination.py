@@ -40,7 +40,6 @@ from llmjax.data.knowledge import KnowledgeBase, fact_counts, training_text
 from llmjax.eval import EvalLM
 from llmjax.eval.calibration import reliability, selective
 from llmjax.results import experiment_parser, spread, write_results
-from llmjax.runs import load_run
 from llmjax.train.fit import with_vocab
 
 FULL = {"people": 240, "monofact_rates": (0.1, 0.3, 0.5), "unseen_rate": 0.1, "seeds": 3,
@@ -77,9 +76,7 @@ def _train(text_path: Path, s: dict, seed: int, out: Path) -> EvalLM:
         "optim.lr=1e-2", "optim.momentum=0.95", "optim.warmup_steps=20",
         f"train.checkpoint_every={s['steps']}"])  # fmt: skip
     fit(cfg, out, progress=False)
-    loaded = load_run(out)
-    return EvalLM(loaded.model, {"params": loaded.params, **loaded.model_state}, loaded.tokenizer,
-                  batch_size=64)  # fmt: skip
+    return EvalLM.from_run(out, batch_size=64)
 
 
 def _measure(lm: EvalLM, kb: KnowledgeBase, counts: np.ndarray, drill: set[str]) -> dict:

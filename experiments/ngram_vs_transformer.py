@@ -28,7 +28,6 @@ from llmjax.data import ByteTokenizer, prepare_data
 from llmjax.eval import EvalLM, KneserNey, rolling_log_probs
 from llmjax.eval.ngram import NgramScorer
 from llmjax.results import experiment_parser, spread, write_results
-from llmjax.runs import load_run
 from llmjax.scaling import train_flops_per_token
 from llmjax.train.fit import with_vocab
 
@@ -51,9 +50,7 @@ def _transformer(steps: int, seed: int, out: Path) -> tuple[EvalLM, dict]:
     t0 = time.perf_counter()
     fit(cfg, out, progress=False)
     wall = time.perf_counter() - t0
-    loaded = load_run(out)
-    lm = EvalLM(loaded.model, {"params": loaded.params, **loaded.model_state}, loaded.tokenizer,
-                batch_size=32)  # fmt: skip
+    lm = EvalLM.from_run(out, batch_size=32)
     tokens = steps * BATCH * CONTEXT
     flops = train_flops_per_token(cfg.model, CONTEXT) * tokens
     return lm, {"train_tokens": tokens, "train_flops": float(flops), "train_wall_s": wall}

@@ -61,29 +61,30 @@ class EvalLM:
         batch_size: int = 16,
         pad_multiple: int = 16,
     ):
-        self.model, self.tokenizer = model, tokenizer
-        self.variables = params if "params" in params else {"params": params}
+        variables = params if "params" in params else {"params": params}
         pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
-        self.scorer = TokenScorer(
-            model,
-            self.variables,
-            max_length=max_length,
-            batch_size=batch_size,
-            pad_multiple=pad_multiple,
-            pad_id=pad_id,
-        )
-        self.batch_size = batch_size
-        self.prefix_id = self._prefix(tokenizer)
+        scorer = TokenScorer(model, variables, max_length=max_length, batch_size=batch_size,
+                             pad_multiple=pad_multiple, pad_id=pad_id)  # fmt: skip
+        self._setup(scorer, tokenizer, model, variables, batch_size)
 
     @classmethod
     def from_scorer(cls, scorer: Any, tokenizer: Any) -> EvalLM:
         """Text requests served by any object with TokenScorer's `score` and `max_length`
         (e.g. llmjax.eval.ngram.NgramScorer); it cannot generate."""
         lm = cls.__new__(cls)
-        lm.model, lm.variables, lm.tokenizer, lm.scorer = None, None, tokenizer, scorer
-        lm.batch_size = 16
-        lm.prefix_id = lm._prefix(tokenizer)
+        lm._setup(scorer, tokenizer, None, None, 16)
         return lm
+
+    def _setup(self, scorer, tokenizer, model, variables, batch_size: int) -> None:
+        self.scorer, self.tokenizer, self.model, self.variables = (
+            scorer,
+            tokenizer,
+            model,
+            variables,
+        )
+        self.batch_size = batch_size
+        self.prefix_id = self._prefix(tokenizer)
+        self.step: int | None = None  # the checkpoint step, when read from a run
 
     @staticmethod
     def _prefix(tokenizer: Any) -> int:
