@@ -42,6 +42,17 @@ def test_return_hidden_adds_the_final_hidden_states(tiny_model, use_jit):
     np.testing.assert_allclose(out.hidden @ table.T, out.logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "lm_head"])
+def test_logits_at_gives_the_logits_of_those_positions_only(tiny_model, tie):
+    cfg = dataclasses.replace(tiny_model, tie_embeddings=tie)
+    at = jnp.asarray([[5, 0, 2], [1, 1, 4]], jnp.int32)
+    out, _ = _call(cfg, True, logits_at=at, return_hidden=True)
+    plain, _ = _call(cfg, True)
+    assert out.logits.shape == (B, 3, cfg.padded_vocab_size) and out.hidden.shape[1] == T
+    want = np.take_along_axis(np.asarray(plain.logits), np.asarray(at)[..., None], axis=1)
+    np.testing.assert_allclose(out.logits, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("attention", ["xla", "linear"])
 def test_a_cache_in_gives_the_updated_cache_out(tiny_model, use_jit, attention):

@@ -54,12 +54,14 @@ class Scored:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _target_log_probs(model: Any, variables: Any, inputs_BxT, targets_BxT, positions_BxT,
-                      segments_BxT):  # fmt: skip
-    logits_BxTxV = model.apply(variables, inputs_BxT, positions_BxT, segments_BxT).logits
-    logp_BxT = token_log_probs(logits_BxTxV, targets_BxT)
-    greedy_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-    return logp_BxT, greedy_BxT
+def _target_log_probs(model: Any, variables: Any, inputs_BxT, positions_BxT, segments_BxT,
+                      at_BxK, targets_BxK):  # fmt: skip
+    """Log-probs of targets_BxK, and whether each is the argmax, at the positions at_BxK (the
+    LM head runs at those positions only)."""
+    out = model.apply(variables, inputs_BxT, positions_BxT, segments_BxT, logits_at=at_BxK)
+    logp_BxK = token_log_probs(out.logits, targets_BxK)
+    greedy_BxK = jnp.argmax(out.logits, axis=-1) == targets_BxK
+    return logp_BxK, greedy_BxK
 
 
 class TokenScorer:
@@ -129,21 +131,28 @@ class TokenScorer:
             width = min(-(-fill // self.pad_multiple) * self.pad_multiple, self.max_length)
             shape = (self.batch_size, width)
             inputs = np.full(shape, self.pad_id, np.int32)
-            targets, positions, segments = (np.zeros(shape, np.int32) for _ in range(3))
+            positions, segments = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+            # the target positions of each row, gathered: only they need the LM head
+            most = max(sum(n_target[i] for i in row) for row in batch)
+            k_width = min(-(-most // self.pad_multiple) * self.pad_multiple, width)
+            at_BxK = np.zeros((self.batch_size, k_width), np.int32)
+            targets_BxK = np.zeros((self.batch_size, k_width), np.int32)
             spans = []
             for r, row in enumerate(batch):
-                at = 0
+                at = k = 0
                 for segment, i in enumerate(row, start=1):
-                    s, n = seqs[i], len(seqs[i]) - 1
-                    inputs[r, at : at + n], targets[r, at : at + n] = s[:-1], s[1:]
+                    s, n, m = seqs[i], len(seqs[i]) - 1, n_target[i]
+                    inputs[r, at : at + n] = s[:-1]
                     positions[r, at : at + n] = np.arange(n)
                     segments[r, at : at + n] = segment
-                    spans.append((i, r, at + n - n_target[i], at + n))
-                    at += n
+                    at_BxK[r, k : k + m] = np.arange(at + n - m, at + n)
+                    targets_BxK[r, k : k + m] = s[-m:]
+                    spans.append((i, r, k, k + m))
+                    at, k = at + n, k + m
             logp, greedy = jax.device_get(
                 _target_log_probs(
-                    self.model, self.variables, inputs, targets, positions, segments
-                )  # fmt: skip
+                    self.model, self.variables, inputs, positions, segments, at_BxK, targets_BxK
+                )
             )
             for i, r, begin, end in spans:
                 out[i] = Scored(

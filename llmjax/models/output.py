@@ -13,7 +13,8 @@ from llmjax.typing import Array, Float
 class ModelOutput:
     """Logits, and what a call asked for besides: hidden states, the updated decoding state.
 
-    - `logits`: float32 [B, T, V] next-token logits (V the padded vocabulary).
+    - `logits`: float32 [B, T, V] next-token logits (V the padded vocabulary); [B, K, V] when
+      the call asked for K positions only (`logits_at`).
     - `hidden`: the final hidden states [B, T, D] (after the final norm, what the logits are
       read from), only with `return_hidden=True`; else None.
     - `cache`: the updated decoding state when the call was given one (`cache=...`); else None.

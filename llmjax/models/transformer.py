@@ -123,6 +123,7 @@ class Decoder(nn.Module):
         deterministic: bool = True,
         return_hidden: bool = False,
         cache: KVCache | StateCache | None = None,
+        logits_at: Int[Array, "B K"] | None = None,
     ) -> ModelOutput:
         cfg = self.cfg
         batch, length = tokens_BxT.shape
@@ -200,8 +201,13 @@ class Decoder(nn.Module):
             x_BxTxD = NORMS.get(cfg.norm)(cfg, deterministic=deterministic, name="final_norm")(
                 x_BxTxD
             )
+        # Only the positions asked for go through the LM head (scoring needs the logits of the
+        # target tokens alone; the head is a large share of a small model's FLOPs).
+        x_head = x_BxTxD
+        if logits_at is not None:
+            x_head = jnp.take_along_axis(x_BxTxD, logits_at[..., None].astype(jnp.int32), axis=1)
         if cfg.tie_embeddings:
-            logits_BxTxV = embedder.decode(x_BxTxD)
+            logits_BxTxV = embedder.decode(x_head)
         else:
             head = nn.Dense(
                 cfg.padded_vocab_size,
@@ -215,7 +221,7 @@ class Decoder(nn.Module):
                 ),
                 name="lm_head",
             )
-            logits_BxTxV = head(x_BxTxD)
+            logits_BxTxV = head(x_head)
         logits_BxTxV = logits_BxTxV.astype(jnp.float32)
         if cfg.padded_vocab_size > cfg.vocab_size:
             real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
