@@ -137,9 +137,7 @@ def generate(
     if stop_at_eos and tokenizer is not None and tokenizer.eos_id is not None:
         stop_ids.append(tokenizer.eos_id)
     stop_ids = sorted(set(stop_ids))
-    pad_id = 0
-    if tokenizer is not None:
-        pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    pad_id = 0 if tokenizer is None else tokenizer.fill_id
     sampling = SamplingConfig(
         temperature=temperature,
         top_k=top_k,

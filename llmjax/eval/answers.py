@@ -103,7 +103,7 @@ def answer_prompts(
     stops = [int(i) for i in stop_ids]
     if tokenizer.eos_id is not None:
         stops.append(tokenizer.eos_id)
-    pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    pad_id = tokenizer.fill_id
     prompts = [np.asarray(p, np.int32) for p in prompts]
     order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths together
     results: list[tuple[str, bool] | None] = [None] * len(prompts)

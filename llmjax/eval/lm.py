@@ -62,7 +62,7 @@ class EvalLM:
         pad_multiple: int = 16,
     ):
         variables = params if "params" in params else {"params": params}
-        pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+        pad_id = tokenizer.fill_id
         scorer = TokenScorer(model, variables, max_length=max_length, batch_size=batch_size,
                              pad_multiple=pad_multiple, pad_id=pad_id)  # fmt: skip
         self._setup(scorer, tokenizer, model, variables, batch_size)

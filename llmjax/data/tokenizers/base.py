@@ -42,6 +42,12 @@ class Tokenizer(abc.ABC):
         return None
 
     @property
+    def fill_id(self) -> int:
+        """The id that pads a batch's rows: the pad token, else EOS, else 0 (padding is masked
+        out, so any id serves; a special one keeps it out of the text)."""
+        return next((i for i in (self.pad_id, self.eos_id) if i is not None), 0)
+
+    @property
     def prompt_prefix(self) -> np.ndarray:
         """Ids a model trained with this tokenizer expects before a prompt's text, such as the
         BOS token that Llama's tokenizer adds; empty for llmjax's own tokenizers, whose models
