@@ -43,7 +43,7 @@ from llmjax.results import experiment_parser, spread, write_results
 from llmjax.train.fit import with_vocab
 
 FULL = {"people": 240, "monofact_rates": (0.1, 0.3, 0.5), "unseen_rate": 0.1, "seeds": 3,
-        "steps": 3000, "drill_repeats": 3}  # fmt: skip
+        "steps": 1200, "drill_repeats": 3}  # fmt: skip
 QUICK = {"people": 16, "monofact_rates": (0.3,), "unseen_rate": 0.1, "seeds": 1, "steps": 6,
          "drill_repeats": 1}  # fmt: skip
 CONTEXT = 96
