@@ -107,6 +107,57 @@ def test_experience_logprobs_are_the_teacher_forced_ones(base):
     assert max(gaps) < 1e-4  # the KV-cached decoder's log-probs agree to float32 rounding
 
 
+@pytest.mark.parametrize("kind", ["ppo", "grpo"])
+def test_a_rollout_takes_the_decoders_logprobs_and_values(base, kind):
+    """The experience batch from the decoder's log-probs and values equals the one a
+    teacher-forced pass recomputes (same samples: the same key and logits)."""
+    from llmjax.align.advantages import KLController
+    from llmjax.align.rollout import make_rollout
+    from llmjax.models import init_model
+
+    run = load_run(base)
+    batches = []
+    for recompute in (False, True):
+        over = [*RL, "rl.kl_coef=0.1", f"rl.recompute_logp={str(recompute).lower()}"]
+        cfg = rl_config(kind, init_from=base, overrides=over)
+        params, _ = init_model(cfg.model, jax.random.key(1))
+        if "value_head" in params:  # zero-initialized: a random one, so values are read
+            params["value_head"] = jax.tree.map(
+                lambda x: 0.3 * jax.random.normal(jax.random.key(2), x.shape, x.dtype),
+                params["value_head"],
+            )
+        batches.append(
+            make_rollout(
+                rl=cfg.rl,
+                kind=kind,
+                model=build_model(cfg.model),
+                params=params,
+                ref_model=run.model,
+                ref_params=run.params,
+                prompts=PromptSet.build(PROMPTS, run.tokenizer, None),
+                tokenizer=run.tokenizer,
+                reward_fn=REWARD,
+                index=0,
+                seed=0,
+                seq_len=64,
+                kl=KLController(0.1),
+            ).batch
+        )
+    decoded, recomputed = batches
+    assert decoded.keys() == recomputed.keys()
+    for name in ("inputs", "targets", "mask"):
+        np.testing.assert_array_equal(decoded[name], recomputed[name])
+    assert decoded["mask"].sum() > 0
+    mask = decoded["mask"]
+    for name in sorted(set(decoded) - {"inputs", "targets", "mask"}):
+        a, b = decoded[name], recomputed[name]
+        if a.shape == mask.shape:  # per token: what the losses read (the completion's)
+            a, b = a * mask, b * mask
+        np.testing.assert_allclose(a, b, atol=2e-5, err_msg=name)
+    if kind == "ppo":
+        assert np.abs(decoded["old_values"]).max() > 1e-3  # the value head was read
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -248,9 +299,10 @@ def test_skip_masks_failing_rows_out_and_counts_them(base):
     from llmjax.align.rollout import make_rollout
 
     run = load_run(base)
-    cfg = rl_config(
-        "grpo", init_from=base, overrides=[*RL, "train.steps=4", "rl.on_reward_error=skip"]
-    )
+    # rl.recompute_logp: the policy's log-probs by the same teacher-forced pass as the
+    # reference's, so that equal params give bit-equal log-probs.
+    over = [*RL, "train.steps=4", "rl.on_reward_error=skip", "rl.recompute_logp=true"]
+    cfg = rl_config("grpo", init_from=base, overrides=over)
     prompts = PromptSet.build(PROMPTS * 2, run.tokenizer, None)
     rollout = make_rollout(
         rl=cfg.rl,

@@ -8,10 +8,13 @@ stopping at the tokenizer's EOS id (and the template's end-of-reply id, if it is
 
 Each row of the experience batch is prompt + completion, left-aligned in a window of seq_len
 inputs: `inputs`, `targets`, `mask` (1 on the completion's targets, the stop token included),
-and aligned with `targets`: `old_logp` (the policy's log-probs, recomputed by one jitted
-teacher-forced forward of the training model so that they equal what the loss computes),
-`ref_logp` (the frozen reference's), `old_values` (PPO: the value head's), and from the
-rewards `advantages` / `returns`.
+and aligned with `targets`: `old_logp` (the policy's log-probs), `ref_logp` (the frozen
+reference's, one jitted teacher-forced pass), `old_values` (PPO: the value head's), and from
+the rewards `advantages` / `returns`. The policy's log-probs and values come from the decoder
+as it samples (its steps run the value head too), so a rollout costs sampling plus the
+reference's pass; with rl.recompute_logp (and always in a lower compute precision, or when
+decoding from merged LoRA weights) one more teacher-forced pass of the training model
+recomputes them, so that they equal what the loss computes.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import numpy as np
 from llmjax.align import advantages as adv
 from llmjax.align.rewards import RewardFn, arith_prompts, compute_rewards
 from llmjax.data.instruct import ChatTemplate, ConversationEncoder, Message
+from llmjax.decode import init_cache, steps
 from llmjax.decode.chat import reply_end
+from llmjax.decode.loop import DecodeOutput, decode
 from llmjax.decode.samplers import SamplingConfig
-from llmjax.decode.tokens import generate_tokens
+from llmjax.decode.tokens import check_prompts, generate_tokens
 from llmjax.errors import ConfigError
 from llmjax.objectives.losses import token_log_probs
 
@@ -140,6 +145,83 @@ def sequence_stats(model, params, inputs_BxT, targets_BxT, *, values: bool = Fal
     return np.asarray(logp, np.float64), np.asarray(value, np.float64)
 
 
+# ----------------------------------------------------------------------------- sampling with values
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
+def _prefill_with_value(model, variables, tokens_BxT, valid_BxT, cache):
+    """steps.prefill, plus the value head at each row's last prompt token."""
+    out = model.apply(variables, tokens_BxT, steps.prompt_positions(valid_BxT), cache=cache)
+    rows_B, last_B = jnp.arange(tokens_BxT.shape[0]), steps.last_valid_index(valid_BxT)
+    return out.logits[rows_B, last_B], out.aux["value"][rows_B, last_B], out.cache
+
+
+@functools.cache
+def _step_with_value(model):
+    """steps.cached_step that also writes the fed token's value into column i of a [B, N + 1]
+    buffer carried beside the cache (one function object per model, so jit caches hit)."""
+
+    def step(variables, token_B, state):
+        cache, values_BxN, i = state
+        out = model.apply(variables, token_B[:, None], cache=cache)
+        value_Bx1 = out.aux["value"][:, :1].astype(jnp.float32)
+        return out.logits[:, 0], (out.cache, values_BxN.at[:, i].set(value_Bx1[:, 0]), i + 1)
+
+    return step
+
+
+def sample_with_values(
+    model: Any,
+    variables: Any,
+    prompts: Sequence[np.ndarray],
+    *,
+    max_new_tokens: int,
+    key: jax.Array,
+    sampling: SamplingConfig,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+) -> tuple[DecodeOutput, np.ndarray] | None:
+    """generate_tokens for a model with a value head, plus float32 values [B, N]: column k is
+    the value at the position that predicts completion token k (the last prompt token for
+    k = 0). None where the prompts need a rolling cache (the caller samples without values)."""
+    prompts = check_prompts(prompts, model.cfg.vocab_size)
+    plan = steps.plan_cache(model.cfg, max(len(p) for p in prompts), max_new_tokens)
+    if plan.rolling or plan.chunk != plan.prompt_len:
+        return None
+    tokens_BxT, valid_BxT = steps.pad_prompts(prompts, padding="left", length=plan.prompt_len)
+    tokens_BxT, valid_BxT = jnp.asarray(tokens_BxT), jnp.asarray(valid_BxT)
+    cache = init_cache(model.cfg, len(prompts), plan.cache_len)
+    first_BxV, value_B, cache = _prefill_with_value(model, variables, tokens_BxT, valid_BxT, cache)
+    values_BxN = jnp.zeros((len(prompts), max_new_tokens + 1), jnp.float32)
+    values_BxN = values_BxN.at[:, 0].set(value_B.astype(jnp.float32))
+    needs_prompt = {"repetition", "no_repeat_ngram"} & set(sampling.stages())
+    out = decode(
+        _step_with_value(model),
+        variables,
+        (cache, values_BxN, jnp.ones((), jnp.int32)),
+        first_BxV,
+        max_new_tokens=max_new_tokens,
+        key=key,
+        sampling=sampling,
+        stop_ids=stop_ids,
+        pad_id=pad_id,
+        prompt_BxP=tokens_BxT if needs_prompt else None,
+        prompt_valid_BxP=valid_BxT if needs_prompt else None,
+    )
+    values = np.asarray(jax.device_get(out.model_state[1]), np.float64)[:, :max_new_tokens]
+    out.model_state = None  # the cache is not needed past this point
+    return out, values
+
+
+def _completion_layout(prompt_ids, out: DecodeOutput, per_token: np.ndarray, seq_len: int):
+    """[B, N] per-completion-token numbers at their rows_of target positions ([B, seq_len])."""
+    full = np.zeros((len(prompt_ids), seq_len), np.float64)
+    for b, p in enumerate(prompt_ids):
+        n = int(out.lengths[b])
+        full[b, len(p) - 1 : len(p) - 1 + n] = per_token[b, :n]
+    return full
+
+
 # ----------------------------------------------------------------------------- the rollout
 
 
@@ -200,22 +282,42 @@ def make_rollout(
     rows = np.repeat(chosen, rl.group_size)  # the completions of a prompt are adjacent
     prompt_ids = [prompts.ids[i] for i in rows]
     key = jax.random.fold_in(jax.random.key(seed), index)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    out = generate_tokens(
-        decode_model or model,
-        {"params": params if decode_params is None else decode_params},
-        prompt_ids,
+    sample = dict(
         max_new_tokens=rl.max_new_tokens,
         key=key,
         sampling=SamplingConfig(temperature=rl.temperature, top_k=rl.top_k),
         stop_ids=prompts.stop_ids,
-        pad_id=pad_id,
+        pad_id=tokenizer.fill_id,
     )
+    # The decoder's log-probs (temperature 1, unfiltered) and values are the policy's own when
+    # it decodes with the training params in float32.
+    recompute = rl.recompute_logp or decode_model is not None or model.cfg.dtype != "float32"
+    valued = None
+    if not recompute and kind == "ppo":
+        valued = sample_with_values(model, {"params": params}, prompt_ids, **sample)
+        recompute = valued is None
+    if valued is not None:
+        out, step_values = valued
+    else:
+        out = generate_tokens(
+            decode_model or model,
+            {"params": params if decode_params is None else decode_params},
+            prompt_ids,
+            **sample,
+        )
     batch = rows_of(prompt_ids, out.tokens, out.lengths, seq_len)
     mask = batch["mask"].astype(np.float64)
-    logp, values = sequence_stats(
-        model, params, batch["inputs"], batch["targets"], values=kind == "ppo"
-    )
+    if recompute:
+        logp, values = sequence_stats(
+            model, params, batch["inputs"], batch["targets"], values=kind == "ppo"
+        )
+    else:
+        logp = _completion_layout(prompt_ids, out, out.log_probs, seq_len)
+        values = (
+            _completion_layout(prompt_ids, out, step_values, seq_len)
+            if kind == "ppo"
+            else np.zeros_like(logp)
+        )
     ref_logp, _ = sequence_stats(ref_model, ref_params, batch["inputs"], batch["targets"])
     completions = [
         cut_at_stop_text(tokenizer.decode(out.tokens[b, : out.lengths[b]]), prompts.stop_texts)
@@ -236,11 +338,12 @@ def make_rollout(
         skip=rl.on_reward_error == "skip",
     )
     mask = mask * valid[:, None]
-    # The decoder's log-probs of the sampled tokens against the teacher-forced ones.
+    # The decoder's log-probs of the sampled tokens against the teacher-forced ones (0 when
+    # the decoder's are used as they are).
     gap = 0.0
     for b, p in enumerate(prompt_ids):
         n = int(out.lengths[b])
-        if n:
+        if n and recompute:
             tf = logp[b, len(p) - 1 : len(p) - 1 + n]
             gap = max(gap, float(np.abs(tf - out.log_probs[b, :n]).max()))
     kl_BxT = adv.kl_estimate(logp, ref_logp, rl.kl_estimator) * mask

@@ -69,6 +69,11 @@ class RLConfig:
     lam: float = 0.95  # GAE lambda
     whiten_rewards: bool = False
     whiten_advantages: bool = True
+    # The policy's log-probs (and PPO's values) of a rollout: false takes them from the
+    # decoder as it samples (they equal a teacher-forced pass to ~1e-6 in float32); true
+    # recomputes them with one teacher-forced pass. Always recomputed when the model computes
+    # in a lower precision or decodes from merged LoRA weights.
+    recompute_logp: bool = False
     # What a run of `llmjax ppo` / `llmjax grpo` recorded, so that --resume rebuilds it: the
     # reward spec (arith, count:<char>, run:<DIR>, module:function) and the prompts (arith or
     # a JSONL file of {"prompt": ...}).

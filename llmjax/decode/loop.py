@@ -62,6 +62,7 @@ class DecodeOutput:
     lengths: np.ndarray  # int32 [B]
     stopped: np.ndarray  # bool [B]: ended by a stop token (else by length or the host)
     steps: int  # loop iterations run (< N when every row stopped early)
+    model_state: Any = None  # what tokens_to_logits carried, after the last step (on device)
 
 
 def row_keys(key: jax.Array, batch: int) -> jax.Array:
@@ -302,4 +303,6 @@ def decode(
             state.stopped,
         )
     )
-    return DecodeOutput(*(np.asarray(x) for x in host), steps=done_steps)
+    return DecodeOutput(
+        *(np.asarray(x) for x in host), steps=done_steps, model_state=state.model_state
+    )
