@@ -22,12 +22,18 @@ def test_autoregressive_quick(tmp_path):
 
 @pytest.mark.slow
 def test_ngram_vs_transformer_quick(tmp_path):
-    from experiments.ngram_vs_transformer import main
+    from experiments.ngram_vs_transformer import METHODS, main
 
     m = main(["--quick", "--out-dir", str(tmp_path)])
     bpb = {r["model"]: r["bpb"] for r in m["rows"]}
     assert bpb["3-gram Kneser-Ney"] < bpb["1-gram Kneser-Ney"] < 8.1  # uniform is log2(259)
     assert len(m["runs"]) == 1 and m["runs"][0]["train_tokens"] == 4 * 16 * 64
+    (adapted,) = m["adaptation"]  # one seed: the four designs, each scored on both tasks
+    assert {k: sorted(v) for k, v in adapted["exact_match"].items()} == {
+        name: ["add", "reverse"] for name in METHODS
+    }
+    assert [r["model"] for r in m["task_rows"]] == list(METHODS)
+    assert all(0 <= r["mean exact match"] <= 1 for r in m["task_rows"])
     assert (tmp_path / "ngram_vs_transformer" / "ngram_vs_transformer.png").exists()
 
 
