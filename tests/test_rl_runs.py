@@ -107,7 +107,7 @@ def test_experience_logprobs_are_the_teacher_forced_ones(base):
     assert max(gaps) < 1e-4  # the KV-cached decoder's log-probs agree to float32 rounding
 
 
-@pytest.mark.parametrize("kind", ["ppo", "grpo"])
+@pytest.mark.parametrize("kind", ["ppo", pytest.param("grpo", marks=pytest.mark.slow)])
 def test_a_rollout_takes_the_decoders_logprobs_and_values(base, kind):
     """The experience batch from the decoder's log-probs and values equals the one a
     teacher-forced pass recomputes (same samples: the same key and logits)."""
