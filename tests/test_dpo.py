@@ -145,6 +145,11 @@ def _dpo(base, steps, *extra):
     return cfg, open_preference(cfg, PreferenceDataConfig("builtin", builtin_pairs=200))
 
 
+def _train_records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("split") == "train"]
+
+
 def _params_equal(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -170,6 +175,10 @@ def test_killed_and_resumed_run_ends_as_an_uninterrupted_one_with_the_reference_
     assert resumed_data.reference_step == step
     resumed = fit_dpo(resumed_cfg, tmp_path / "split", resumed_data, resume=True, progress=False)
     assert int(resumed.state.step) == 4
+    # The train record at step 4 averages steps 1-4 across the interruption, metrics included.
+    records = [_train_records(tmp_path / name)[-1] for name in ("whole", "split")]
+    for k in ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward"):
+        np.testing.assert_allclose(records[1][k], records[0][k], rtol=1e-6, atol=1e-7)
     _params_equal(resumed.state.params, whole.state.params)
     _params_equal(resumed.state.frozen["reference"], params)
 
@@ -183,6 +192,9 @@ def test_dpo_raises_the_margin_of_held_out_pairs(base, tmp_path):
     assert final["loss"] < math.log(2.0) - 0.05
     assert final["margin"] > 0.05 and final["accuracy"] > 0.65
     assert final["chosen_reward"] > final["rejected_reward"]
+    last = _train_records(tmp_path / "dpo")[-1]  # training records carry the pair metrics too
+    assert last["margin"] > 0 and 0 <= last["accuracy"] <= 1
+    assert last["chosen_reward"] - last["rejected_reward"] == pytest.approx(last["margin"])
 
 
 @pytest.mark.slow

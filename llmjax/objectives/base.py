@@ -117,6 +117,9 @@ class Objective:
     name: ClassVar[str] = ""
     fields: ClassVar[tuple[str, ...]] = ()  # batch fields the objective reads
     summed: ClassVar[tuple[str, ...]] = ()  # metrics that are sums over examples
+    # Metrics (means over the batch, like "loss") that training records average over each
+    # logging interval, besides the loss.
+    logged: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_config(cls, cfg: Any, *, tokenizer: Any = None) -> Objective:

@@ -73,6 +73,7 @@ class Pairwise(Objective):
 
     fields: ClassVar[tuple[str, ...]] = PAIR_FIELDS
     summed: ClassVar[tuple[str, ...]] = ("pairs", *(f"{v}_sum" for v in PER_PAIR.values()))
+    logged: ClassVar[tuple[str, ...]] = tuple(k for k in PER_PAIR if k != "loss")
 
     def per_pair(self, model: Forward, batch: Batch) -> dict[str, jax.Array]:
         """[B] arrays "loss", "correct", "margin", "chosen", "rejected"."""

@@ -211,7 +211,9 @@ def fit(
         else:
             state = trainer.init_state()
         end = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
-        builtin = _fit_hooks(cfg, run, checkpointer, val, primary and progress, primary)
+        builtin = _fit_hooks(
+            cfg, run, checkpointer, val, primary and progress, primary, trainer.objective.logged
+        )
         if run is not None:
             trainer.history = read_metrics(run.metrics)
         checkpointer = None  # the Checkpoint hook closes it
@@ -308,7 +310,7 @@ def _resume_hint(cfg: Config, run: RunDir | None, hooks: Sequence[Hook]) -> str:
     )
 
 
-def _fit_hooks(cfg, run, checkpointer, val, show_progress, primary) -> list[Hook]:
+def _fit_hooks(cfg, run, checkpointer, val, show_progress, primary, logged=()) -> list[Hook]:
     """Logging, evaluation, checkpoints, metrics.jsonl and the progress bar of a fit run."""
     hooks: list[Hook] = [
         TrainLog(
@@ -318,6 +320,7 @@ def _fit_hooks(cfg, run, checkpointer, val, show_progress, primary) -> list[Hook
             tokens_per_step=cfg.data.batch_size * cfg.seq_len,
             flops_per_token=scaling.train_flops_per_token(cfg.model, cfg.seq_len),
             peak_flops=scaling.peak_flops if cfg.train.mfu else None,
+            logged=logged,
         ),
         Evaluate(val, every=cfg.train.eval_every, last=cfg.train.steps),
     ]

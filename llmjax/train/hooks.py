@@ -40,9 +40,10 @@ def every(n: int, step: int, last: int | None = None) -> bool:
 
 
 class TrainLog(Hook):
-    """Averages the loss over each logging interval and emits a "train" record every
-    `log_every` steps (and at `last`): loss, lr, grad norm, tokens/s, MFU; stops the run with
-    TrainingDiverged after `max_nonfinite` non-finite steps in a row."""
+    """Averages the loss (and the objective's `logged` metrics) over each logging interval and
+    emits a "train" record every `log_every` steps (and at `last`): loss, lr, grad norm,
+    tokens/s, MFU; stops the run with TrainingDiverged after `max_nonfinite` non-finite steps
+    in a row."""
 
     def __init__(
         self,
@@ -53,8 +54,10 @@ class TrainLog(Hook):
         tokens_per_step: int,
         flops_per_token: float | None = None,
         peak_flops: Callable[[], float | None] | None = None,
+        logged: tuple[str, ...] = (),
     ):
         self.log_every, self.last, self.max_nonfinite = log_every, last, max_nonfinite
+        self.logged = tuple(logged)
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         # Called at the first log record (on CPU it times a matmul), not while compiling.
         self.peak_flops = peak_flops
@@ -66,16 +69,20 @@ class TrainLog(Hook):
 
     def reset(self, step: int) -> None:
         self.loss_sum, self.count, self.step0 = 0.0, 0, step
+        self.sums = dict.fromkeys(self.logged, 0.0)
         self.t0, self.timed_from = time.perf_counter(), step
 
     def state_dict(self) -> dict[str, Any]:
         # A window that spans a checkpoint continues after a resume: the record at its end
         # averages the same steps as without the interruption.
-        return {"loss_sum": self.loss_sum, "count": self.count, "window_start": self.step0}
+        return {"loss_sum": self.loss_sum, "count": self.count, "window_start": self.step0,
+                "sums": dict(self.sums)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss_sum, self.count = float(state["loss_sum"]), int(state["count"])
         self.step0 = int(state["window_start"])
+        saved = state.get("sums", {})  # absent in checkpoints written before it was kept
+        self.sums = {k: float(saved.get(k, 0.0)) for k in self.logged}
 
     def on_metrics(self, step: int, m: dict[str, Any]) -> None:
         streak = int(m["nonfinite_streak"])
@@ -90,6 +97,8 @@ class TrainLog(Hook):
                 )
         else:
             self.loss_sum += float(m["loss"])
+            for k in self.sums:
+                self.sums[k] += float(m[k])
             self.count += 1
         if not every(self.log_every, step, self.last):
             return
@@ -104,6 +113,8 @@ class TrainLog(Hook):
             "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
             "nonfinite_total": int(m["nonfinite_total"]),
         }
+        for k, total in self.sums.items():
+            record[k] = total / self.count if self.count else float("nan")
         peak = self.peak_flops() if self.peak_flops else None
         if peak and self.flops_per_token:
             record["mfu"] = scaling.mfu(self.flops_per_token, record["tokens_per_s"], peak)
