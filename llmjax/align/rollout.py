@@ -36,9 +36,9 @@ from llmjax.align.rewards import RewardFn, arith_prompts, compute_rewards
 from llmjax.data.instruct import ChatTemplate, ConversationEncoder, Message
 from llmjax.decode import init_cache, steps
 from llmjax.decode.chat import reply_end
-from llmjax.decode.loop import DecodeOutput, decode
+from llmjax.decode.loop import DecodeOutput
 from llmjax.decode.samplers import SamplingConfig
-from llmjax.decode.tokens import check_prompts, generate_tokens
+from llmjax.decode.tokens import check_prompts, decode_prompts, generate_tokens
 from llmjax.errors import ConfigError
 from llmjax.objectives.losses import token_log_probs
 
@@ -194,19 +194,18 @@ def sample_with_values(
     first_BxV, value_B, cache = _prefill_with_value(model, variables, tokens_BxT, valid_BxT, cache)
     values_BxN = jnp.zeros((len(prompts), max_new_tokens + 1), jnp.float32)
     values_BxN = values_BxN.at[:, 0].set(value_B.astype(jnp.float32))
-    needs_prompt = {"repetition", "no_repeat_ngram"} & set(sampling.stages())
-    out = decode(
+    out = decode_prompts(
         _step_with_value(model),
         variables,
         (cache, values_BxN, jnp.ones((), jnp.int32)),
         first_BxV,
+        tokens_BxT,
+        valid_BxT,
         max_new_tokens=max_new_tokens,
         key=key,
         sampling=sampling,
         stop_ids=stop_ids,
         pad_id=pad_id,
-        prompt_BxP=tokens_BxT if needs_prompt else None,
-        prompt_valid_BxP=valid_BxT if needs_prompt else None,
     )
     values = np.asarray(jax.device_get(out.model_state[1]), np.float64)[:, :max_new_tokens]
     out.model_state = None  # the cache is not needed past this point

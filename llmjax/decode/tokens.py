@@ -81,22 +81,47 @@ def generate_tokens(
     fn, first_BxV, state, tokens_BxT, valid_BxT = _start(
         model, variables, prompts, max_new_tokens, use_cache, padding, pad_multiple
     )
-    sampling = SamplingConfig() if sampling is None else sampling
-    needs_prompt = {"repetition", "no_repeat_ngram"} & set(sampling.stages())
-    return decode(
+    return decode_prompts(
         fn,
         variables,
         state,
         first_BxV,
+        tokens_BxT,
+        valid_BxT,
         max_new_tokens=max_new_tokens,
         key=key,
         sampling=sampling,
         stop_ids=stop_ids,
         pad_id=pad_id,
-        prompt_BxP=tokens_BxT if needs_prompt else None,
-        prompt_valid_BxP=valid_BxT if needs_prompt else None,
         on_chunk=on_chunk,
         chunk_size=chunk_size,
+    )
+
+
+def decode_prompts(
+    tokens_to_logits,
+    variables: Any,
+    model_state: Any,
+    first_BxV: jax.Array,
+    tokens_BxT: jax.Array,
+    valid_BxT: jax.Array,
+    *,
+    sampling: SamplingConfig | None = None,
+    **kwargs: Any,
+) -> DecodeOutput:
+    """loop.decode after a prefill of the padded prompts, handing the prompts to the sampling
+    stages that read them (repetition penalty, n-gram bans)."""
+    sampling = SamplingConfig() if sampling is None else sampling
+    needs_prompt = {"repetition", "no_repeat_ngram"} & set(sampling.stages())
+    return decode(
+        tokens_to_logits,
+        variables,
+        model_state,
+        first_BxV,
+        sampling=sampling,
+        prompt_BxP=tokens_BxT if needs_prompt else None,
+        prompt_valid_BxP=valid_BxT if needs_prompt else None,
+        **kwargs,
     )
 
 
