@@ -164,8 +164,8 @@ def _step_with_value(model):
     def step(variables, token_B, state):
         cache, values_BxN, i = state
         out = model.apply(variables, token_B[:, None], cache=cache)
-        value_Bx1 = out.aux["value"][:, :1].astype(jnp.float32)
-        return out.logits[:, 0], (out.cache, values_BxN.at[:, i].set(value_Bx1[:, 0]), i + 1)
+        value_B = out.aux["value"][:, 0].astype(jnp.float32)
+        return out.logits[:, 0], (out.cache, values_BxN.at[:, i].set(value_B), i + 1)
 
     return step
 
@@ -338,13 +338,12 @@ def make_rollout(
     )
     mask = mask * valid[:, None]
     # The decoder's log-probs of the sampled tokens against the teacher-forced ones (0 when
-    # the decoder's are used as they are).
+    # the decoder's are used as they are), over every completion token.
     gap = 0.0
-    for b, p in enumerate(prompt_ids):
-        n = int(out.lengths[b])
-        if n and recompute:
-            tf = logp[b, len(p) - 1 : len(p) - 1 + n]
-            gap = max(gap, float(np.abs(tf - out.log_probs[b, :n]).max()))
+    completion = batch["mask"] > 0
+    if recompute and completion.any():
+        decoded = _completion_layout(prompt_ids, out, out.log_probs, seq_len)
+        gap = float(np.abs(logp - decoded)[completion].max())
     kl_BxT = adv.kl_estimate(logp, ref_logp, rl.kl_estimator) * mask
     seq_kl = (adv.kl_estimate(logp, ref_logp, "k1") * mask).sum(1)
     coef = kl.coef

@@ -62,9 +62,8 @@ class EvalLM:
         pad_multiple: int = 16,
     ):
         variables = params if "params" in params else {"params": params}
-        pad_id = tokenizer.fill_id
         scorer = TokenScorer(model, variables, max_length=max_length, batch_size=batch_size,
-                             pad_multiple=pad_multiple, pad_id=pad_id)  # fmt: skip
+                             pad_multiple=pad_multiple, pad_id=tokenizer.fill_id)  # fmt: skip
         self._setup(scorer, tokenizer, model, variables, batch_size)
 
     @classmethod
@@ -76,12 +75,8 @@ class EvalLM:
         return lm
 
     def _setup(self, scorer, tokenizer, model, variables, batch_size: int) -> None:
-        self.scorer, self.tokenizer, self.model, self.variables = (
-            scorer,
-            tokenizer,
-            model,
-            variables,
-        )
+        self.scorer, self.tokenizer = scorer, tokenizer
+        self.model, self.variables = model, variables
         self.batch_size = batch_size
         self.prefix_id = self._prefix(tokenizer)
         self.step: int | None = None  # the checkpoint step, when read from a run
