@@ -47,6 +47,12 @@ MASKS = {
     "segments": lambda: Mask.causal_lm(
         _positions(), jnp.asarray([[0] * 10 + [1] * 14, [0] * 24]), plain=False
     ),
+    # row 0: a prefix (segment 1, 8 tokens) and two continuations placed right after it
+    "tree": lambda: Mask.causal_lm(
+        jnp.asarray([list(range(16)) + list(range(8, 16)), list(range(24))]),
+        jnp.asarray([[1] * 8 + [2] * 8 + [3] * 8, [0] * 24]),
+        parents_BxT=jnp.asarray([[1] * 24, [0] * 24]),
+    ),
     "left-padding": lambda: Mask(
         q_positions=_positions(),
         kv_positions=_positions(),

@@ -50,6 +50,11 @@ def _positions(length=T):
 
 SEGMENTS = jnp.asarray([[0] * 12 + [1] * 25, [0] * T])
 LEFT_PAD = jnp.asarray([[False] * 6 + [True] * 31, [True] * T])
+# row 0: a prefix of 13 tokens (segment 1) and continuations of 12 tokens each (2 and 3) placed
+# right after it; row 1: one segment
+TREE_POSITIONS = jnp.asarray([list(range(25)) + list(range(13, 25)), list(range(T))])
+TREE_SEGMENTS = jnp.asarray([[1] * 13 + [2] * 12 + [3] * 12, [0] * T])
+TREE_PARENTS = jnp.asarray([[1] * T, [0] * T])
 
 
 def _output_and_grads(attend, mask, slopes):
@@ -128,6 +133,8 @@ def test_flash_pads_lengths_that_are_not_a_block_multiple():
         return flash_attention(q, k, v, m, alibi_slopes=alibi_slopes, block_q=8, block_kv=16)
 
     _assert_same(attend, mask, slopes=jnp.asarray(alibi_slopes(N)))
+    tree = Mask.causal_lm(TREE_POSITIONS, TREE_SEGMENTS, parents_BxT=TREE_PARENTS)
+    _assert_same(attend, tree, slopes=jnp.asarray(alibi_slopes(N)))
     extra = jax.random.bernoulli(jax.random.key(3), 0.6, (B, T, T))
     _assert_same(attend, Mask(_positions(), _positions(), extra=extra, causal=False))
 
@@ -158,6 +165,18 @@ def test_flash_skips_block_pairs_no_query_can_see():
     )
     padded = Mask(pos, pos, kv_valid=jnp.arange(16)[None].repeat(2, 0) >= 5)  # keys 0-4 padding
     np.testing.assert_array_equal(np.asarray(block_pairs(padded, st))[:, 0], False)
+    # a tree: prefix in block 0 (segment 1), continuations 2 and 3 in blocks 1-2 and 3, all
+    # after the prefix; a continuation's block still reads the prefix's block
+    tree = Mask.causal_lm(
+        jnp.asarray([list(range(12)) + list(range(4, 8))] * 2),
+        jnp.asarray([[1] * 4 + [2] * 8 + [3] * 4] * 2),
+        parents_BxT=jnp.ones((2, 16), jnp.int32),
+    )
+    # (conservative: block 3's segment and parent span 1-3, so block 1 of segment 2 is kept)
+    np.testing.assert_array_equal(
+        np.asarray(block_pairs(tree, st)),
+        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]],
+    )
 
 
 @pytest.mark.slow
@@ -360,6 +379,12 @@ def test_block_sizes_must_be_positive(make):
             Mask(_positions(), _positions(), causal=False, window=4),
             None,
             "non-causal",
+        ),
+        (
+            "sliding_window",
+            Mask.causal_lm(TREE_POSITIONS, TREE_SEGMENTS, parents_BxT=TREE_PARENTS, window=9),
+            None,
+            "packed tree",
         ),
         (
             "block_sparse",

@@ -24,13 +24,15 @@ def _pad_axis1(x: jax.Array | None, extra: int, **kwargs) -> jax.Array | None:
 
 
 def pad_queries(q_BxTxNxH: jax.Array, mask: Mask, multiple: int) -> tuple[jax.Array, Mask]:
-    """Pads the query axis to a multiple; padded rows repeat the last position and segment."""
+    """Pads the query axis to a multiple; padded rows repeat the last position, segment and
+    parent."""
     extra = -q_BxTxNxH.shape[1] % multiple
     if extra == 0:
         return q_BxTxNxH, mask
     mask = mask.replace(
         q_positions=_pad_axis1(mask.q_positions, extra, mode="edge"),
         q_segments=_pad_axis1(mask.q_segments, extra, mode="edge"),
+        q_parents=_pad_axis1(mask.q_parents, extra, mode="edge"),
         extra=_pad_axis1(mask.extra, extra),
     )
     return _pad_axis1(q_BxTxNxH, extra), mask
@@ -111,6 +113,7 @@ def gathered_attention(
         kv_valid,
         causal=mask.causal,
         window=mask.window,
+        q_par=q_side(mask.q_parents) if segments else None,
     )
     logits = jnp.einsum(
         "BRQKGH,BRLKH->BRKGQL", q_BxRxQxKxGxH, k_BxRxLxKxH, preferred_element_type=jnp.float32

@@ -19,15 +19,28 @@ from llmjax.attention.support import UnsupportedMask
 
 
 def standard_masks(batch: int, length: int) -> dict[str, Mask]:
-    """Causal, sliding window, packed segments and left padding over `length` tokens."""
+    """Causal, sliding window, packed segments, a packed tree (one prefix, two continuations)
+    and left padding over `length` tokens."""
     pos = jnp.broadcast_to(jnp.arange(length), (batch, length))
     half = length // 2
     segments = jnp.asarray([[0] * half + [1] * (length - half)] + [[0] * length] * (batch - 1))
     valid = jnp.asarray([[False] * 3 + [True] * (length - 3)] + [[True] * length] * (batch - 1))
+    # row 0: prefix (segment 1), then continuations 2 and 3 both placed right after it
+    third = length // 3
+    rest = length - third
+    tree_seg = [1] * third + [2] * (rest // 2) + [3] * (rest - rest // 2)
+    tree_par = [1] * third + [1] * rest
+    tree_pos = list(range(third + rest // 2)) + list(range(third, third + rest - rest // 2))
+    tree = Mask.causal_lm(
+        jnp.asarray([tree_pos] + [list(range(length))] * (batch - 1)),
+        jnp.asarray([tree_seg] + [[0] * length] * (batch - 1)),
+        parents_BxT=jnp.asarray([tree_par] + [[0] * length] * (batch - 1)),
+    )
     return {
         "causal": Mask.causal_lm(pos),
         "window": Mask.causal_lm(pos, window=max(2, length // 4)),
         "segments": Mask.causal_lm(pos, segments),
+        "tree": tree,
         "left-padding": Mask(pos, pos, kv_valid=valid),
     }
 

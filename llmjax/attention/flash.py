@@ -64,6 +64,9 @@ def block_pairs(mask: Mask, st: _Static) -> Bool[Array, "I J"]:
         seen &= q_lo[:, None] - k_hi[None, :] < st.window
     if mask.q_segments is not None and mask.kv_segments is not None:
         qs_lo, qs_hi = _span(mask.q_segments, q_ok, st.block_q)
+        if mask.q_parents is not None:  # a query also sees its parent segment's keys
+            qp_lo, qp_hi = _span(mask.q_parents, q_ok, st.block_q)
+            qs_lo, qs_hi = jnp.minimum(qs_lo, qp_lo), jnp.maximum(qs_hi, qp_hi)
         ks_lo, ks_hi = _span(mask.kv_segments, kv_ok, st.block_kv)
         seen &= (qs_lo[:, None] <= ks_hi[None, :]) & (ks_lo[None, :] <= qs_hi[:, None])
     if mask.extra is not None:
@@ -101,6 +104,7 @@ def _block_mask(st: _Static, mask: Mask, i, j):
         _slice(mask.kv_valid, k0, st.block_kv),
         causal=st.causal,
         window=st.window,
+        q_par=_slice(mask.q_parents, q0, st.block_q) if segments else None,
     )
     if mask.extra is not None:
         visible_BxQxS &= _slice(_slice(mask.extra, q0, st.block_q), k0, st.block_kv, axis=2)

@@ -43,7 +43,9 @@ def _check_mask(mask: Mask, alibi_slopes) -> None:
             f"{mask.window!r}; set model.attention_window (e.g. model.attention_window=256) or "
             f"use another variant"
         )
-    reject("sliding_window", mask, alibi_slopes, ["non_causal", "extra"])
+    # Key blocks are chosen by index distance, which a tree's continuations (placed after one
+    # another, positions restarting after their prefix) do not keep equal to position distance.
+    reject("sliding_window", mask, alibi_slopes, ["non_causal", "extra", "parents"])
 
 
 @register_attention("sliding_window")

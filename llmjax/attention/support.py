@@ -11,6 +11,10 @@ MASK_FEATURES: dict[str, tuple[str, Callable[[Mask, object], bool]]] = {
         "packed segments (mask.q_segments/kv_segments)",
         lambda m, s: m.q_segments is not None and m.kv_segments is not None,
     ),
+    "parents": (
+        "a packed tree of prefixes and continuations (mask.q_parents)",
+        lambda m, s: m.q_parents is not None,
+    ),
     "kv_valid": ("padded or unwritten keys (mask.kv_valid)", lambda m, s: m.kv_valid is not None),
     "extra": ("a dense extra mask (mask.extra)", lambda m, s: m.extra is not None),
     "alibi": ("ALiBi slopes (alibi_slopes)", lambda m, s: s is not None),

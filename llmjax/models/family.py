@@ -5,12 +5,15 @@ A family is a linen module class registered in `llmjax.models.MODELS` under the 
 protocol, so a new family (an RNN, a mixture of experts) is one file plus a registration:
 
 - `Family(cfg)` is the module. `__call__(tokens_BxT, positions_BxT=None, segments_BxT=None, *,
-  deterministic=True, return_hidden=False, cache=None, logits_at=None)` returns a
-  `ModelOutput`. Negative positions mark padding; with a cache the tokens continue the cached
-  ones and positions default to each row's next positions. Without one, segment ids keep
-  packed documents apart (decoding without a cache puts padding in a segment of its own).
+  deterministic=True, return_hidden=False, cache=None, logits_at=None, parents_BxT=None)`
+  returns a `ModelOutput`. Negative positions mark padding; with a cache the tokens continue
+  the cached ones and positions default to each row's next positions. Without one, segment ids
+  keep packed documents apart (decoding without a cache puts padding in a segment of its own).
   `logits_at` (int [B, K], indices into T) asks for the logits of those positions only: the
-  output's logits are then [B, K, V] (hidden states and aux stay [B, T, ...]).
+  output's logits are then [B, K, V] (hidden states and aux stay [B, T, ...]). `parents_BxT`
+  (with segments) packs a tree: a token also sees the tokens of the segment it names, so
+  several continuations share one copy of their prefix (`llmjax.attention.Mask`); a family
+  that cannot serve it raises ValueError.
 - `check_config(cfg)` raises `ConfigError` for names of parts the family does not know (and
   for any other value it cannot serve); `build_model` calls it.
 - `init_cache(cfg, batch_size, length, *, rolling=False)` is the empty `DecodingState` for
@@ -80,6 +83,7 @@ class ModelFamily(Protocol):
         return_hidden: bool = False,
         cache: DecodingState | None = None,
         logits_at: Int[Array, "B K"] | None = None,
+        parents_BxT: Int[Array, "B T"] | None = None,
     ) -> ModelOutput: ...
 
     @classmethod

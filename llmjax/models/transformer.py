@@ -124,6 +124,7 @@ class Decoder(nn.Module):
         return_hidden: bool = False,
         cache: KVCache | StateCache | None = None,
         logits_at: Int[Array, "B K"] | None = None,
+        parents_BxT: Int[Array, "B T"] | None = None,
     ) -> ModelOutput:
         cfg = self.cfg
         batch, length = tokens_BxT.shape
@@ -131,7 +132,7 @@ class Decoder(nn.Module):
         plain = positions_BxT is None
         start = None
         if cache is not None:
-            if segments_BxT is not None:
+            if segments_BxT is not None or parents_BxT is not None:
                 raise ValueError(
                     "segments (packed documents) cannot be combined with a cache; give each "
                     "sequence its own row"
@@ -152,7 +153,11 @@ class Decoder(nn.Module):
                     jnp.arange(length, dtype=jnp.int32), (batch, length)
                 )
             mask = Mask.causal_lm(
-                positions_BxT, segments_BxT, window=cfg.attention_window, plain=plain
+                positions_BxT,
+                segments_BxT,
+                parents_BxT=parents_BxT,
+                window=cfg.attention_window,
+                plain=plain,
             )
 
         embedder = Embedder(cfg, name="embed")
