@@ -84,6 +84,36 @@ def test_packed_requests_score_as_unpacked(lm):
         assert (a.greedy_tokens == b.greedy_tokens).all()
 
 
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_requests_sharing_a_context_score_as_separate_requests(lm, position):
+    """Choices packed after one copy of their context (a tree mask) score as each alone; a
+    context too long for the row is cut per request, and a group too large for one row is
+    split."""
+    cfg = dataclasses.replace(lm.model.cfg, position=position)
+    model, variables = build_model(cfg), random_params(cfg, seed=4)
+    rng = np.random.default_rng(3)
+    requests = []
+    # 40: its 4 choices of 4 tokens fit a row two at a time; 60: cut to the context, per request
+    for n, m in [(5, None), (17, None), (30, None), (40, 4), (60, 3)]:
+        context = rng.integers(0, 256, n)
+        requests += [(context, rng.integers(0, 256, m or int(rng.integers(1, 9))))
+                     for _ in range(4)]  # fmt: skip
+    requests.append((rng.integers(0, 256, 3), rng.integers(0, 256, 2)))  # a context of its own
+    alone = TokenScorer(model, variables, batch_size=4, pack=False).score(requests)
+    tree = TokenScorer(model, variables, batch_size=4)
+    for a, b in zip(alone, tree.score(requests), strict=True):
+        np.testing.assert_allclose(b.logprobs, a.logprobs, atol=2e-5)
+        assert (a.greedy_tokens == b.greedy_tokens).all()
+    items = tree._items(requests, "request")
+    plain = TokenScorer(model, variables, share_contexts=False)._items(requests, "request")
+    assert len(plain) == len(requests) and all(i.size <= CONTEXT for i in items)
+    by_context = [len(i.targets) for i in items if len(i.context) in (5, 17, 30)]
+    assert sorted(by_context) == [4, 4, 4]
+    assert [len(i.targets) for i in items if len(i.context) == 40] == [2, 2]
+    assert len([i for i in items if len(i.targets) == 1 and len(i.context) > 40]) == 4
+    assert sum(item.size for item in items) < 0.7 * sum(item.size for item in plain)
+
+
 def test_rolling_stride_window_equals_chunks_and_long_window_one_pass(lm):
     ids = np.random.default_rng(1).integers(0, 256, 130).astype(np.int32)
     W = 32

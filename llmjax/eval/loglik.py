@@ -14,6 +14,12 @@ rows of `max_length` tokens, each request its own segment with positions from 0 
 stays within a segment, so a packed request scores as it would alone, to float rounding); rows
 go in batches of `batch_size`, right-padded to a multiple of `pad_multiple` tokens, so a whole
 evaluation compiles a handful of programs. `pack=False` gives each request its own row.
+
+Requests with the same context (the choices of a multiple-choice item) share one copy of it
+(`share_contexts`, with packing): the context is packed once and each continuation after it,
+positioned as if it followed the context alone and seeing only the context and itself (a tree
+mask, `llmjax.attention.Mask`'s parents). A four-choice item then costs its context once
+instead of four times, and scores as four separate requests would, to float rounding.
 """
 
 from __future__ import annotations
@@ -55,10 +61,11 @@ class Scored:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _target_log_probs(model: Any, variables: Any, inputs_BxT, positions_BxT, segments_BxT,
-                      at_BxK, targets_BxK):  # fmt: skip
+                      parents_BxT, at_BxK, targets_BxK):  # fmt: skip
     """Log-probs of targets_BxK, and whether each is the argmax, at the positions at_BxK (the
     LM head runs at those positions only)."""
-    out = model.apply(variables, inputs_BxT, positions_BxT, segments_BxT, logits_at=at_BxK)
+    out = model.apply(variables, inputs_BxT, positions_BxT, segments_BxT, logits_at=at_BxK,
+                      parents_BxT=parents_BxT)  # fmt: skip
     logp_BxK = token_log_probs(out.logits, targets_BxK)
     greedy_BxK = jnp.argmax(out.logits, axis=-1) == targets_BxK
     return logp_BxK, greedy_BxK
@@ -80,6 +87,7 @@ class TokenScorer:
         pad_multiple: int = 16,
         pad_id: int = 0,
         pack: bool = True,
+        share_contexts: bool = True,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} is out of range; valid: >= 1")
@@ -89,7 +97,7 @@ class TokenScorer:
         self.variables = variables if "params" in variables else {"params": variables}
         self.max_length = int(max_length or model.cfg.max_seq_len)
         self.batch_size, self.pad_multiple, self.pad_id = batch_size, pad_multiple, pad_id
-        self.pack = pack
+        self.pack, self.share_contexts = pack, share_contexts
 
     def _inputs(self, context: np.ndarray, target: np.ndarray, where: str) -> np.ndarray:
         """(context + target) cut to the last max_length + 1 tokens."""
@@ -113,52 +121,102 @@ class TokenScorer:
         self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, where: str = "request"
     ) -> list[Scored]:
         """Scored results in request order; `where` names the requests in errors."""
-        seqs, n_target = [], []
-        for i, (context, target) in enumerate(requests):
-            c, t = np.asarray(context, np.int32), np.asarray(target, np.int32)
-            seqs.append(self._inputs(c, t, f"{where} {i}"))
-            n_target.append(len(t))
-        order = np.argsort([-len(s) for s in seqs], kind="stable")  # longest first
-        sizes = [len(seqs[i]) - 1 for i in order]
+        items = self._items(requests, where)
+        order = np.argsort([-item.size for item in items], kind="stable")  # largest first
         if self.pack:
+            sizes = [items[i].size for i in order]
             rows = [[int(order[k]) for k in row] for row in first_fit(sizes, self.max_length)]
         else:
             rows = [[int(i)] for i in order]
-        out: list[Scored | None] = [None] * len(seqs)
+        out: list[Scored | None] = [None] * len(requests)
         for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            fill = max(sum(len(seqs[i]) - 1 for i in row) for row in batch)
-            width = min(-(-fill // self.pad_multiple) * self.pad_multiple, self.max_length)
-            shape = (self.batch_size, width)
-            inputs = np.full(shape, self.pad_id, np.int32)
-            positions, segments = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-            # the target positions of each row, gathered: only they need the LM head
-            most = max(sum(n_target[i] for i in row) for row in batch)
-            k_width = min(-(-most // self.pad_multiple) * self.pad_multiple, width)
-            at_BxK = np.zeros((self.batch_size, k_width), np.int32)
-            targets_BxK = np.zeros((self.batch_size, k_width), np.int32)
-            spans = []
-            for r, row in enumerate(batch):
-                at = k = 0
-                for segment, i in enumerate(row, start=1):
-                    s, n, m = seqs[i], len(seqs[i]) - 1, n_target[i]
-                    inputs[r, at : at + n] = s[:-1]
-                    positions[r, at : at + n] = np.arange(n)
-                    segments[r, at : at + n] = segment
-                    at_BxK[r, k : k + m] = np.arange(at + n - m, at + n)
-                    targets_BxK[r, k : k + m] = s[-m:]
-                    spans.append((i, r, k, k + m))
-                    at, k = at + n, k + m
-            logp, greedy = jax.device_get(
-                _target_log_probs(
-                    self.model, self.variables, inputs, positions, segments, at_BxK, targets_BxK
-                )
+            self._score_batch(
+                [[items[i] for i in row] for row in rows[start : start + self.batch_size]], out
             )
-            for i, r, begin, end in spans:
-                out[i] = Scored(
-                    logp[r, begin:end].astype(np.float64), np.asarray(greedy[r, begin:end])
-                )
         return out  # type: ignore[return-value]
+
+    def _items(self, requests, where: str) -> list[_Item]:
+        """Requests as packing units: one per distinct context (its continuations share it, as
+        many as fit in a row together), one per request whose input had to be cut."""
+        items: list[_Item] = []
+        shared: dict[bytes, _Item] = {}
+        share = self.pack and self.share_contexts
+        for i, (context, target) in enumerate(requests):
+            c, t = np.asarray(context, np.int32), np.asarray(target, np.int32)
+            whole = self._inputs(c, t, f"{where} {i}")
+            prefix, target = whole[: -len(t)], whole[-len(t) :]
+            whole_context = share and len(whole) == len(c) + len(t)  # not cut
+            if whole_context:
+                item = shared.get(prefix.tobytes())
+                if item is not None and item.size + len(t) - 1 <= self.max_length:
+                    item.targets.append((i, target))
+                    continue
+            item = _Item(prefix, [(i, target)])
+            items.append(item)
+            if whole_context:  # later requests with this context join it
+                shared[prefix.tobytes()] = item
+        return items
+
+    def _score_batch(self, batch: list[list[_Item]], out: list[Scored | None]) -> None:
+        """One forward pass over rows of packed items; fills `out` at the items' requests."""
+        fill = max(sum(item.size for item in row) for row in batch)
+        width = min(-(-fill // self.pad_multiple) * self.pad_multiple, self.max_length)
+        shape = (self.batch_size, width)
+        inputs = np.full(shape, self.pad_id, np.int32)
+        positions, segments = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+        parents = np.zeros(shape, np.int32)
+        # the target positions of each row, gathered: only they need the LM head
+        most = max(sum(len(t) for item in row for _, t in item.targets) for row in batch)
+        k_width = min(-(-most // self.pad_multiple) * self.pad_multiple, width)
+        at_BxK = np.zeros((self.batch_size, k_width), np.int32)
+        targets_BxK = np.zeros((self.batch_size, k_width), np.int32)
+        spans = []
+        for r, row in enumerate(batch):
+            at = k = 0
+            segment = 0
+            for item in row:
+                # the context: a segment of its own, its own parent
+                n = len(item.context)
+                segment += 1
+                prefix_segment, last = segment, at + n - 1
+                inputs[r, at : at + n] = item.context
+                positions[r, at : at + n] = np.arange(n)
+                segments[r, at : at + n] = parents[r, at : at + n] = prefix_segment
+                at += n
+                # each continuation: its tokens but the last, right after the context
+                for i, target in item.targets:
+                    m = len(target)
+                    segment += 1
+                    inputs[r, at : at + m - 1] = target[:-1]
+                    positions[r, at : at + m - 1] = np.arange(n, n + m - 1)
+                    segments[r, at : at + m - 1] = segment
+                    parents[r, at : at + m - 1] = prefix_segment
+                    at_BxK[r, k] = last  # the first target token is predicted by the context
+                    at_BxK[r, k + 1 : k + m] = np.arange(at, at + m - 1)
+                    targets_BxK[r, k : k + m] = target
+                    spans.append((i, r, k, k + m))
+                    at, k = at + m - 1, k + m
+        logp, greedy = jax.device_get(
+            _target_log_probs(
+                self.model, self.variables, inputs, positions, segments, parents, at_BxK,
+                targets_BxK,
+            )
+        )  # fmt: skip
+        for i, r, begin, end in spans:
+            out[i] = Scored(logp[r, begin:end].astype(np.float64), np.asarray(greedy[r, begin:end]))
+
+
+@dataclass
+class _Item:
+    """A packing unit: one context and the continuations scored after it."""
+
+    context: np.ndarray  # int32 [n]
+    targets: list[tuple[int, np.ndarray]]  # (request index, target ids)
+
+    @property
+    def size(self) -> int:
+        """Input tokens in a row: the context once, each continuation but its last token."""
+        return len(self.context) + sum(len(t) - 1 for _, t in self.targets)
 
 
 def rolling_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
