@@ -77,7 +77,6 @@ def test_fine_tuning_runs():
     )  # the before/after plot
 
 
-@pytest.mark.slow
 def test_alignment_runs():
     env = {
         "ALIGN_BASE_STEPS": "10",
