@@ -23,7 +23,7 @@ from llmjax.config import PRESETS, apply_overrides
 from llmjax.data import prepare_data
 from llmjax.results import experiment_parser, write_results
 from llmjax.train.fit import with_vocab
-from llmjax.train.sweep import curves, run_trials, summarize, tune
+from llmjax.train.sweep import curves, mean_columns, run_trials, summarize, tune
 
 OPTIMIZERS = {
     "sgd+momentum": ["optim.name=sgd", "optim.momentum=0.9", "optim.weight_decay=0.0"],
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None):
         "wd_grid": grid,
         "best_wd_by_lr": {name: _best_wd_by_lr(cells) for name, cells in grid.items()},
     }
-    return write_results("optimizers", metrics | {"rows": rows}, rows=rows,
+    return write_results("optimizers", metrics | {"rows": rows}, rows=mean_columns(rows),
                          plots={"optimizers": _plot(metrics, rows)}, out_dir=args.out_dir,
                          quick=args.quick)  # fmt: skip
 

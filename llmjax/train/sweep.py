@@ -162,6 +162,11 @@ def summarize(
     return rows
 
 
+def mean_columns(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`summarize`'s rows without their min/max columns (a printable table)."""
+    return [{k: v for k, v in r.items() if not k.endswith(("_min", "_max"))} for r in rows]
+
+
 def curves(trials: Sequence[Trial], split: str = "val") -> dict[str, list[list[tuple[int, float]]]]:
     """Per setting, each seed's (step, loss) curve of `split` ("train" or "val")."""
     out: dict[str, list] = {}

@@ -1,0 +1,1 @@
+"""Measurements of trained models: what a position depends on (leakage)."""
