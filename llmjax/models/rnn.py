@@ -110,21 +110,28 @@ def scan_cell(
     gx_BxTxG: Float[Array, "B T G"],
     w_hh_DxG: Float[Array, "D G"],
     b_hh_G,
-    reset_BxT: jax.Array,
-    valid_BxT: jax.Array,
+    reset_BxT: jax.Array | None,
+    valid_BxT: jax.Array | None,
 ) -> tuple[Carry, Float[Array, "B T D"]]:
     """Runs `cell` over T steps: the state resets to zero where `reset`, and stays as it was
-    where not `valid` (padding). Returns the last state and every step's hidden state."""
+    where not `valid` (padding); None for either: nowhere. Returns the last state and every
+    step's hidden state."""
 
     def step(carry, xs):
         gx_BxG, reset_B, valid_B = xs
-        carry = tuple(jnp.where(reset_B[:, None], 0.0, s) for s in carry)
+        if reset_B is not None:
+            carry = tuple(jnp.where(reset_B[:, None], 0.0, s) for s in carry)
         new = cell.step(carry, gx_BxG, w_hh_DxG, b_hh_G)
-        new = tuple(jnp.where(valid_B[:, None], n, s) for n, s in zip(new, carry, strict=True))
+        if valid_B is not None:
+            new = tuple(jnp.where(valid_B[:, None], n, s) for n, s in zip(new, carry, strict=True))
         return new, new[0]
 
-    time_major = (jnp.swapaxes(gx_BxTxG, 0, 1), reset_BxT.T, valid_BxT.T)
     T = gx_BxTxG.shape[1]
+    time_major = (
+        jnp.swapaxes(gx_BxTxG, 0, 1),
+        None if reset_BxT is None else reset_BxT.T,
+        None if valid_BxT is None else valid_BxT.T,
+    )
     carry, h_TxBxD = jax.lax.scan(step, carry, time_major, unroll=min(TIME_UNROLL, T))
     return carry, jnp.swapaxes(h_TxBxD, 0, 1)
 
@@ -223,9 +230,11 @@ class Recurrent(nn.Module):
                 "segments (packed documents) cannot be combined with a cache; give each "
                 "sequence its own row"
             )
-        valid_BxT = jnp.ones((B, T), bool) if positions_BxT is None else positions_BxT >= 0
-        reset_BxT = jnp.zeros((B, T), bool)
+        # Without positions or segments the scan skips the masking (training batches).
+        valid_BxT = None if positions_BxT is None else positions_BxT >= 0
+        reset_BxT = None
         if segments_BxT is not None:
+            reset_BxT = jnp.zeros((B, T), bool)
             reset_BxT = reset_BxT.at[:, 1:].set(segments_BxT[:, 1:] != segments_BxT[:, :-1])
         if cache is None:
             cache = self.init_cache(cfg, B, T)
