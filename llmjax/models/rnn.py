@@ -13,7 +13,12 @@ PyTorch's (LSTM: i, f, g, o; GRU: r, z, n with the recurrent bias inside r * (.)
 Tokens are read in row order: non-negative positions carry no meaning beyond that, a negative
 position marks padding (the state passes through it unchanged), and a change of segment id
 resets the state to zero, so each packed document is read as if alone. Segment ids are runs: an
-id that recurs after another is a new document (attention would join the two runs).
+id that recurs after another is a new document (attention would join the two runs), so decoding
+by recomputation (use_cache=False) needs left-padded prompts, the default.
+
+The kernels are `input_kernel` and `recurrent_kernel` [D, gates * D]: weight decay applies to
+them (their names end in "kernel"); Muon, which knows dense and attention kernels by name,
+leaves them to its Adam.
 
 Config fields the recurrence has no use for are ignored: n_heads, n_kv_heads, head_dim, d_ff,
 mlp, the bias overrides of attention and MLP, rope_theta, scaled_residual_init, scan_layers
