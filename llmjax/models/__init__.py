@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from llmjax.models.family import DecodingLimits, DecodingState, ModelFamily, missing_members
 from llmjax.models.output import ModelOutput
 from llmjax.models.remat import REMAT_POLICIES
+from llmjax.models.rnn import GRU, LSTM
 from llmjax.models.transformer import Decoder, stack_layer_params, unstack_layer_params
 from llmjax.registry import Registry
 from llmjax.runtime import jit_once
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 # Families by ModelConfig.arch; each entry follows llmjax.models.family.ModelFamily.
 MODELS: Registry = Registry("model architecture")
 MODELS.register("transformer")(Decoder)
+MODELS.register("lstm")(LSTM)
+MODELS.register("gru")(GRU)
 
 
 def family_of(cfg: "ModelConfig") -> type[ModelFamily]:
