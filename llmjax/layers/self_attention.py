@@ -5,15 +5,18 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
+from llmjax.attention.core import softcap_option
 from llmjax.layers.common import constrain, dtype_of, normal, out_std, param
 from llmjax.layers.kv_cache import LayerKV
 from llmjax.layers.lora import project as adapted_contract
+from llmjax.layers.norms import head_rmsnorm
 from llmjax.layers.positions import POSITIONS
 from llmjax.layers.state_cache import LayerState
 
 
 class SelfAttention(nn.Module):
-    """q, k, v projections, position rotation, the configured kernel, output projection."""
+    """q, k, v projections, QK-norm, position rotation, the configured kernel (with the logit
+    soft cap), output projection."""
 
     cfg: object
 
@@ -61,6 +64,9 @@ class SelfAttention(nn.Module):
         q_BxTxNxH = project("query", N, ("embed", "heads", "head_dim"))
         k_BxTxKxH = project("key", K, ("embed", "kv_heads", "head_dim"))
         v_BxTxKxH = project("value", K, ("embed", "kv_heads", "head_dim"))
+        if cfg.qk_norm:  # before RoPE, so rotation acts on unit-RMS heads
+            q_BxTxNxH = head_rmsnorm(cfg, name="query_norm")(q_BxTxNxH)
+            k_BxTxKxH = head_rmsnorm(cfg, name="key_norm")(k_BxTxKxH)
 
         position = POSITIONS.get(cfg.position)
         if position.rotate is not None:
@@ -80,12 +86,22 @@ class SelfAttention(nn.Module):
         )
 
         slopes = None if position.slopes is None else position.slopes(cfg)
+        cap = cfg.attn_logit_softcap
         if kv is None:
             attend = ATTENTION.get(cfg.attention)
-            out_BxTxNxH = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes)
+            out_BxTxNxH = attend(
+                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes, **softcap_option(cap)
+            )
         else:  # a KV cache or a recurrent state, each attending as the variant says
             out_BxTxNxH, kv = kv.attend(
-                cfg.attention, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, start, alibi_slopes=slopes
+                cfg.attention,
+                q_BxTxNxH,
+                k_BxTxKxH,
+                v_BxTxKxH,
+                mask,
+                start,
+                alibi_slopes=slopes,
+                logit_softcap=cap,
             )
         out_BxTxNxH = constrain(
             checkpoint_name(out_BxTxNxH, "attention_out"), ("batch", "length", "heads", "head_dim")
