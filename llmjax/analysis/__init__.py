@@ -1,0 +1,26 @@
+"""Interpretability tools: what attention heads do, and what each is worth to the loss.
+
+out = model.apply(variables, tokens, return_attention=True)   # out.attention [L, B, N, T, T]
+llmjax.analysis.induction_score(out.attention, tokens)        # [L, N]
+llmjax.analysis.head_ablation_losses(model, variables, batch)  # [L, N] loss increase
+"""
+
+from llmjax.analysis.attention import (
+    head_ablation_losses,
+    head_entropy,
+    induction_score,
+    induction_targets,
+    positional_profile,
+    previous_token_score,
+    repeated_tokens,
+)
+
+__all__ = [
+    "head_ablation_losses",
+    "head_entropy",
+    "induction_score",
+    "induction_targets",
+    "positional_profile",
+    "previous_token_score",
+    "repeated_tokens",
+]
