@@ -77,7 +77,9 @@ class SelfAttention(nn.Module):
         q_BxTxNxH = project("query", N, ("embed", "heads", "head_dim"))
         k_BxTxKxH = project("key", K, ("embed", "kv_heads", "head_dim"))
         v_BxTxKxH = project("value", K, ("embed", "kv_heads", "head_dim"))
-        if cfg.qk_norm:  # before RoPE, so rotation acts on unit-RMS heads
+        # QK-norm before RoPE, as OLMo 2 and Gemma 3 order them: the learned per-dim scale does
+        # not commute with the rotation, so the order is part of the architecture.
+        if cfg.qk_norm:
             q_BxTxNxH = head_rmsnorm(cfg, name="query_norm")(q_BxTxNxH)
             k_BxTxKxH = head_rmsnorm(cfg, name="key_norm")(k_BxTxKxH)
 

@@ -203,11 +203,10 @@ class Decoder(nn.Module):
             unroll=min(cfg.scan_unroll, cfg.n_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        layer_args = dict(return_attention=return_attention)
         if cfg.scan_layers and cache is None:
             axes = (nn.broadcast, nn.broadcast, nn.broadcast, 0)  # mask, kv, start, head mask
             stack = nn.scan(block, in_axes=axes, **scan)
-            x_BxTxD, (_, attention) = stack(cfg, deterministic, **layer_args, name="blocks")(
+            x_BxTxD, (_, attention) = stack(cfg, deterministic, return_attention, name="blocks")(
                 x_BxTxD, mask, None, None, head_mask
             )
         elif cfg.scan_layers:
@@ -218,7 +217,7 @@ class Decoder(nn.Module):
 
             carry = (x_BxTxD, cache.layers.replace(layer=jnp.zeros((), jnp.int32)))
             stack = nn.scan(body, **scan)
-            layer = block(cfg, deterministic, **layer_args, name="blocks")
+            layer = block(cfg, deterministic, return_attention, name="blocks")
             (x_BxTxD, layers), attention = stack(layer, carry, head_mask)
             layers = layers.replace(layer=None)
         else:
@@ -226,7 +225,7 @@ class Decoder(nn.Module):
             for i in range(cfg.n_layers):
                 kv_args = (None, None) if cache is None else (cache.layers[i], start)
                 head_mask_N = None if head_mask is None else head_mask[i]
-                layer = block(cfg, deterministic, **layer_args, name=f"blocks_{i}")
+                layer = block(cfg, deterministic, return_attention, name=f"blocks_{i}")
                 x_BxTxD, (kv, probs) = layer(x_BxTxD, mask, *kv_args, head_mask_N)
                 layers.append(kv)
                 probs_per_layer.append(probs)
