@@ -3,7 +3,8 @@
 GPU: cuDNN's fused attention through `jax.nn.dot_product_attention(implementation="cudnn")`
 (half precision only). TPU: the Pallas flash-attention kernel (plain causal or full masks, no
 ALiBi). Each fused kernel returns None for inputs it cannot serve, and auto then falls back, so
-no backend is ever required. The fallback is exact either way.
+no backend is ever required. The fallback is exact either way. Neither fused kernel has a logit
+soft cap, so a capped call always takes the fallback.
 """
 
 import logging
@@ -80,12 +81,21 @@ def auto_attention(
     *,
     alibi_slopes: Float[Array, " N"] | None = None,
     scale: float | None = None,
+    logit_softcap: float | None = None,
 ) -> Float[Array, "B T N H"]:
     backend = jax.default_backend()
-    if backend in FUSED:
+    if backend in FUSED and logit_softcap is None:
         out = FUSED.get(backend)(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes, scale)
         if out is not None:
             return out
     long = q_BxTxNxH.shape[1] * k_BxSxKxH.shape[1] >= FLASH_FROM_PAIRS
     fallback = flash_attention if long else xla_attention
-    return fallback(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes=alibi_slopes, scale=scale)
+    return fallback(
+        q_BxTxNxH,
+        k_BxSxKxH,
+        v_BxSxKxH,
+        mask,
+        alibi_slopes=alibi_slopes,
+        scale=scale,
+        logit_softcap=logit_softcap,
+    )

@@ -95,6 +95,7 @@ def make_block_sparse(pattern: BlockSparsePattern):
         *,
         alibi_slopes: Float[Array, " N"] | None = None,
         scale: float | None = None,
+        logit_softcap: float | None = None,
     ) -> Float[Array, "B T N H"]:
         reject(
             "block_sparse", mask, alibi_slopes, ["extra"], "its pattern is the extra mask itself"
@@ -127,6 +128,7 @@ def make_block_sparse(pattern: BlockSparsePattern):
                         kv_blocks_ok=ok,
                         alibi_slopes=alibi_slopes,
                         scale=scale,
+                        logit_softcap=logit_softcap,
                     )
                 )
         return jnp.concatenate(outs, axis=1)[:, :length]
@@ -139,6 +141,7 @@ def make_block_sparse(pattern: BlockSparsePattern):
         *,
         alibi_slopes: Float[Array, " N"] | None = None,
         scale: float | None = None,
+        logit_softcap: float | None = None,
     ) -> Float[Array, "B T N H"]:
         reject(
             "block_sparse", mask, alibi_slopes, ["extra"], "its pattern is the extra mask itself"
@@ -153,6 +156,7 @@ def make_block_sparse(pattern: BlockSparsePattern):
             mask.replace(extra=extra),
             alibi_slopes=alibi_slopes,
             scale=scale,
+            logit_softcap=logit_softcap,
         )
 
     block_sparse_attention.pattern = pattern

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.attention.core import MASKED_LOGIT
+from llmjax.attention.core import MASKED_LOGIT, softcap
 from llmjax.attention.masks import Mask, visible_pairs
 from llmjax.typing import Array, Bool, Float, Int
 
@@ -78,6 +78,7 @@ def gathered_attention(
     kv_blocks_ok: Bool[np.ndarray, "R M"],
     alibi_slopes: Float[Array, " N"] | None,
     scale: float,
+    logit_softcap: float | None = None,
 ) -> Float[Array, "B L N H"]:
     """Query blocks `rows` each attend to their own list of key blocks (exact softmax over them).
 
@@ -118,6 +119,8 @@ def gathered_attention(
     logits = jnp.einsum(
         "BRQKGH,BRLKH->BRKGQL", q_BxRxQxKxGxH, k_BxRxLxKxH, preferred_element_type=jnp.float32
     ) * jnp.float32(scale)
+    if logit_softcap is not None:
+        logits = softcap(logits, logit_softcap)
     if alibi_slopes is not None:
         dist_BxRxQxL = (kv_pos_BxRxL[:, :, None, :] - q_pos_BxRxQ[..., None]).astype(jnp.float32)
         slopes_KxG = jnp.asarray(alibi_slopes, jnp.float32).reshape(n_kv, -1)

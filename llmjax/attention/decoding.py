@@ -7,6 +7,7 @@ notebook, carries its decoding with it):
 - `fn.over_cache(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, *, alibi_slopes, scale)`: attention of
   T new queries over the S slots of a KV cache, where `mask` has the cache's positions and
   validity (queries and keys are then different sequences). Default: `fn` itself.
+  Like `fn`, it is given `logit_softcap=...` only when the model caps its logits.
 - `fn.recurrent`: a `Recurrence`. The variant then decodes with a fixed-size state instead of
   a KV cache (O(1) memory and time per token), e.g. linear attention's running sums.
 """
@@ -38,6 +39,7 @@ class Recurrence(Protocol):
         *,
         alibi_slopes: Float[Array, " N"] | None = None,
         scale: float | None = None,
+        logit_softcap: float | None = None,
     ) -> tuple[Float[Array, "B T N H"], PyTree]:
         """T new tokens continue the state: each query attends to the state and to the new
         keys up to its own (causal in index order, mask.kv_valid excluding padding); returns

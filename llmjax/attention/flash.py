@@ -7,7 +7,8 @@ query/key pair can see (from per-block min/max of positions and segments) are sk
 custom VJP saves only q, k, v, the output and the log-sum-exp per row, and recomputes each
 block's probabilities in the backward: memory O(T) in both passes (autodiff through the loops
 would store every block's probabilities). Lengths that are not a multiple of the block are
-padded and the padding dropped.
+padded and the padding dropped. A logit soft cap is applied per block as the reference applies
+it, and the backward multiplies the q.k gradient by its derivative, 1 - tanh^2.
 """
 
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from llmjax.attention.blocks import pad_keys, pad_queries
-from llmjax.attention.core import MASKED_LOGIT, register_attention
+from llmjax.attention.core import MASKED_LOGIT, register_attention, softcap
 from llmjax.attention.masks import Mask, visible_pairs
 from llmjax.attention.support import check_block
 from llmjax.typing import Array, Bool, Float
@@ -35,6 +36,7 @@ class _Static:
     scale: float
     block_q: int
     block_kv: int
+    softcap: float | None = None
 
 
 # ----------------------------------------------------------------------------- block pairs
@@ -113,12 +115,17 @@ def _block_mask(st: _Static, mask: Mask, i, j):
 
 
 def _logits(st: _Static, q_i, k_j, visible, dist_BxQxS, slopes_KxG):
-    """Masked float32 logits [B K G Q S], computed as the reference does."""
+    """Masked float32 logits [B K G Q S], computed as the reference does, and with a soft cap
+    d(capped)/d(q.k logits) = 1 - tanh^2 (None without one)."""
     s = jnp.einsum("BQKGH,BSKH->BKGQS", q_i, k_j, preferred_element_type=jnp.float32)
     s = s * jnp.float32(st.scale)
+    dcap = None
+    if st.softcap is not None:
+        s = softcap(s, st.softcap)
+        dcap = 1.0 - jnp.square(s / jnp.float32(st.softcap))
     if slopes_KxG is not None:
         s = s + slopes_KxG[None, :, :, None, None] * dist_BxQxS[:, None, None]
-    return jnp.where(visible, s, MASKED_LOGIT)
+    return jnp.where(visible, s, MASKED_LOGIT), dcap
 
 
 def _q_block(st: _Static, x_BxTxKxGxH, i):
@@ -144,7 +151,7 @@ def _forward(st: _Static, q, k, v, mask, slopes_KxG, seen_IxJ):
             def compute(carry):
                 m, denom, acc = carry
                 visible, dist = _block_mask(st, mask, i, j)
-                s = _logits(st, q_i, _kv_block(st, k, j), visible, dist, slopes_KxG)
+                s, _ = _logits(st, q_i, _kv_block(st, k, j), visible, dist, slopes_KxG)
                 m_new = jnp.maximum(m, s.max(-1))
                 p = jnp.where(visible, jnp.exp(s - m_new[..., None]), 0.0)
                 correction = jnp.exp(m - m_new)
@@ -194,7 +201,7 @@ def _backward(st: _Static, q, k, v, mask, slopes_KxG, seen_IxJ, out, lse, dout):
                 lse_i = lax.dynamic_slice_in_dim(lse, i * st.block_q, st.block_q, 3)
                 d_i = lax.dynamic_slice_in_dim(d_BxKxGxT, i * st.block_q, st.block_q, 3)
                 visible, dist = _block_mask(st, mask, i, j)
-                s = _logits(st, q_i, k_j, visible, dist, slopes_KxG)
+                s, dcap = _logits(st, q_i, k_j, visible, dist, slopes_KxG)
                 p = jnp.where(visible, jnp.exp(s - lse_i[..., None]), 0.0)
                 dv_j = dv_j + jnp.einsum(
                     "BKGQS,BQKGH->BSKH",
@@ -204,12 +211,13 @@ def _backward(st: _Static, q, k, v, mask, slopes_KxG, seen_IxJ, out, lse, dout):
                 )
                 dp = jnp.einsum("BQKGH,BSKH->BKGQS", do_i, v_j, preferred_element_type=jnp.float32)
                 ds = p * (dp - d_i[..., None])
-                dq_i = st.scale * jnp.einsum("BKGQS,BSKH->BQKGH", ds, k_j.astype(jnp.float32))
+                ds_qk = ds if dcap is None else ds * dcap  # the cap sits before ALiBi
+                dq_i = st.scale * jnp.einsum("BKGQS,BSKH->BQKGH", ds_qk, k_j.astype(jnp.float32))
                 dq = lax.dynamic_update_slice_in_dim(
                     dq, _q_block(st, dq, i) + dq_i, i * st.block_q, 1
                 )
                 dk_j = dk_j + st.scale * jnp.einsum(
-                    "BKGQS,BQKGH->BSKH", ds, q_i.astype(jnp.float32)
+                    "BKGQS,BQKGH->BSKH", ds_qk, q_i.astype(jnp.float32)
                 )
                 if dslopes is not None:  # d logits / d slope = kv_pos - q_pos
                     dslopes = dslopes + jnp.einsum("BKGQS,BQS->KG", ds, dist)
@@ -259,6 +267,7 @@ def flash_attention(
     *,
     alibi_slopes: Float[Array, " N"] | None = None,
     scale: float | None = None,
+    logit_softcap: float | None = None,
     block_q: int = DEFAULT_BLOCK,
     block_kv: int = DEFAULT_BLOCK,
 ) -> Float[Array, "B T N H"]:
@@ -271,6 +280,7 @@ def flash_attention(
         scale=float(q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale),
         block_q=min(block_q, length),
         block_kv=min(block_kv, k_BxSxKxH.shape[1]),
+        softcap=None if logit_softcap is None else float(logit_softcap),
     )
     q, padded = pad_queries(q_BxTxNxH, mask, st.block_q)
     k, v, padded = pad_keys(k_BxSxKxH, v_BxSxKxH, padded, st.block_kv)

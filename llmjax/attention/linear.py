@@ -10,7 +10,8 @@ recurrent form
 O(1) per token, for decoding; a prompt continues the state chunk by chunk. Queries and
 keys are multiplied by sqrt(scale) before the feature map, so phi(q).phi(k) estimates
 exp(q.k * scale) for FAVOR+. A causal mask is taken in index order (query t sees keys 0..t);
-padded keys (kv_valid) are dropped; windows, segments, ALiBi and dense masks are not served.
+padded keys (kv_valid) are dropped; windows, segments, ALiBi, dense masks and logit soft caps
+are not served.
 """
 
 from collections.abc import Callable
@@ -84,8 +85,9 @@ def make_linear_attention(feature_map: FeatureMap = elu_plus_one, chunk: int = 6
         *,
         alibi_slopes: Float[Array, " N"] | None = None,
         scale: float | None = None,
+        logit_softcap: float | None = None,
     ) -> Float[Array, "B T N H"]:
-        _reject(mask, alibi_slopes)
+        _reject(mask, alibi_slopes, logit_softcap)
         n_kv, length = k_BxSxKxH.shape[2], q_BxTxNxH.shape[1]
         scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
         fq_BxTxKxGxF = einops.rearrange(
@@ -110,13 +112,14 @@ def make_linear_attention(feature_map: FeatureMap = elu_plus_one, chunk: int = 6
     return linear_attention
 
 
-def _reject(mask: Mask, alibi_slopes) -> None:
+def _reject(mask: Mask, alibi_slopes, logit_softcap=None) -> None:
     reject(
         "linear",
         mask,
         alibi_slopes,
-        ["window", "segments", "alibi", "extra"],
-        "a kernel feature map has no logit matrix to mask or bias",
+        ["window", "segments", "alibi", "extra", "softcap"],
+        "a kernel feature map has no logit matrix to mask, bias or cap",
+        logit_softcap=logit_softcap,
     )
 
 
@@ -270,9 +273,10 @@ class LinearRecurrence:
         *,
         alibi_slopes: Float[Array, " N"] | None = None,
         scale: float | None = None,
+        logit_softcap: float | None = None,
     ) -> tuple[Float[Array, "B T N H"], LinearState]:
         """T new tokens continue the state (one token: O(F * H) work, whatever came before)."""
-        _reject(mask, alibi_slopes)
+        _reject(mask, alibi_slopes, logit_softcap)
         return _extend(
             self.feature_map,
             self.chunk,

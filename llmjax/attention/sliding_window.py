@@ -57,6 +57,7 @@ def sliding_window_attention(
     *,
     alibi_slopes: Float[Array, " N"] | None = None,
     scale: float | None = None,
+    logit_softcap: float | None = None,
     block: int = DEFAULT_BLOCK,
 ) -> Float[Array, "B T N H"]:
     _check_mask(mask, alibi_slopes)
@@ -80,6 +81,7 @@ def sliding_window_attention(
         kv_blocks_ok=ok,
         alibi_slopes=alibi_slopes,
         scale=scale,
+        logit_softcap=logit_softcap,
     )
     return out[:, :length]
 
@@ -92,12 +94,19 @@ def _over_cache(
     *,
     alibi_slopes: Float[Array, " N"] | None = None,
     scale: float | None = None,
+    logit_softcap: float | None = None,
 ) -> Float[Array, "B T N H"]:
     """New queries over a KV cache: its slots are in no particular order (a rolling cache wraps
     around), so no block structure applies; the window in the mask does the work."""
     _check_mask(mask, alibi_slopes)
     return reference_attention(
-        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes=alibi_slopes, scale=scale
+        q_BxTxNxH,
+        k_BxSxKxH,
+        v_BxSxKxH,
+        mask,
+        alibi_slopes=alibi_slopes,
+        scale=scale,
+        logit_softcap=logit_softcap,
     )
 
 

@@ -1,4 +1,4 @@
-"""Clear errors when a variant is asked for a mask feature it cannot compute."""
+"""Clear errors when a variant is asked for a mask feature (or a call option) it cannot compute."""
 
 from collections.abc import Callable, Iterable
 
@@ -21,6 +21,11 @@ MASK_FEATURES: dict[str, tuple[str, Callable[[Mask, object], bool]]] = {
     "non_causal": ("a non-causal mask (mask.causal=False)", lambda m, s: not m.causal),
 }
 
+# Keyword options of a call beyond the mask: feature name -> what it means.
+OPTION_FEATURES: dict[str, str] = {
+    "softcap": "an attention-logit soft cap (logit_softcap, model.attn_logit_softcap)",
+}
+
 EVERY_MASK = "'reference', 'xla' and 'flash' serve every mask"
 
 
@@ -28,11 +33,24 @@ class UnsupportedMask(ValueError):
     """An attention variant cannot compute the requested mask feature."""
 
 
-def reject(variant: str, mask: Mask, alibi_slopes, features: Iterable[str], hint: str = "") -> None:
-    """Raises UnsupportedMask naming the variant and the first requested feature it lacks."""
+def reject(
+    variant: str,
+    mask: Mask,
+    alibi_slopes,
+    features: Iterable[str],
+    hint: str = "",
+    *,
+    logit_softcap: float | None = None,
+) -> None:
+    """Raises UnsupportedMask naming the variant and the first requested feature it lacks
+    (names of MASK_FEATURES or OPTION_FEATURES)."""
     for name in features:
-        meaning, used = MASK_FEATURES[name]
-        if used(mask, alibi_slopes):
+        if name in OPTION_FEATURES:
+            meaning, used = OPTION_FEATURES[name], logit_softcap is not None
+        else:
+            meaning, uses = MASK_FEATURES[name]
+            used = uses(mask, alibi_slopes)
+        if used:
             raise UnsupportedMask(
                 f"attention variant {variant!r} cannot serve {meaning}; "
                 f"{hint + '; ' if hint else ''}{EVERY_MASK}"

@@ -136,6 +136,12 @@ class ModelConfig:
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     attention: str = "xla"
     attention_window: int | None = None  # sliding-window size in tokens; None: full causal
+    # RMSNorm of each query and key head before RoPE (OLMo 2, Gemma 3), one learned scale per
+    # head dim shared by the heads: params attention/query_norm and attention/key_norm.
+    qk_norm: bool = False
+    # Attention logits -> cap * tanh(logits / cap) before ALiBi and the mask (Gemma 2 uses 50);
+    # None: uncapped. Every attention variant but linear attention serves it.
+    attn_logit_softcap: float | None = None
     use_bias: bool = True
     # Per-part overrides of use_bias (None: follow use_bias), e.g. Qwen2 biases q/k/v only.
     qkv_bias: bool | None = None
@@ -173,7 +179,15 @@ class ModelConfig:
             "scan_unroll",
             section="model",
         )
-        check_finite(self, "norm_eps", "rope_theta", "dropout", "init_std", section="model")
+        check_finite(
+            self,
+            "norm_eps",
+            "rope_theta",
+            "dropout",
+            "init_std",
+            "attn_logit_softcap",
+            section="model",
+        )
         if self.head_dim is None:
             nearest = self.n_heads * max(1, round(self.d_model / self.n_heads))
             check(
@@ -204,6 +218,15 @@ class ModelConfig:
         check(
             self.rope_theta > 0,
             f"model.rope_theta must be > 0 (e.g. 10000), got {self.rope_theta}",
+        )
+        check(
+            self.attn_logit_softcap is None or self.attn_logit_softcap > 0,
+            f"model.attn_logit_softcap must be > 0 (logits are bounded to +-cap; Gemma 2 uses "
+            f"50) or None for no cap, got {self.attn_logit_softcap}",
+        )
+        check(
+            isinstance(self.qk_norm, bool),
+            f"model.qk_norm must be true or false, got {self.qk_norm!r}",
         )
 
     @property

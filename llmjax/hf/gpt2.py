@@ -133,6 +133,8 @@ class GPT2(HFFamily):
             ("norm_position", "pre"),
             ("residual", True),
             ("attention_window", None),
+            ("qk_norm", False),
+            ("attn_logit_softcap", None),
         ):
             reasons += mismatch(cfg, field, wanted, "GPT-2")
         if cfg.kv_heads != cfg.n_heads:

@@ -210,6 +210,8 @@ class Llama(HFFamily):
             ("mlp", "swiglu"),
             ("norm_position", "pre"),
             ("residual", True),
+            ("qk_norm", False),
+            ("attn_logit_softcap", None),
         ):
             reasons += mismatch(cfg, field, wanted, name)
         if cfg.rope_scaling.kind not in ROPE_TO_HF:

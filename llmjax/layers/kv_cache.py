@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.attention import ATTENTION
+from llmjax.attention.core import softcap_option
 from llmjax.attention.decoding import UnsupportedCache, over_cache, recurrence
 from llmjax.attention.masks import Mask
 from llmjax.layers.common import dtype_of
@@ -71,6 +72,7 @@ class LayerKV:
         start,
         *,
         alibi_slopes: Float[Array, " N"] | None = None,
+        logit_softcap: float | None = None,
     ) -> tuple[Float[Array, "B T N H"], LayerKV]:
         """Writes the new keys/values from slot `start` on, then attends the new queries over
         the cache (`mask` describes the cache) with the variant's `over_cache`."""
@@ -81,7 +83,14 @@ class LayerKV:
                 f"cache; build the cache with init_cache(cfg, ...) for this model's config"
             )
         kv = self.write(k_BxTxKxH, v_BxTxKxH, start)
-        out = over_cache(attend)(q_BxTxNxH, kv.keys(), kv.values(), mask, alibi_slopes=alibi_slopes)
+        out = over_cache(attend)(
+            q_BxTxNxH,
+            kv.keys(),
+            kv.values(),
+            mask,
+            alibi_slopes=alibi_slopes,
+            **softcap_option(logit_softcap),
+        )
         return out, kv
 
     def write(

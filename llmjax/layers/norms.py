@@ -1,4 +1,5 @@
-"""Normalization layers, registered by name: layernorm, rmsnorm, batchnorm."""
+"""Normalization layers, registered by name: layernorm, rmsnorm, batchnorm; and the per-head
+RMSNorm of queries and keys (QK-norm)."""
 
 import flax.linen as nn
 
@@ -8,8 +9,8 @@ from llmjax.registry import Registry
 NORMS: Registry = Registry("norm")
 
 
-def _scale_init():
-    return nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
+def _scale_init(axis: str = "embed"):
+    return nn.with_logical_partitioning(nn.initializers.ones, (axis,))
 
 
 def _bias_init():
@@ -38,6 +39,18 @@ def rmsnorm(cfg, *, deterministic: bool, name: str) -> nn.Module:
         dtype=dtype_of(cfg.dtype),
         param_dtype=dtype_of(cfg.param_dtype),
         scale_init=_scale_init(),
+        name=name,
+    )
+
+
+def head_rmsnorm(cfg, *, name: str) -> nn.Module:
+    """RMSNorm over each head's last axis (H), one learned scale [H] shared by the heads: the
+    QK-norm of OLMo 2 / Gemma 3, applied to [B, T, heads, H] queries and keys."""
+    return nn.RMSNorm(
+        epsilon=cfg.norm_eps,
+        dtype=dtype_of(cfg.dtype),
+        param_dtype=dtype_of(cfg.param_dtype),
+        scale_init=_scale_init("head_dim"),
         name=name,
     )
 

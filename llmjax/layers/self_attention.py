@@ -5,15 +5,19 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
+from llmjax.attention.core import attention_probabilities, softcap_option
 from llmjax.layers.common import constrain, dtype_of, normal, out_std, param
 from llmjax.layers.kv_cache import LayerKV
 from llmjax.layers.lora import project as adapted_contract
+from llmjax.layers.norms import head_rmsnorm
 from llmjax.layers.positions import POSITIONS
 from llmjax.layers.state_cache import LayerState
+from llmjax.typing import Array, Float
 
 
 class SelfAttention(nn.Module):
-    """q, k, v projections, position rotation, the configured kernel, output projection."""
+    """q, k, v projections, QK-norm, position rotation, the configured kernel (with the logit
+    soft cap), head mask, output projection."""
 
     cfg: object
 
@@ -24,10 +28,22 @@ class SelfAttention(nn.Module):
         mask: Mask,
         kv: LayerKV | LayerState | None = None,
         start=None,
-    ) -> jax.Array | tuple[jax.Array, LayerKV | LayerState]:
-        """With a layer cache `kv`, the new keys/values are written from slot `start` on and the
+        head_mask_N: Float[Array, " N"] | None = None,
+        *,
+        return_probs: bool = False,
+    ) -> tuple[jax.Array, LayerKV | LayerState | None, Float[Array, "B N T S"] | None]:
+        """Returns (output, updated kv, probabilities).
+
+        With a layer cache `kv`, the new keys/values are written from slot `start` on and the
         queries attend over the whole cache (`mask` then describes the cache), or, for a
-        recurrent variant, continue its state; returns (output, updated kv)."""
+        recurrent variant, continue its state; without one the kv returned is None.
+        `head_mask_N` scales each head's output before the output projection (1 keeps, 0
+        ablates the head; None: no scaling). With `return_probs` the probabilities are the
+        reference softmax of this layer's queries and keys under `mask`, ALiBi and the cap,
+        float32 [B, N, T, S] (S: the cache's slots when decoding), whatever kernel computed the
+        output: the same numbers for the softmax variants; for block_sparse (whose pattern is
+        not in the mask) and linear attention (not a softmax), the dense softmax they stand in
+        for. Else None."""
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
         dtype = dtype_of(cfg.dtype)
@@ -61,6 +77,11 @@ class SelfAttention(nn.Module):
         q_BxTxNxH = project("query", N, ("embed", "heads", "head_dim"))
         k_BxTxKxH = project("key", K, ("embed", "kv_heads", "head_dim"))
         v_BxTxKxH = project("value", K, ("embed", "kv_heads", "head_dim"))
+        # QK-norm before RoPE, as OLMo 2 and Gemma 3 order them: the learned per-dim scale does
+        # not commute with the rotation, so the order is part of the architecture.
+        if cfg.qk_norm:
+            q_BxTxNxH = head_rmsnorm(cfg, name="query_norm")(q_BxTxNxH)
+            k_BxTxKxH = head_rmsnorm(cfg, name="key_norm")(k_BxTxKxH)
 
         position = POSITIONS.get(cfg.position)
         if position.rotate is not None:
@@ -80,16 +101,40 @@ class SelfAttention(nn.Module):
         )
 
         slopes = None if position.slopes is None else position.slopes(cfg)
+        cap = cfg.attn_logit_softcap
         if kv is None:
             attend = ATTENTION.get(cfg.attention)
-            out_BxTxNxH = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes)
+            out_BxTxNxH = attend(
+                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes, **softcap_option(cap)
+            )
         else:  # a KV cache or a recurrent state, each attending as the variant says
             out_BxTxNxH, kv = kv.attend(
-                cfg.attention, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, start, alibi_slopes=slopes
+                cfg.attention,
+                q_BxTxNxH,
+                k_BxTxKxH,
+                v_BxTxKxH,
+                mask,
+                start,
+                alibi_slopes=slopes,
+                logit_softcap=cap,
             )
         out_BxTxNxH = constrain(
             checkpoint_name(out_BxTxNxH, "attention_out"), ("batch", "length", "heads", "head_dim")
         )
+        if head_mask_N is not None:
+            out_BxTxNxH = out_BxTxNxH * head_mask_N.astype(out_BxTxNxH.dtype)[:, None]
+        probs_BxNxTxS = None
+        if return_probs:
+            if isinstance(kv, LayerState):
+                raise ValueError(
+                    f"attention variant {cfg.attention!r} decodes with a recurrent state that "
+                    f"keeps no keys, so there are no attention probabilities over the past; "
+                    f"ask for them in a call without a cache"
+                )
+            keys_BxSxKxH = k_BxTxKxH if kv is None else kv.keys()
+            probs_BxNxTxS = attention_probabilities(
+                q_BxTxNxH, keys_BxSxKxH, mask, alibi_slopes=slopes, logit_softcap=cap
+            )
 
         out_axes = ("heads", "head_dim", "embed")
         w_NxHxD = param(
@@ -107,4 +152,4 @@ class SelfAttention(nn.Module):
         if cfg.has_out_bias:
             b_D = param(self, "out_bias", (D,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
             y_BxTxD = y_BxTxD + b_D.astype(dtype)
-        return y_BxTxD if kv is None else (y_BxTxD, kv)
+        return y_BxTxD, kv, probs_BxNxTxS

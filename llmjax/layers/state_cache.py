@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.attention import ATTENTION
+from llmjax.attention.core import softcap_option
 from llmjax.attention.decoding import UnsupportedCache, recurrence
 from llmjax.attention.masks import Mask
 from llmjax.typing import Array, Float, Int, PyTree
@@ -41,6 +42,7 @@ class LayerState:
         start,
         *,
         alibi_slopes: Float[Array, " N"] | None = None,
+        logit_softcap: float | None = None,
     ) -> tuple[Float[Array, "B T N H"], LayerState]:
         """The new tokens continue this layer's state; `mask` is over the new tokens only."""
         del start  # no slots: the state is the whole past
@@ -56,7 +58,13 @@ class LayerState:
                 lambda x: jax.lax.dynamic_index_in_dim(x, self.layer, 0, False), mine
             )
         out, new = steps.extend(
-            mine, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=alibi_slopes
+            mine,
+            q_BxTxNxH,
+            k_BxTxKxH,
+            v_BxTxKxH,
+            mask,
+            alibi_slopes=alibi_slopes,
+            **softcap_option(logit_softcap),
         )
         if self.layer is None:
             return out, self.replace(state=new)

@@ -5,15 +5,21 @@ A family is a linen module class registered in `llmjax.models.MODELS` under the 
 protocol, so a new family (an RNN, a mixture of experts) is one file plus a registration:
 
 - `Family(cfg)` is the module. `__call__(tokens_BxT, positions_BxT=None, segments_BxT=None, *,
-  deterministic=True, return_hidden=False, cache=None, logits_at=None, parents_BxT=None)`
-  returns a `ModelOutput`. Negative positions mark padding; with a cache the tokens continue
-  the cached ones and positions default to each row's next positions. Without one, segment ids
-  keep packed documents apart (decoding without a cache puts padding in a segment of its own).
-  `logits_at` (int [B, K], indices into T) asks for the logits of those positions only: the
-  output's logits are then [B, K, V] (hidden states and aux stay [B, T, ...]). `parents_BxT`
-  (with segments) packs a tree: a token also sees the tokens of the segment it names, so
-  several continuations share one copy of their prefix (`llmjax.attention.Mask`); a family
-  that cannot serve it raises ValueError.
+  deterministic=True, return_hidden=False, cache=None, logits_at=None, parents_BxT=None,
+  return_attention=False, head_mask=None)` returns a `ModelOutput`. Negative positions mark
+  padding; with a cache the tokens continue the cached ones and positions default to each
+  row's next positions. Without one, segment ids keep packed documents apart (decoding without
+  a cache puts padding in a segment of its own). `logits_at` (int [B, K], indices into T) asks
+  for the logits of those positions only: the output's logits are then [B, K, V] (hidden
+  states and aux stay [B, T, ...]). `parents_BxT` (with segments) packs a tree: a token also
+  sees the tokens of the segment it names, so several continuations share one copy of their
+  prefix (`llmjax.attention.Mask`); a family that serves it says so with the class attribute
+  `tree_packing = True`, and one that cannot raises ValueError. The last two serve attention
+  analysis (llmjax.analysis) and only a family with attention heads takes them:
+  `return_attention=True` fills `ModelOutput.attention` with the float32 [L, B, N, T, S]
+  probabilities of every layer and head; `head_mask` (float [L, N]: 1 keeps a head, 0 zeroes
+  its output before the output projection) ablates heads, a mask of ones computing what None
+  does, bit for bit.
 - `check_config(cfg)` raises `ConfigError` for names of parts the family does not know (and
   for any other value it cannot serve); `build_model` calls it.
 - `init_cache(cfg, batch_size, length, *, rolling=False)` is the empty `DecodingState` for
@@ -35,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from llmjax.typing import Array, Int
+from llmjax.typing import Array, Float, Int
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -84,6 +90,8 @@ class ModelFamily(Protocol):
         cache: DecodingState | None = None,
         logits_at: Int[Array, "B K"] | None = None,
         parents_BxT: Int[Array, "B T"] | None = None,
+        return_attention: bool = False,
+        head_mask: Float[Array, "L N"] | None = None,
     ) -> ModelOutput: ...
 
     @classmethod

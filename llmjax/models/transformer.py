@@ -4,6 +4,11 @@ Layers are stacked with `nn.scan` (one compiled layer, params with a leading `la
 unrolled in a Python loop (params `blocks_0`, `blocks_1`, ...); `stack_layer_params` and
 `unstack_layer_params` convert between the two layouts. Either way the layer can be wrapped in
 `nn.remat` with a policy chosen by name.
+
+What is per layer in and out of a call travels the same way in both layouts: a head mask
+[L, N] is scanned over (layer l gets row l), and each layer's attention probabilities are its
+output, stacked by the scan (or by the loop) to [L, B, N, T, S]. Returned values rather than
+`sow`n intermediates, so a plain `apply` under jit gets them, with no mutable collection.
 """
 
 import functools
@@ -28,7 +33,7 @@ from llmjax.layers.state_cache import LayerState, StateCache, init_state_cache
 from llmjax.models.family import DecodingLimits
 from llmjax.models.output import ModelOutput
 from llmjax.models.remat import REMAT_POLICIES
-from llmjax.typing import Array, Int
+from llmjax.typing import Array, Float, Int
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -43,11 +48,19 @@ class Block(nn.Module):
 
     cfg: "ModelConfig"
     deterministic: bool = True
+    return_attention: bool = False
 
     @nn.compact
     def __call__(
-        self, x_BxTxD: jax.Array, mask: Mask, kv: LayerKV | LayerState | None = None, start=None
-    ) -> tuple[jax.Array, LayerKV | LayerState | None]:
+        self,
+        x_BxTxD: jax.Array,
+        mask: Mask,
+        kv: LayerKV | LayerState | None = None,
+        start=None,
+        head_mask_N: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[LayerKV | LayerState | None, jax.Array | None]]:
+        """(output, (updated kv, attention probabilities [B, N, T, S] or None)): the second
+        item is what a scan over layers stacks."""
         cfg = self.cfg
         norm = NORMS.get(cfg.norm)
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
@@ -65,17 +78,19 @@ class Block(nn.Module):
         attention = SelfAttention(cfg, name="attention")
         mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
 
+        probs = None
+
         def attend(h):
-            nonlocal kv
-            if kv is None:
-                return attention(h, mask)
-            y, kv = attention(h, mask, kv, start)
+            nonlocal kv, probs
+            y, kv, probs = attention(
+                h, mask, kv, start, head_mask_N, return_probs=self.return_attention
+            )
             return y
 
         x_BxTxD = sublayer(x_BxTxD, attend, "attention")
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
         x_BxTxD = sublayer(x_BxTxD, lambda h: checkpoint_name(mlp(h), "mlp_out"), "mlp")
-        return constrain(x_BxTxD, ACTIVATION), kv
+        return constrain(x_BxTxD, ACTIVATION), (kv, probs)
 
 
 def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
@@ -107,11 +122,15 @@ class Decoder(nn.Module):
     With a `cache` (llmjax.layers.kv_cache.KVCache, or a StateCache for recurrent variants) the
     tokens continue the cached ones: their keys/values are written to the cache, positions
     default to each row's next positions (negative positions mark padding), and the output
-    carries the updated cache. The classmethods are the model-family protocol
-    (llmjax.models.family).
+    carries the updated cache. `return_attention=True` adds every layer's attention
+    probabilities (`ModelOutput.attention`, llmjax.layers.self_attention.SelfAttention says how
+    they are computed); `head_mask` [L, N] scales each head's output before its layer's output
+    projection (1 keeps, 0 ablates; None: untouched, as is a mask of ones). The classmethods are
+    the model-family protocol (llmjax.models.family).
     """
 
     cfg: "ModelConfig"
+    tree_packing = True  # serves parents_BxT (packed prefixes shared by continuations)
 
     @nn.compact
     def __call__(
@@ -125,9 +144,18 @@ class Decoder(nn.Module):
         cache: KVCache | StateCache | None = None,
         logits_at: Int[Array, "B K"] | None = None,
         parents_BxT: Int[Array, "B T"] | None = None,
+        return_attention: bool = False,
+        head_mask: Float[Array, "L N"] | None = None,
     ) -> ModelOutput:
         cfg = self.cfg
         batch, length = tokens_BxT.shape
+        if head_mask is not None:
+            if jnp.shape(head_mask) != (cfg.n_layers, cfg.n_heads):
+                raise ValueError(
+                    f"head_mask must be [n_layers, n_heads] = [{cfg.n_layers}, {cfg.n_heads}] "
+                    f"(1 keeps a head, 0 ablates it), got shape {jnp.shape(head_mask)}"
+                )
+            head_mask = jnp.asarray(head_mask, jnp.float32)
         position = POSITIONS.get(cfg.position)
         plain = positions_BxT is None
         start = None
@@ -182,25 +210,33 @@ class Decoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         if cfg.scan_layers and cache is None:
-            stack = nn.scan(block, in_axes=nn.broadcast, **scan)
-            x_BxTxD, _ = stack(cfg, deterministic, name="blocks")(x_BxTxD, mask)
+            axes = (nn.broadcast, nn.broadcast, nn.broadcast, 0)  # mask, kv, start, head mask
+            stack = nn.scan(block, in_axes=axes, **scan)
+            x_BxTxD, (_, attention) = stack(cfg, deterministic, return_attention, name="blocks")(
+                x_BxTxD, mask, None, None, head_mask
+            )
         elif cfg.scan_layers:
 
-            def body(layer, carry, _):
-                x_BxTxD, kv = layer(carry[0], mask, carry[1], start)
-                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), None
+            def body(layer, carry, head_mask_N):
+                x_BxTxD, (kv, probs) = layer(carry[0], mask, carry[1], start, head_mask_N)
+                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), probs
 
             carry = (x_BxTxD, cache.layers.replace(layer=jnp.zeros((), jnp.int32)))
             stack = nn.scan(body, **scan)
-            (x_BxTxD, layers), _ = stack(block(cfg, deterministic, name="blocks"), carry, None)
+            layer = block(cfg, deterministic, return_attention, name="blocks")
+            (x_BxTxD, layers), attention = stack(layer, carry, head_mask)
             layers = layers.replace(layer=None)
         else:
-            layers = []
+            layers, probs_per_layer = [], []
             for i in range(cfg.n_layers):
-                args = () if cache is None else (cache.layers[i], start)
-                x_BxTxD, kv = block(cfg, deterministic, name=f"blocks_{i}")(x_BxTxD, mask, *args)
+                kv_args = (None, None) if cache is None else (cache.layers[i], start)
+                head_mask_N = None if head_mask is None else head_mask[i]
+                layer = block(cfg, deterministic, return_attention, name=f"blocks_{i}")
+                x_BxTxD, (kv, probs) = layer(x_BxTxD, mask, *kv_args, head_mask_N)
                 layers.append(kv)
+                probs_per_layer.append(probs)
             layers = tuple(layers)
+            attention = jnp.stack(probs_per_layer) if return_attention else None
 
         if cfg.norm_position == "pre":
             x_BxTxD = NORMS.get(cfg.norm)(cfg, deterministic=deterministic, name="final_norm")(
@@ -240,6 +276,7 @@ class Decoder(nn.Module):
             hidden=x_BxTxD if return_hidden else None,
             cache=None if cache is None else cache.replace(layers=layers),
             aux=aux,
+            attention=attention,
         )
 
     # ------------------------------------------------------------------ the family protocol
