@@ -98,6 +98,8 @@ class TokenScorer:
         self.max_length = int(max_length or model.cfg.max_seq_len)
         self.batch_size, self.pad_multiple, self.pad_id = batch_size, pad_multiple, pad_id
         self.pack, self.share_contexts = pack, share_contexts
+        # a family that cannot pack a tree (a recurrence) gets each request in one segment
+        self.tree = bool(getattr(type(model), "tree_packing", False))
 
     def _inputs(self, context: np.ndarray, target: np.ndarray, where: str) -> np.ndarray:
         """(context + target) cut to the last max_length + 1 tokens."""
@@ -140,7 +142,7 @@ class TokenScorer:
         many as fit in a row together), one per request whose input had to be cut."""
         items: list[_Item] = []
         shared: dict[bytes, _Item] = {}
-        share = self.pack and self.share_contexts
+        share = self.pack and self.share_contexts and self.tree
         for i, (context, target) in enumerate(requests):
             c, t = np.asarray(context, np.int32), np.asarray(target, np.int32)
             whole = self._inputs(c, t, f"{where} {i}")
@@ -164,7 +166,7 @@ class TokenScorer:
         shape = (self.batch_size, width)
         inputs = np.full(shape, self.pad_id, np.int32)
         positions, segments = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-        parents = np.zeros(shape, np.int32)
+        parents = np.zeros(shape, np.int32) if self.tree else None
         # the target positions of each row, gathered: only they need the LM head
         most = max(sum(len(t) for item in row for _, t in item.targets) for row in batch)
         k_width = min(-(-most // self.pad_multiple) * self.pad_multiple, width)
@@ -181,16 +183,20 @@ class TokenScorer:
                 prefix_segment, last = segment, at + n - 1
                 inputs[r, at : at + n] = item.context
                 positions[r, at : at + n] = np.arange(n)
-                segments[r, at : at + n] = parents[r, at : at + n] = prefix_segment
+                segments[r, at : at + n] = prefix_segment
+                if parents is not None:
+                    parents[r, at : at + n] = prefix_segment
                 at += n
-                # each continuation: its tokens but the last, right after the context
+                # each continuation: its tokens but the last, right after the context (in the
+                # context's segment when there is no tree: then it is the only one)
                 for i, target in item.targets:
                     m = len(target)
-                    segment += 1
+                    if parents is not None:
+                        segment += 1
+                        parents[r, at : at + m - 1] = prefix_segment
                     inputs[r, at : at + m - 1] = target[:-1]
                     positions[r, at : at + m - 1] = np.arange(n, n + m - 1)
                     segments[r, at : at + m - 1] = segment
-                    parents[r, at : at + m - 1] = prefix_segment
                     at_BxK[r, k] = last  # the first target token is predicted by the context
                     at_BxK[r, k + 1 : k + m] = np.arange(at, at + m - 1)
                     targets_BxK[r, k : k + m] = target

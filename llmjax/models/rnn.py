@@ -227,9 +227,15 @@ class Recurrent(nn.Module):
         return_hidden: bool = False,
         cache: RecurrentState | None = None,
         logits_at: Int[Array, "B K"] | None = None,
+        parents_BxT: Int[Array, "B T"] | None = None,
     ) -> ModelOutput:
         cfg = self.cfg
         B, T = tokens_BxT.shape
+        if parents_BxT is not None:
+            raise ValueError(
+                "a recurrent model cannot pack a tree (parents_BxT): its state runs through "
+                "the tokens in order; pack each continuation after its own copy of the context"
+            )
         if cache is not None and segments_BxT is not None:
             raise ValueError(
                 "segments (packed documents) cannot be combined with a cache; give each "
