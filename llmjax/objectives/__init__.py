@@ -10,6 +10,7 @@ from llmjax.objectives import lm as _lm  # noqa: F401  (registers "lm")
 from llmjax.objectives import ppo as _ppo  # noqa: F401  (registers "ppo")
 from llmjax.objectives import reward as _reward  # noqa: F401  (registers "reward")
 from llmjax.objectives import sft as _sft  # noqa: F401  (registers "sft")
+from llmjax.objectives import token_losses as _token_losses  # noqa: F401  (brier, focal)
 from llmjax.objectives.base import (
     OBJECTIVES,
     Batch,
