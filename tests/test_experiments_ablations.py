@@ -43,3 +43,14 @@ def test_residuals_quick(tmp_path):
     assert deep["no residual, pre-norm"]["init_rank_one_residual_last"] < 0.5
     assert deep["residual, pre-norm"]["init_rank_one_residual_last"] > 0.8
     assert len(metrics["at_init"]["residual, pre-norm, 4 layers"]["grad_norm_by_layer"]) == 4
+
+
+@pytest.mark.slow
+def test_loss_functions_quick(tmp_path):
+    from experiments.loss_functions import LOSSES, main
+
+    metrics, rows = read_results(main(["--quick", "--out-dir", str(tmp_path)]))
+    assert [r["setting"] for r in rows] == list(LOSSES)
+    assert all(0 <= r["ece"] <= 1 and r["val_nll"] > 0 for r in rows)
+    g = metrics["grad_vs_p_target"]  # at the smallest p: brier's gradient has vanished
+    assert g["brier"][0] < 1e-3 * g["cross-entropy"][0]

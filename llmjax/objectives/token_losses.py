@@ -91,3 +91,22 @@ class FocalNextToken(_TokenLoss):
 
 
 TOKEN_LOSSES = {"cross-entropy": nll_per_token, "brier": brier_per_token, "focal": focal_per_token}
+
+
+def logit_gradient_norms(
+    per_token, logits_BxTxV: Float[Array, "B T V"], targets_BxT: Int[Array, "B T"]
+) -> Float[Array, "B T"]:
+    """|d loss_t / d logits_t| for every token under a per-token loss (`TOKEN_LOSSES`): each
+    token's loss depends on its own logits only, so one gradient of the sum gives them all."""
+    grads = jax.grad(lambda z: per_token(z, targets_BxT).sum())(logits_BxTxV.astype(jnp.float32))
+    return jnp.sqrt(jnp.square(grads).sum(-1))
+
+
+def confidently_wrong_logits(p_target: Float[Array, " P"], vocab_size: int) -> Float[Array, "P V"]:
+    """Logits (one row per p) giving the target (id 0) probability p and one wrong token
+    (id 1) all the rest but a uniform 1e-6 over the others: a model confidently wrong as p
+    gets small."""
+    p = jnp.asarray(p_target, jnp.float32)
+    rest = 1e-6 * jnp.ones((p.shape[0], vocab_size - 2))
+    wrong = 1.0 - p - rest.sum(-1)
+    return jnp.log(jnp.concatenate([p[:, None], wrong[:, None], rest], axis=-1))
