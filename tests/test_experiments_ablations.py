@@ -54,3 +54,17 @@ def test_loss_functions_quick(tmp_path):
     assert all(0 <= r["ece"] <= 1 and r["val_nll"] > 0 for r in rows)
     g = metrics["grad_vs_p_target"]  # at the smallest p: brier's gradient has vanished
     assert g["brier"][0] < 1e-3 * g["cross-entropy"][0]
+
+
+@pytest.mark.slow
+def test_positional_encodings_quick(tmp_path):
+    from experiments.positional_encodings import POSITIONS, main
+
+    metrics, rows = read_results(main(["--quick", "--out-dir", str(tmp_path)]))
+    assert [r["part"] for r in rows] == ["text"] * 5 + ["reverse"] * 5 + ["sort"] * 5
+    text = {r["setting"]: r for r in rows if r["part"] == "text"}
+    assert set(text) == set(POSITIONS)
+    assert text["learned"]["loss_beyond"] == "nan"  # no table rows beyond the trained context
+    assert all(text[p]["loss_beyond"] > 0 for p in ("sinusoidal", "rope", "alibi", "none"))
+    assert metrics["loss_by_position_seed0"]["learned"] is None
+    assert all(0 <= r["token_accuracy"] <= 1 for r in rows if r["part"] != "text")

@@ -67,13 +67,14 @@ def run_trial(
     overrides: Sequence[str],
     seed: int,
     *,
-    data: TokenData,
+    data: TokenData | None = None,
     keep_params: bool = False,
     measure: Callable[[Any, Config], dict[str, Any]] | None = None,
     **fit_kwargs: Any,
 ) -> Trial:
     """Trains `base` + `overrides` with train.seed = `seed`; `measure(result, cfg)` adds
-    numbers of the finished run (e.g. weight norms) to the trial's `extra`."""
+    numbers of the finished run (e.g. weight norms) to the trial's `extra`. `data` (or
+    `fit`'s source, val and tokenizer among `fit_kwargs`) is what it trains on."""
     from llmjax.train.fit import fit
 
     cfg = apply_overrides(base, [*overrides, f"train.seed={seed}"])
