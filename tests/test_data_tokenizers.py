@@ -130,6 +130,13 @@ def test_bpe_chunked_encoding_matches_whole_text(bpe):
     np.testing.assert_array_equal(bpe.encode(text), whole)
 
 
+def test_encode_batch_equals_encode_of_each(bpe):
+    texts = ["def f(x):", "", "  return x\n", "caf\u00e9 \udcff raw", "<|endoftext|> text"]
+    for tok in (ByteTokenizer(), bpe):  # (a char vocabulary knows only its training text)
+        for got, text in zip(tok.encode_batch(texts), texts, strict=True):
+            np.testing.assert_array_equal(got, tok.encode(text))
+
+
 def test_bpe_training_is_deterministic(bpe):
     assert BPETokenizer.train(_training_text(), vocab_size=400) == bpe
 

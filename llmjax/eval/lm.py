@@ -111,20 +111,30 @@ class EvalLM:
 
     def encode_pair(self, context: str, continuation: str) -> tuple[np.ndarray, np.ndarray]:
         """(context ids, continuation ids), the continuation's being the joined text's ids
-        after the context's."""
-        if context == "":
-            return np.asarray([self.prefix_id], np.int32), self.encode(continuation)
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = self.encode(context + continuation)
-        n = len(self.encode(context))
-        return whole[:n], whole[n:]
+        after the context's (the context's trailing spaces move to the continuation; an empty
+        context is the prefix token)."""
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`encode_pair` of each pair, with the texts encoded in two batches (the joined texts,
+        and each distinct context once: the choices of an item share theirs)."""
+        moved = []
+        for context, continuation in pairs:
+            spaces = len(context) - len(context.rstrip()) if context else 0
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            moved.append((context, continuation))
+        contexts = list(dict.fromkeys(c for c, _ in moved if c))
+        lengths = dict(zip(contexts, map(len, self.tokenizer.encode_batch(contexts)), strict=True))
+        wholes = self.tokenizer.encode_batch([c + x if c else x for c, x in moved])
+        prefix = np.asarray([self.prefix_id], np.int32)
+        return [(whole[: lengths[c]], whole[lengths[c] :]) if c else (prefix, whole)
+                for (c, _), whole in zip(moved, wholes, strict=True)]  # fmt: skip
 
     def loglikelihood(
         self, pairs: Sequence[tuple[str, str]], *, where: str = "request"
     ) -> list[Scored]:
-        return self.scorer.score([self.encode_pair(c, x) for c, x in pairs], where=where)
+        return self.scorer.score(self.encode_pairs(pairs), where=where)
 
     def rolling_loglikelihood(
         self, texts: Sequence[str], *, window: int | None = None, stride: int | None = None

@@ -6,6 +6,7 @@ import abc
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,6 +67,10 @@ class Tokenizer(abc.ABC):
         invalid UTF-8) stand for the raw bytes they escape.
         """
         return self.encode_bytes(text.encode("utf-8", errors="surrogateescape"))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """`encode` of each text; a tokenizer may encode them all in one parallel batch."""
+        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Any) -> str:
         """Returns the text for `ids`, skipping special ids; invalid UTF-8 becomes U+FFFD."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,14 @@ class BPETokenizer(Tokenizer):
             raw_N = np.frombuffer(escaped.encode("utf-8", errors="surrogateescape"), np.uint8)
             pieces += [self._byte_ids_256[raw_N], ids_N]
         return np.concatenate(pieces)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """One parallel batch for the texts without escaped bytes; `encode` for the others."""
+        out: list[np.ndarray | None] = [None] * len(texts)
+        plain = [i for i, t in enumerate(texts) if not _ESCAPED_BYTES.search(t)]
+        for i, ids in zip(plain, self._encode_each([texts[i] for i in plain]), strict=True):
+            out[i] = ids
+        return [self.encode(t) if ids is None else ids for t, ids in zip(texts, out, strict=True)]
 
     def encode_bytes(self, data: bytes) -> np.ndarray:
         errors = "surrogateescape" if self.exact_bytes else "replace"
