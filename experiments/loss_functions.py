@@ -28,7 +28,7 @@ from llmjax.objectives.token_losses import (
     confidently_wrong_logits,
     logit_gradient_norms,
 )
-from llmjax.results import experiment_parser, write_results
+from llmjax.results import experiment_parser, seed_band, spread_bars, write_results
 from llmjax.train.fit import with_vocab
 from llmjax.train.sweep import curves, mean_columns, run_trials, summarize, tune
 
@@ -165,15 +165,7 @@ def _plot(metrics, rows):
     fig, axes = plt.subplots(2, 2, figsize=(13, 9), dpi=80)
     (curve_ax, rel_ax), (grad_ax, bar_ax) = axes
     for name, runs in metrics["val_curves"].items():
-        steps = [s for s, _ in runs[0]]
-        losses = np.asarray([[v for _, v in r] for r in runs if len(r) == len(steps)])
-        if not len(losses):
-            continue
-        line = curve_ax.plot(
-            steps, losses.mean(0), label=f"{name} (lr {metrics['tuned_lr'][name]})"
-        )
-        curve_ax.fill_between(steps, losses.min(0), losses.max(0), color=line[0].get_color(),
-                              alpha=0.2)  # fmt: skip
+        seed_band(curve_ax, runs, f"{name} (lr {metrics['tuned_lr'][name]})")
     curve_ax.set_xlabel("step")
     curve_ax.set_ylabel("validation NLL (nats/byte)")
     curve_ax.set_title("trained on each loss, evaluated by NLL; min-max over seeds")
@@ -205,10 +197,7 @@ def _plot(metrics, rows):
     names = [r["setting"] for r in rows]
     x = np.arange(len(names))
     for offset, key, label in ((-0.2, "accuracy", "top-1 accuracy"), (0.2, "ece", "ECE")):
-        mean = np.asarray([r.get(key, np.nan) for r in rows])
-        err = [mean - np.asarray([r.get(f"{key}_min", np.nan) for r in rows]),
-               np.asarray([r.get(f"{key}_max", np.nan) for r in rows]) - mean]  # fmt: skip
-        bar_ax.bar(x + offset, mean, 0.4, yerr=err, capsize=3, label=label)
+        spread_bars(bar_ax, rows, key, label, offset, 0.4)
     bar_ax.set_xticks(x, names)
     bar_ax.set_ylabel("share")
     bar_ax.set_title("accuracy and calibration error; min-max over seeds")

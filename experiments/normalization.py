@@ -20,12 +20,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from llmjax.analysis.leakage import gradient_leakage, padding_shift
+from llmjax.analysis.leakage import apply_in_mode, gradient_leakage, padding_shift
 from llmjax.config import PRESETS, apply_overrides
 from llmjax.data import prepare_data, val_batches
 from llmjax.models import build_model
 from llmjax.objectives.losses import token_log_probs
-from llmjax.results import experiment_parser, write_results
+from llmjax.results import experiment_parser, seed_band, spread_bars, write_results
 from llmjax.train.fit import with_vocab
 from llmjax.train.sweep import curves, mean_columns, run_trials, summarize, tune
 
@@ -87,16 +87,11 @@ def _probe(data, n_batches: int):
 
 def _loss(model, variables, batches, *, train_mode: bool) -> float:
     """Mean per-token loss over the batches, applied in training mode or as evaluated."""
-    mutable = [k for k in variables if k != "params"]
 
     @jax.jit
     def losses(inputs, targets):
-        if train_mode:
-            out, _ = model.apply(variables, inputs, deterministic=False, mutable=mutable,
-                                 rngs={"dropout": jax.random.key(0)})  # fmt: skip
-        else:
-            out = model.apply(variables, inputs, deterministic=True)
-        return -token_log_probs(out.logits, targets)
+        logits = apply_in_mode(model, variables, inputs, train_mode).logits
+        return -token_log_probs(logits, targets)
 
     total = count = 0.0
     for b in batches:
@@ -158,14 +153,6 @@ def main(argv: list[str] | None = None):
                          quick=args.quick)  # fmt: skip
 
 
-def _bars(ax, rows, key, label, offset=0.0, width=0.8, **kw):
-    mean = np.asarray([r.get(key, np.nan) for r in rows])
-    low = mean - np.asarray([r.get(f"{key}_min", np.nan) for r in rows])
-    high = np.asarray([r.get(f"{key}_max", np.nan) for r in rows]) - mean
-    ax.bar(np.arange(len(rows)) + offset, mean, width, yerr=[low, high], capsize=3, label=label,
-           **kw)  # fmt: skip
-
-
 def _plot(metrics, rows):
     import matplotlib
 
@@ -175,14 +162,7 @@ def _plot(metrics, rows):
     fig, axes = plt.subplots(2, 2, figsize=(14, 9), dpi=80)
     (curve_ax, loss_ax), (leak_ax, batch_ax) = axes
     for name, runs in metrics["val_curves"].items():
-        steps = [s for s, _ in runs[0]]
-        losses = np.asarray([[v for _, v in r] for r in runs if len(r) == len(steps)])
-        if not len(losses):
-            continue
-        line = curve_ax.plot(steps, losses.mean(0), label=name,
-                             linestyle="-" if name.endswith("pre") else "--")  # fmt: skip
-        curve_ax.fill_between(steps, losses.min(0), losses.max(0), color=line[0].get_color(),
-                              alpha=0.15)  # fmt: skip
+        seed_band(curve_ax, runs, name, alpha=0.15, linestyle="-" if name.endswith("pre") else "--")
     curve_ax.set_xlabel("step")
     curve_ax.set_ylabel("validation loss (nats/byte)")
     curve_ax.set_title(f"batch {metrics['batch_size']}, each at its tuned lr; min-max over seeds")
@@ -190,17 +170,21 @@ def _plot(metrics, rows):
     curve_ax.grid(alpha=0.3)
 
     names = [r["setting"] for r in rows]
-    _bars(loss_ax, rows, "val_loss", "evaluated (BatchNorm: running averages)", -0.2, 0.4)
-    _bars(loss_ax, rows, "val_loss_train_mode", "training mode (batch statistics)", 0.2, 0.4)
+    spread_bars(loss_ax, rows, "val_loss", "evaluated (BatchNorm: running averages)", -0.2, 0.4)
+    spread_bars(loss_ax, rows, "val_loss_train_mode", "training mode (batch statistics)", 0.2, 0.4)
     loss_ax.set_xticks(range(len(names)), names, fontsize=8, rotation=15)
     loss_ax.set_ylabel("final validation loss (nats/byte)")
     loss_ax.set_title("train vs eval behaviour")
     loss_ax.legend(fontsize=8)
     loss_ax.grid(axis="y", alpha=0.3)
 
-    _bars(leak_ax, rows, "future_share_train_mode", "future positions, training mode", -0.27, 0.27)
-    _bars(leak_ax, rows, "other_rows_share_train_mode", "other rows, training mode", 0.0, 0.27)
-    _bars(leak_ax, rows, "future_share_eval_mode", "future positions, evaluated", 0.27, 0.27)
+    spread_bars(
+        leak_ax, rows, "future_share_train_mode", "future positions, training mode", -0.27, 0.27
+    )
+    spread_bars(
+        leak_ax, rows, "other_rows_share_train_mode", "other rows, training mode", 0.0, 0.27
+    )
+    spread_bars(leak_ax, rows, "future_share_eval_mode", "future positions, evaluated", 0.27, 0.27)
     leak_ax.set_xticks(range(len(names)), names, fontsize=8, rotation=15)
     leak_ax.set_ylabel("share of |d loss[t] / d embeddings|")
     leak_ax.set_title("what the loss at position t depends on (0 = causal)")

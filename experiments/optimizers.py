@@ -21,7 +21,7 @@ import numpy as np
 
 from llmjax.config import PRESETS, apply_overrides
 from llmjax.data import prepare_data
-from llmjax.results import experiment_parser, write_results
+from llmjax.results import experiment_parser, seed_band, spread_bars, write_results
 from llmjax.train.fit import with_vocab
 from llmjax.train.sweep import curves, mean_columns, run_trials, summarize, tune
 
@@ -159,14 +159,7 @@ def _plot(metrics, rows):
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), dpi=80)
     (curve_ax, bar_ax, norm_ax), (heat_l2, heat_w, tune_ax) = axes
     for name, runs in metrics["val_curves"].items():
-        steps = [s for s, _ in runs[0]]
-        losses = np.asarray([[v for _, v in r] for r in runs if len(r) == len(steps)])
-        line = curve_ax.plot(
-            steps, losses.mean(0), label=f"{name} (lr {metrics['tuned_lr'][name]})"
-        )
-        curve_ax.fill_between(
-            steps, losses.min(0), losses.max(0), color=line[0].get_color(), alpha=0.2
-        )
+        seed_band(curve_ax, runs, f"{name} (lr {metrics['tuned_lr'][name]})")
     curve_ax.set_xlabel("step")
     curve_ax.set_ylabel("validation loss (nats/byte)")
     curve_ax.set_title("tuned lr; mean and min-max over seeds")
@@ -176,10 +169,7 @@ def _plot(metrics, rows):
     names = [r["setting"] for r in rows]
     x = np.arange(len(names))
     for offset, key, label in ((-0.2, "train_loss", "train"), (0.2, "val_loss", "validation")):
-        mean = [r.get(key, np.nan) for r in rows]
-        err = [[m - r.get(f"{key}_min", m) for m, r in zip(mean, rows, strict=True)],
-               [r.get(f"{key}_max", m) - m for m, r in zip(mean, rows, strict=True)]]  # fmt: skip
-        bar_ax.bar(x + offset, mean, 0.4, yerr=err, capsize=3, label=label)
+        spread_bars(bar_ax, rows, key, label, offset, 0.4)
     bar_ax.set_xticks(x, names, fontsize=8)
     bar_ax.set_ylabel("final loss (nats/byte)")
     bar_ax.set_title(f"final losses ({metrics['epochs']:.1f} epochs of the training text)")

@@ -27,7 +27,7 @@ from llmjax.data.order_tasks import KINDS, OrderTask
 from llmjax.data.sources import FromFunction
 from llmjax.models import build_model
 from llmjax.objectives.losses import token_log_probs
-from llmjax.results import experiment_parser, write_results
+from llmjax.results import experiment_parser, spread_bars, write_results
 from llmjax.train.fit import with_vocab
 from llmjax.train.sweep import mean_columns, run_trials, summarize, tune
 
@@ -208,13 +208,6 @@ def main(argv: list[str] | None = None):
                          out_dir=args.out_dir, quick=args.quick)  # fmt: skip
 
 
-def _bars(ax, rows, key, offset, width, label):
-    mean = np.asarray([r.get(key, np.nan) for r in rows], float)
-    err = [mean - np.asarray([r.get(f"{key}_min", np.nan) for r in rows], float),
-           np.asarray([r.get(f"{key}_max", np.nan) for r in rows], float) - mean]  # fmt: skip
-    ax.bar(np.arange(len(rows)) + offset, mean, width, yerr=err, capsize=3, label=label)
-
-
 def _plot(metrics, rows):
     import matplotlib
 
@@ -225,7 +218,7 @@ def _plot(metrics, rows):
     (loss_ax, long_ax), (probe_ax, task_ax) = axes
     text = [r for r in rows if r["part"] == "text"]
     names = [r["setting"] for r in text]
-    _bars(loss_ax, text, "val_loss", 0.0, 0.6, "validation loss at the trained context")
+    spread_bars(loss_ax, text, "val_loss", "validation loss at the trained context", 0.0, 0.6)
     loss_ax.set_xticks(range(len(names)), names)
     loss_ax.set_ylabel("validation loss (nats/byte)")
     low = np.nanmin([r.get("val_loss_min", np.nan) for r in text])
@@ -249,7 +242,9 @@ def _plot(metrics, rows):
     long_ax.legend(fontsize=8)
     long_ax.grid(alpha=0.3)
 
-    _bars(probe_ax, text, "position_r2", 0.0, 0.6, "R^2 of a linear probe: hidden state -> index")
+    spread_bars(
+        probe_ax, text, "position_r2", "R^2 of a linear probe: hidden state -> index", 0.0, 0.6
+    )
     probe_ax.set_xticks(range(len(names)), names)
     probe_ax.set_ylabel("R^2 on held-out tokens")
     probe_ax.set_title("does the model know where a token is?")
@@ -258,7 +253,7 @@ def _plot(metrics, rows):
 
     for i, kind in enumerate(KINDS):
         mine = [r for r in rows if r["part"] == kind]
-        _bars(task_ax, mine, "token_accuracy", (i - 0.5) * 0.4, 0.4, kind)
+        spread_bars(task_ax, mine, "token_accuracy", kind, (i - 0.5) * 0.4, 0.4)
     task_ax.set_xticks(range(len(POSITIONS)), POSITIONS)
     task_ax.set_ylabel("output-token accuracy (held-out rows)")
     task_ax.set_title("order tasks (8 symbols of 16); min-max over seeds")

@@ -134,6 +134,35 @@ def bar_pair(
     return fig
 
 
+def seed_band(ax: Any, runs: list, label: str, *, alpha: float = 0.2, **line_kw: Any) -> None:
+    """Draws the mean over seeds of (step, value) curves with their min-max as a band; a seed
+    whose curve is shorter than the first one's (a run that diverged) is left out, and nothing
+    is drawn when no curve is whole."""
+    import numpy as np
+
+    steps = [s for s, _ in runs[0]]
+    values = np.asarray([[v for _, v in r] for r in runs if len(r) == len(steps)])
+    if not values.size:
+        return
+    line = ax.plot(steps, values.mean(0), label=label, **line_kw)
+    ax.fill_between(steps, values.min(0), values.max(0), color=line[0].get_color(), alpha=alpha)
+
+
+def spread_bars(
+    ax: Any, rows: list[dict[str, Any]], key: str, label: str, offset: float = 0.0,
+    width: float = 0.8, **bar_kw: Any,
+) -> None:  # fmt: skip
+    """Bars of each row's `key` (a mean over seeds, as `llmjax.train.sweep.summarize` writes)
+    at 0, 1, ... + offset, with min-max error bars from `key_min` and `key_max`."""
+    import numpy as np
+
+    mean = np.asarray([r.get(key, np.nan) for r in rows], float)
+    low = mean - np.asarray([r.get(f"{key}_min", np.nan) for r in rows], float)
+    high = np.asarray([r.get(f"{key}_max", np.nan) for r in rows], float) - mean
+    ax.bar(np.arange(len(rows)) + offset, mean, width, yerr=[low, high], capsize=3, label=label,
+           **bar_kw)  # fmt: skip
+
+
 def experiment_parser(description: str) -> argparse.ArgumentParser:
     """The flags every experiment shares: --quick and --out-dir."""
     parser = argparse.ArgumentParser(description=description)

@@ -23,7 +23,9 @@ from llmjax.objectives.losses import token_log_probs
 from llmjax.typing import Array, Int
 
 
-def _apply(model, variables, tokens_BxT, train_mode: bool, perturb=None):
+def apply_in_mode(model, variables, tokens_BxT, train_mode: bool, perturb=None):
+    """The model's output in training mode (module docstring) or as evaluated; `perturb` is the
+    "perturbations" collection (d output / d embeddings)."""
     if perturb is not None:
         variables = {**variables, "perturbations": perturb}
     if not train_mode:
@@ -57,7 +59,7 @@ def gradient_leakage(
     @jax.jit
     def grads(t):
         def loss(perturb):
-            logits = _apply(model, variables, tokens_BxT, train_mode, perturb).logits
+            logits = apply_in_mode(model, variables, tokens_BxT, train_mode, perturb).logits
             return -token_log_probs(logits[0, t], targets_BxT[0, t])
 
         return jax.grad(loss)(zero)["embeddings"]
@@ -91,7 +93,7 @@ def padding_shift(
 
     @jax.jit
     def losses(tokens):
-        logits = _apply(model, variables, tokens, train_mode).logits
+        logits = apply_in_mode(model, variables, tokens, train_mode).logits
         return -token_log_probs(logits, targets_BxT)[:, :keep]
 
     return float(jnp.abs(losses(padded) - losses(jnp.asarray(inputs_BxT))).mean())
