@@ -342,6 +342,19 @@ def test_conversations_and_pairs_from_parquet_equal_jsonl(tmp_path):
         assert load_pairs(tmp_path / f"{name}.parquet") == load_pairs(pairs_jsonl)
 
 
+def test_rl_prompts_from_parquet_equal_jsonl(tmp_path):
+    from llmjax.align.rollout import load_prompts
+    from llmjax.errors import ConfigError
+
+    prompts = [{"prompt": "2+2=", "id": 1}, {"prompt": "3+5=", "id": 2}]
+    jsonl = _write_jsonl(tmp_path / "p.jsonl", prompts)
+    pq.write_table(pa.Table.from_pylist(prompts), tmp_path / "p.parquet")
+    assert load_prompts(str(tmp_path / "p.parquet")) == load_prompts(str(jsonl)) == ["2+2=", "3+5="]
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "?"}])
+    with pytest.raises(ConfigError, match="bad.jsonl, line 2: not a record with a non-empty"):
+        load_prompts(str(bad))
+
+
 def test_bpe_built_from_documents_equals_bpe_built_from_bytes(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("".join(DOCS) * 3)
