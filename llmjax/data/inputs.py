@@ -7,7 +7,9 @@ Formats:
     parquet   a .parquet/.pq file (or a folder of them): one document per row's text column
     datasets  a directory written by `save_to_disk`, or `hf:NAME[:CONFIG]`, a hub dataset in
               the local cache (read offline): one document per row's text column, of the
-              split `data.dataset_split`; `streaming` reads it as an IterableDataset
+              split `data.dataset_split`; `streaming` reads a hub dataset as an
+              IterableDataset (a saved directory is memory-mapped Arrow, read in batches of
+              rows either way)
 """
 
 from __future__ import annotations
