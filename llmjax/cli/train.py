@@ -24,8 +24,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="text file or folder to train on (default: the built-in corpus, this "
-        "Python's standard-library source)",
+        help="what to train on: a text file or folder; a .jsonl or .parquet file (or a folder "
+        "of them) of records whose text is in data.text_field (default: text); a dataset saved "
+        "with save_to_disk, or hf:NAME[:CONFIG] for a hub dataset in the local cache (split "
+        "data.dataset_split); data.format=text|jsonl|parquet|datasets overrides the guess "
+        "(default: the built-in corpus, this Python's standard-library source)",
     )
     p.add_argument(
         "--set",

@@ -24,6 +24,7 @@ from llmjax.data import (
     prepare_data,
     val_batches,
 )
+from llmjax.data.inputs import InputOptions
 from llmjax.data.sources import BatchSource, HostBatch, TextWindows
 from llmjax.distributed import is_primary
 from llmjax.files import write_atomic
@@ -138,6 +139,9 @@ def fit(
                 bpe_vocab_size=cfg.data.bpe_vocab_size,
                 val_fraction=cfg.data.val_fraction,
                 cache_dir=cfg.data.cache_dir,
+                val_split=cfg.data.val_split,
+                options=InputOptions.of(cfg.data),
+                progress=primary and progress,
             )
             tokenizer = data.tokenizer
         elif tokenizer is None:  # the batches are given: no corpus to build a tokenizer from
