@@ -141,17 +141,17 @@ def _plot(metrics, rows):
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 9), dpi=80)
     (step_ax, time_ax), (bar_ax, load_ax) = axes
-    for name, runs in metrics["val_curves"].items():
-        seed_band(step_ax, runs, name)
+    for k, (name, runs) in enumerate(metrics["val_curves"].items()):
+        seed_band(step_ax, runs, name, color=f"C{k}")
         extras = metrics["extra"][name]
         for i, (run, extra) in enumerate(zip(runs, extras, strict=False)):
             if extra.get("train_time"):
                 timed = _time_axis(run, extra["train_time"])
-                time_ax.plot(*zip(*timed, strict=True), color=f"C{list(metrics['extra']).index(name)}",
-                             alpha=0.7, label=name if i == 0 else None)  # fmt: skip
+                time_ax.plot(*zip(*timed, strict=True), color=f"C{k}", alpha=0.7,
+                             label=name if i == 0 else None)  # fmt: skip
         cv = [e["moe_load_cv"] for e in extras if "moe_load_cv" in e]
         if cv:
-            seed_band(load_ax, cv, name)
+            seed_band(load_ax, cv, name, color=f"C{k}")
     step_ax.set_xlabel("step")
     step_ax.set_ylabel("validation loss (nats/byte)")
     step_ax.set_title("each at its tuned lr; mean and min-max over seeds")
