@@ -73,13 +73,17 @@ def settings(d_ff: int, experts: int) -> dict[str, list[str]]:
 
 
 def _measure(result, cfg) -> dict[str, list]:
-    """The routing metrics of every train record, and the training wall time at each step (the
-    logging intervals' tokens over their tokens/s, evaluation left out)."""
+    """The routing metrics of every train record, and the training wall time at each step: the
+    logging intervals' tokens over their tokens/s, evaluation left out; the first interval
+    (which includes compiling the step) at the second one's rate."""
     train = [r for r in result.history if r.get("split") == "train"]
     tokens = cfg.data.batch_size * cfg.seq_len
+    rates = [max(r["tokens_per_s"], 1e-9) for r in train]
+    if len(rates) > 1:
+        rates[0] = rates[1]
     elapsed, last, times = 0.0, 0, []
-    for r in train:
-        elapsed += (r["step"] - last) * tokens / max(r["tokens_per_s"], 1e-9)
+    for r, rate in zip(train, rates, strict=True):
+        elapsed += (r["step"] - last) * tokens / rate
         last = r["step"]
         times.append((r["step"], elapsed))
     out = {"train_time": times}
@@ -155,7 +159,7 @@ def _plot(metrics, rows):
     step_ax.set_xlabel("step")
     step_ax.set_ylabel("validation loss (nats/byte)")
     step_ax.set_title("each at its tuned lr; mean and min-max over seeds")
-    time_ax.set_xlabel("training wall time (s, evaluation excluded)")
+    time_ax.set_xlabel("training wall time (s; compilation and evaluation excluded)")
     time_ax.set_ylabel("validation loss (nats/byte)")
     time_ax.set_title("against time on this CPU (one line per seed)")
     spread_bars(bar_ax, rows, "val_loss", "final validation loss")
