@@ -237,7 +237,7 @@ def test_routing_metrics_are_logged(tmp_path):
          "train.checkpoint_every=4", "train.mfu=false"],
     )  # fmt: skip
     fit(cfg, tmp_path / "run", progress=False)
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     assert len(train) == 2
     for r in train:
