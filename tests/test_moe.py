@@ -223,6 +223,13 @@ def test_config_errors_name_the_fix(tiny_model):
         build_model(_moe_cfg(tiny_model, router="tanh"))
 
 
+def test_export_to_hugging_face_is_refused_by_name():
+    from llmjax.hf.family import HFError, choose_family
+
+    with pytest.raises(HFError, match="GPT-2 has dense MLPs only.*n_experts=8"):
+        choose_family(PRESETS["nano-moe"].model)
+
+
 # ----------------------------------------------------------------------------- training
 
 
