@@ -3,7 +3,7 @@
     python -m experiments.bench_moe                        # nano-moe (8 experts, top-2) vs nano
     python -m experiments.bench_moe --rounds 3 --steps 5   # fewer timed steps
     python -m experiments.bench_moe --set model.moe.kernel=ragged
-    python -m experiments.bench_moe --quick                # test-tiny shapes, a few seconds
+    python -m experiments.bench_moe --quick                # test-tiny shapes, 2 steps a side
 
 The MoE side is the `nano-moe` preset: nano's shape with 8 experts of half nano's MLP width,
 top-2, so a token passes through as many MLP weights as in dense `nano` (plus the 8 x 128
