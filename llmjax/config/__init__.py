@@ -12,6 +12,7 @@ from llmjax.config.model import (
     NORM_POSITIONS,
     LoraConfig,
     ModelConfig,
+    MoEConfig,
     RopeScaling,
 )
 from llmjax.config.overrides import apply_overrides
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "LoraConfig",
+    "MoEConfig",
     "ModelConfig",
     "MuonConfig",
     "OptimConfig",

@@ -111,6 +111,71 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """A mixture-of-experts MLP in place of the dense one (llmjax.layers.moe).
+
+    Each token's router picks `top_k` of `n_experts` expert MLPs (each the model's `mlp` kind,
+    `d_expert` wide) and sums their outputs weighted by its gates; `n_shared_experts` more run
+    on every token. Computation is dropless: no token is ever dropped for capacity. Layer i
+    (from 0) is an MoE layer when i >= first_dense and (i - first_dense) % every == 0.
+    """
+
+    n_experts: int = 0  # 0: dense MLPs everywhere
+    top_k: int = 2
+    router: str = "softmax"  # softmax (Switch, Mixtral) or sigmoid (DeepSeek-V3) scores
+    # Gates are the chosen scores divided by their sum (Mixtral, DeepSeek-V3); false: the raw
+    # scores (Switch with top_k=1).
+    renormalize: bool = True
+    n_shared_experts: int = 0
+    d_expert: int | None = None  # None: the dense MLP's width (model.d_ff)
+    aux_loss_coef: float = 0.01  # the load-balancing loss (Switch uses 0.01)
+    z_loss_coef: float = 0.001  # the router z-loss (ST-MoE uses 0.001)
+    every: int = 1  # every n-th layer is MoE (Switch and GShard: 2)
+    first_dense: int = 0  # dense layers before the first MoE layer (DeepSeek: 1 to 3)
+    # How the experts' matmuls run over tokens sorted by expert: "blocks" (groups padded to
+    # block_size rows, one batched matmul: fast on CPU) or "ragged" (jax.lax.ragged_dot: a
+    # grouped GEMM on GPU and TPU; XLA:CPU computes every expert on every row).
+    kernel: str = "blocks"
+    block_size: int = 64
+
+    def __post_init__(self):
+        section = "model.moe"
+        check(
+            isinstance(self.n_experts, int) and self.n_experts >= 0,
+            f"{section}.n_experts must be an integer >= 1 (0 turns MoE off), got "
+            f"{self.n_experts!r}",
+        )
+        check_positive(self, "top_k", "d_expert", "every", "block_size", section=section)
+        check_finite(self, "aux_loss_coef", "z_loss_coef", section=section)
+        if self.n_experts:
+            check(
+                self.top_k <= self.n_experts,
+                f"{section}.top_k={self.top_k} is more than n_experts={self.n_experts}; each "
+                f"token picks top_k distinct experts (e.g. top_k=2)",
+            )
+        check(
+            isinstance(self.n_shared_experts, int) and self.n_shared_experts >= 0,
+            f"{section}.n_shared_experts must be an integer >= 0, got {self.n_shared_experts!r}",
+        )
+        check(
+            isinstance(self.first_dense, int) and self.first_dense >= 0,
+            f"{section}.first_dense must be an integer >= 0, got {self.first_dense!r}",
+        )
+        check(
+            self.aux_loss_coef >= 0 and self.z_loss_coef >= 0,
+            f"{section}.aux_loss_coef and z_loss_coef must be >= 0 (0 turns a loss off), got "
+            f"{self.aux_loss_coef} and {self.z_loss_coef}",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.n_experts > 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.enabled and i >= self.first_dense and (i - self.first_dense) % self.every == 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Shape and architectural switches of a decoder-only language model."""
 
@@ -162,6 +227,7 @@ class ModelConfig:
     # A scalar head (Dense D -> 1, param `value_head`) on the final hidden state, returned as
     # ModelOutput.aux["value"] [B, T] in float32: a reward model's score, PPO's value function.
     value_head: bool = False
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self):
         check_positive(
@@ -228,6 +294,19 @@ class ModelConfig:
             isinstance(self.qk_norm, bool),
             f"model.qk_norm must be true or false, got {self.qk_norm!r}",
         )
+        if self.moe.enabled:
+            moe_layers = [i for i in range(self.n_layers) if self.moe.is_moe_layer(i)]
+            check(
+                bool(moe_layers),
+                f"model.moe makes no layer MoE: first_dense={self.moe.first_dense} with "
+                f"n_layers={self.n_layers}; lower model.moe.first_dense",
+            )
+            check(
+                not self.scan_layers or len(moe_layers) == self.n_layers,
+                f"model.moe.every={self.moe.every} and first_dense={self.moe.first_dense} mix "
+                f"dense and MoE layers, which a scan over identical layers cannot hold; set "
+                f"model.scan_layers=false (or every=1 and first_dense=0)",
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -244,6 +323,11 @@ class ModelConfig:
         if self.mlp == "swiglu":
             return round_up(int(8 * self.d_model / 3), 64)
         return 4 * self.d_model
+
+    @property
+    def expert_dim(self) -> int:
+        """Width of each expert MLP (model.moe.d_expert, else the dense MLP's)."""
+        return self.ffn_dim if self.moe.d_expert is None else self.moe.d_expert
 
     @property
     def has_qkv_bias(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmjax.config.model import ModelConfig
+from llmjax.config.model import ModelConfig, MoEConfig
 from llmjax.config.run import Config, DataConfig, OptimConfig, TrainConfig
 from llmjax.errors import ConfigError
 
@@ -102,6 +102,39 @@ PRESETS: dict[str, Config] = {
         data=DataConfig(batch_size=4, tokenizer="bpe", bpe_vocab_size=32768),
         optim=OptimConfig(lr=3e-4, warmup_steps=2000, b2=0.95),
         train=TrainConfig(steps=100000),
+    ),
+    # test-tiny with a mixture-of-experts MLP in every layer: 4 experts of width 32, top-2 (the
+    # dense MLP's 64 active), one shared expert.
+    "test-moe-tiny": Config(
+        model=ModelConfig(
+            max_seq_len=32,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            d_ff=64,
+            moe=MoEConfig(n_experts=4, top_k=2, d_expert=32, n_shared_experts=1, block_size=16),
+        ),
+        data=DataConfig(batch_size=4),
+        optim=OptimConfig(warmup_steps=2),
+        train=TrainConfig(
+            steps=20, eval_every=10, eval_batches=2, log_every=5, checkpoint_every=10
+        ),
+    ),
+    # nano with 8 experts of half nano's MLP width, top-2: the active parameters of nano (plus
+    # the router's 8 x 128 per layer) and 4x its MLP parameters in total.
+    "nano-moe": Config(
+        model=ModelConfig(
+            max_seq_len=64,
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            use_bias=False,
+            scan_unroll=4,
+            moe=MoEConfig(n_experts=8, top_k=2, d_expert=256),
+        ),
+        data=DataConfig(batch_size=12),
+        optim=OptimConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99),
+        train=TrainConfig(steps=2000),
     ),
 }
 

@@ -137,6 +137,9 @@ class GPT2(HFFamily):
             ("attn_logit_softcap", None),
         ):
             reasons += mismatch(cfg, field, wanted, "GPT-2")
+        if cfg.moe.enabled:
+            reasons.append(f"GPT-2 has dense MLPs only, this model has model.moe.n_experts="
+                           f"{cfg.moe.n_experts}")  # fmt: skip
         if cfg.kv_heads != cfg.n_heads:
             reasons.append(f"GPT-2 has one kv head per query head, this model has {cfg.kv_heads}")
         if cfg.n_heads * cfg.dim_head != cfg.d_model:

@@ -214,6 +214,9 @@ class Llama(HFFamily):
             ("attn_logit_softcap", None),
         ):
             reasons += mismatch(cfg, field, wanted, name)
+        if cfg.moe.enabled:
+            reasons.append(f"{name} has dense MLPs only, this model has model.moe.n_experts="
+                           f"{cfg.moe.n_experts}")  # fmt: skip
         if cfg.rope_scaling.kind not in ROPE_TO_HF:
             reasons.append(
                 f"RoPE scaling {cfg.rope_scaling.kind!r} has no transformers equivalent here "

@@ -8,7 +8,9 @@ unrolled in a Python loop (params `blocks_0`, `blocks_1`, ...); `stack_layer_par
 What is per layer in and out of a call travels the same way in both layouts: a head mask
 [L, N] is scanned over (layer l gets row l), and each layer's attention probabilities are its
 output, stacked by the scan (or by the loop) to [L, B, N, T, S]. Returned values rather than
-`sow`n intermediates, so a plain `apply` under jit gets them, with no mutable collection.
+`sow`n intermediates, so a plain `apply` under jit gets them, with no mutable collection. A
+mixture-of-experts layer's routing stats (balance and z-losses, expert load) come out the
+same way and become `ModelOutput.aux` "loss", "metrics" and "moe_load" (llmjax.layers.moe).
 """
 
 import functools
@@ -24,8 +26,10 @@ from llmjax.attention.decoding import UnsupportedCache, recurrence
 from llmjax.errors import ConfigError
 from llmjax.layers.common import constrain, dtype_of, normal
 from llmjax.layers.embeddings import Embedder
+from llmjax.layers.grouped import GROUPED
 from llmjax.layers.kv_cache import KVCache, LayerKV, init_kv_cache
 from llmjax.layers.mlp import MLPS
+from llmjax.layers.moe import EXPERT_MLPS, ROUTERS, MoEMLP, moe_outputs
 from llmjax.layers.norms import NORMS
 from llmjax.layers.positions import POSITIONS, ROPE_SCALING_CHECKS, ROPE_SCALINGS
 from llmjax.layers.self_attention import SelfAttention
@@ -44,11 +48,13 @@ PADDED_LOGIT = -1e9
 
 
 class Block(nn.Module):
-    """One transformer layer: attention then MLP, each with norm, dropout and residual."""
+    """One transformer layer: attention then MLP (a mixture of experts when `moe`), each with
+    norm, dropout and residual."""
 
     cfg: "ModelConfig"
     deterministic: bool = True
     return_attention: bool = False
+    moe: bool = False
 
     @nn.compact
     def __call__(
@@ -58,9 +64,9 @@ class Block(nn.Module):
         kv: LayerKV | LayerState | None = None,
         start=None,
         head_mask_N: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[LayerKV | LayerState | None, jax.Array | None]]:
-        """(output, (updated kv, attention probabilities [B, N, T, S] or None)): the second
-        item is what a scan over layers stacks."""
+    ) -> tuple[jax.Array, tuple[LayerKV | LayerState | None, jax.Array | None, dict | None]]:
+        """(output, (updated kv, attention probabilities [B, N, T, S] or None, MoE routing
+        stats or None)): the second item is what a scan over layers stacks."""
         cfg = self.cfg
         norm = NORMS.get(cfg.norm)
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
@@ -76,9 +82,16 @@ class Block(nn.Module):
             return norm(cfg, deterministic=self.deterministic, name=f"{name}_norm")(y)
 
         attention = SelfAttention(cfg, name="attention")
-        mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
+        probs = moe_stats = None
+        if self.moe:
+            experts = MoEMLP(cfg, name="mlp")
 
-        probs = None
+            def mlp(h):
+                nonlocal moe_stats
+                y, moe_stats = experts(h)
+                return y
+        else:
+            mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
 
         def attend(h):
             nonlocal kv, probs
@@ -90,7 +103,7 @@ class Block(nn.Module):
         x_BxTxD = sublayer(x_BxTxD, attend, "attention")
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
         x_BxTxD = sublayer(x_BxTxD, lambda h: checkpoint_name(mlp(h), "mlp_out"), "mlp")
-        return constrain(x_BxTxD, ACTIVATION), (kv, probs)
+        return constrain(x_BxTxD, ACTIVATION), (kv, probs, moe_stats)
 
 
 def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
@@ -212,31 +225,36 @@ class Decoder(nn.Module):
         if cfg.scan_layers and cache is None:
             axes = (nn.broadcast, nn.broadcast, nn.broadcast, 0)  # mask, kv, start, head mask
             stack = nn.scan(block, in_axes=axes, **scan)
-            x_BxTxD, (_, attention) = stack(cfg, deterministic, return_attention, name="blocks")(
-                x_BxTxD, mask, None, None, head_mask
-            )
+            layer = stack(cfg, deterministic, return_attention, cfg.moe.enabled, name="blocks")
+            x_BxTxD, (_, attention, moe_stats) = layer(x_BxTxD, mask, None, None, head_mask)
         elif cfg.scan_layers:
 
             def body(layer, carry, head_mask_N):
-                x_BxTxD, (kv, probs) = layer(carry[0], mask, carry[1], start, head_mask_N)
-                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), probs
+                x_BxTxD, (kv, probs, stats) = layer(carry[0], mask, carry[1], start, head_mask_N)
+                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), (probs, stats)
 
             carry = (x_BxTxD, cache.layers.replace(layer=jnp.zeros((), jnp.int32)))
             stack = nn.scan(body, **scan)
-            layer = block(cfg, deterministic, return_attention, name="blocks")
-            (x_BxTxD, layers), attention = stack(layer, carry, head_mask)
+            layer = block(cfg, deterministic, return_attention, cfg.moe.enabled, name="blocks")
+            (x_BxTxD, layers), (attention, moe_stats) = stack(layer, carry, head_mask)
             layers = layers.replace(layer=None)
         else:
-            layers, probs_per_layer = [], []
+            layers, probs_per_layer, stats_per_layer = [], [], []
             for i in range(cfg.n_layers):
                 kv_args = (None, None) if cache is None else (cache.layers[i], start)
                 head_mask_N = None if head_mask is None else head_mask[i]
-                layer = block(cfg, deterministic, return_attention, name=f"blocks_{i}")
-                x_BxTxD, (kv, probs) = layer(x_BxTxD, mask, *kv_args, head_mask_N)
+                moe = cfg.moe.is_moe_layer(i)
+                layer = block(cfg, deterministic, return_attention, moe, name=f"blocks_{i}")
+                x_BxTxD, (kv, probs, stats) = layer(x_BxTxD, mask, *kv_args, head_mask_N)
                 layers.append(kv)
                 probs_per_layer.append(probs)
+                if moe:
+                    stats_per_layer.append(stats)
             layers = tuple(layers)
             attention = jnp.stack(probs_per_layer) if return_attention else None
+            moe_stats = None
+            if stats_per_layer:
+                moe_stats = jax.tree.map(lambda *xs: jnp.stack(xs), *stats_per_layer)
 
         if cfg.norm_position == "pre":
             x_BxTxD = NORMS.get(cfg.norm)(cfg, deterministic=deterministic, name="final_norm")(
@@ -269,6 +287,8 @@ class Decoder(nn.Module):
             logits_BxTxV = jnp.where(real, logits_BxTxV, PADDED_LOGIT)
         logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
         aux = {}
+        if moe_stats is not None:
+            aux.update(moe_outputs(cfg, moe_stats))
         if cfg.value_head:
             aux["value"] = value_head(cfg, x_BxTxD)
         return ModelOutput(
@@ -287,6 +307,10 @@ class Decoder(nn.Module):
         is registered; a ConfigError names the option otherwise."""
         for name, registry in PARTS.items():
             registry.get(getattr(cfg, name), field=f"model.{name}")
+        if cfg.moe.enabled:
+            ROUTERS.get(cfg.moe.router, field="model.moe.router")
+            GROUPED.get(cfg.moe.kernel, field="model.moe.kernel")
+            EXPERT_MLPS.get(cfg.mlp, field="model.mlp (of the experts)")
         kind = cfg.rope_scaling.kind
         ROPE_SCALINGS.get(kind, field="model.rope_scaling.kind")
         problem = ROPE_SCALING_CHECKS.get(kind, lambda _: None)(cfg.rope_scaling)
@@ -350,6 +374,9 @@ PARTS = {
 #
 # `N` counts the weights of every matmul a token passes through: the q/k/v/out projections and
 # the MLP of each layer, and the output projection onto the (padded) vocabulary, tied or not.
+# In a mixture-of-experts layer that is the ACTIVE weights: the router, the k experts the token
+# is sent to and the shared experts, not the experts it skips (the sorting, gathers and
+# padding of dropless dispatch are not model FLOPs either).
 # A matmul with a weight of size N costs 2N FLOPs forward and 4N backward (gradients of the
 # input and of the weight), hence 6N. Lookups (token and learned position tables), biases,
 # norms, activations and softmax are not counted: elementwise work is small next to the
@@ -367,8 +394,11 @@ def matmul_params(cfg: "ModelConfig") -> int:
     """Weights a token is multiplied with: per-layer projections and MLP, plus the logits."""
     D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head, cfg.ffn_dim
     attention = D * N * H + 2 * D * K * H + N * H * D
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * D * F
-    return cfg.n_layers * (attention + mlp) + cfg.padded_vocab_size * D
+    per_width = (3 if cfg.mlp == "swiglu" else 2) * D  # weights per unit of MLP width
+    moe = cfg.moe
+    moe_mlp = D * moe.n_experts + per_width * cfg.expert_dim * (moe.top_k + moe.n_shared_experts)
+    mlps = sum(moe_mlp if moe.is_moe_layer(i) else per_width * F for i in range(cfg.n_layers))
+    return cfg.n_layers * attention + mlps + cfg.padded_vocab_size * D
 
 
 def attention_flops_per_token(

@@ -28,6 +28,7 @@ from llmjax.data.inputs import InputOptions
 from llmjax.data.sources import BatchSource, HostBatch, TextWindows
 from llmjax.distributed import is_primary
 from llmjax.files import write_atomic
+from llmjax.layers.moe import ROUTING_METRICS
 from llmjax.objectives import Objective
 from llmjax.runs import RUN_FILES, Checkpointer, RunDir, Start, open_start, restore_params
 from llmjax.runs.init_from import base_weights
@@ -215,9 +216,10 @@ def fit(
         else:
             state = trainer.init_state()
         end = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
-        builtin = _fit_hooks(
-            cfg, run, checkpointer, val, primary and progress, primary, trainer.objective.logged
-        )
+        logged = trainer.objective.logged
+        if cfg.model.moe.enabled:
+            logged = (*logged, *ROUTING_METRICS)
+        builtin = _fit_hooks(cfg, run, checkpointer, val, primary and progress, primary, logged)
         if run is not None:
             trainer.history = read_metrics(run.metrics)
         checkpointer = None  # the Checkpoint hook closes it
