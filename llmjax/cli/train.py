@@ -59,7 +59,18 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output (a bar on a terminal, else one line per record on stdout)",
+    )
+    p.add_argument(
+        "--log-to",
+        default=None,
+        metavar="NAMES",
+        help="also log every record to these, comma-separated: tensorboard (RUN/tensorboard), "
+        "wandb (shorthand for --set train.loggers=NAMES)",
+    )
     scale = p.add_argument_group("devices and hosts")
     scale.add_argument(
         "--mesh",
@@ -133,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"parallel.mode={args.parallel}")
     if args.mesh is not None:
         overrides.append(f"parallel.mesh={args.mesh}")
+    if args.log_to is not None:
+        overrides.append(f"train.loggers={args.log_to}")
     cfg = apply_overrides(cfg, overrides)
     # Before anything touches a device: a multi-process run must join its peers first.
     distributed.initialize(
