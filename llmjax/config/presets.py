@@ -138,6 +138,17 @@ PRESETS: dict[str, Config] = {
     ),
 }
 
+# One line per preset for `llmjax presets`.
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "test-tiny": "the tests' tiny model: 2 layers, d=32, ctx 32, 20 steps",
+    "nano": "nanoGPT's CPU shape: 4 layers, 4 heads, d=128, ctx 64, batch 12",
+    "shakespeare-char": "nano with RoPE, Muon and characters as tokens, for tiny Shakespeare",
+    "medium": "nanoGPT's Shakespeare GPU shape: 6 layers, 6 heads, d=384, ctx 256, batch 64",
+    "gpt2-small": "GPT-2 124M: 12 layers, d=768, ctx 1024, BPE vocabulary of 50257",
+    "llama-tiny": "a small Llama: RMSNorm, SwiGLU, RoPE, 2 KV heads of 4, untied embeddings",
+    "llama-1b": "Llama-3.2-1B shape: 16 layers, d=2048, 8 KV heads of 32, ctx 2048, remat",
+}
+
 
 def get_preset(name: str) -> Config:
     try:

@@ -167,6 +167,9 @@ class TrainConfig:
     # Which params the optimizer updates: a regular expression searched in each param's path
     # ("blocks/attention/query_kernel"); the others stay as they are. Empty: all params.
     trainable: str = ""
+    # Where records go besides metrics.jsonl: comma-separated names of llmjax.train.loggers
+    # (tensorboard, wandb), e.g. "tensorboard,wandb". Empty: metrics.jsonl alone.
+    loggers: str = ""
 
     def __post_init__(self):
         check_positive(
