@@ -18,7 +18,7 @@ against distance, and recall at a distance:
   at initialization and after training (seed 0 of each tuned text model).
 - Recall at a distance (`llmjax.data.synthetic.RecallTask` with one key: a fact token carrying
   a value among filler, then a query whose answer is that value; 64 tokens): answer accuracy
-  against the fact-query distance after equal training steps (250), on smaller models of equal
+  against the fact-query distance after equal training steps (200), on smaller models of equal
   parameter counts (a 2-layer d=64 transformer without positions, which finds the fact by
   content, and matched LSTM and GRU), each at its own lr from the same grid, 3 seeds (seeds
   vary the initialization; every run sees the same task stream).
@@ -68,9 +68,9 @@ FULL = {
         "model.d_model=64",
         "model.n_heads=4",
         "data.batch_size=32",
-        "train.steps=250",
-        "optim.warmup_steps=25",
-        "train.eval_every=50",
+        "train.steps=200",
+        "optim.warmup_steps=20",
+        "train.eval_every=40",
         "train.log_every=10",
     ],  # fmt: skip
     "recall_len": 64,

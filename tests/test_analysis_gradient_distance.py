@@ -98,8 +98,8 @@ def test_positions_outside_the_sequence_are_refused():
 
 def _real(arch):
     fields = {"transformer": {}, "lstm": {"position": "none"}, "gru": {"position": "none"}}[arch]
-    cfg = dataclasses.replace(PRESETS["test-tiny"].model, vocab_size=61, d_model=16, arch=arch,
-                              **fields)  # fmt: skip
+    cfg = dataclasses.replace(PRESETS["test-tiny"].model, vocab_size=61, d_model=16, n_layers=1,
+                              arch=arch, **fields)  # fmt: skip
     params, state = init_model(cfg, jax.random.key(0))
     params = jax.tree.map(lambda x: 3.0 * x, params)  # gradients well above rounding
     rng = np.random.default_rng(1)
