@@ -82,6 +82,24 @@ HF_VARIANTS = {
 }
 
 
+# The model zoo's families (tests/test_hf_zoo.py runs the parity suite over these).
+ZOO_VARIANTS = {
+    "qwen3-qknorm-gqa": (
+        "qwen3",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            tie_word_embeddings=False,
+        ),
+    ),
+}
+
+
 def make_hf_model(variant: str, vocab_size: int = VOCAB, seed: int = 0):
     """A randomly initialized transformers causal LM in eval mode (eager attention, float32).
 
@@ -92,7 +110,7 @@ def make_hf_model(variant: str, vocab_size: int = VOCAB, seed: int = 0):
     import transformers
 
     torch.set_num_threads(1)  # tiny matmuls: threads only add contention
-    model_type, kwargs = HF_VARIANTS[variant]
+    model_type, kwargs = {**HF_VARIANTS, **ZOO_VARIANTS}[variant]
     config = transformers.AutoConfig.for_model(
         model_type,
         vocab_size=vocab_size,

@@ -81,6 +81,7 @@ class Llama(HFFamily):
     base_prefix = "model."
     ignored = (r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
     export_rank = 0
+    qk_norm = False  # per-head RMSNorm of q and k before RoPE (self_attn.q_norm / k_norm)
 
     # ---- the parts the variants change
     def window_from_hf(self, hf: dict[str, Any]) -> int | None:
@@ -142,6 +143,7 @@ class Llama(HFFamily):
             rope_theta=theta,
             rope_scaling=scaling,
             attention_window=self.window_from_hf(hf),
+            qk_norm=self.qk_norm,
             use_bias=False,
             **self.biases_from_hf(hf),
             tie_embeddings=hf.get("tie_word_embeddings", False),
@@ -182,6 +184,11 @@ class Llama(HFFamily):
             linear(L + "mlp.up_proj.weight", "blocks/mlp/up/kernel", (D,), (F,)),
             linear(L + "mlp.down_proj.weight", "blocks/mlp/down/kernel", (F,), (D,)),
         ]
+        if cfg.qk_norm:
+            maps += [
+                same(L + "self_attn.q_norm.weight", A + "query_norm/scale", (H,)),
+                same(L + "self_attn.k_norm.weight", A + "key_norm/scale", (H,)),
+            ]
         if cfg.has_qkv_bias:
             maps += [
                 bias(L + "self_attn.q_proj.bias", A + "query_bias", (N, H)),
@@ -210,7 +217,7 @@ class Llama(HFFamily):
             ("mlp", "swiglu"),
             ("norm_position", "pre"),
             ("residual", True),
-            ("qk_norm", False),
+            ("qk_norm", self.qk_norm),
             ("attn_logit_softcap", None),
         ):
             reasons += mismatch(cfg, field, wanted, name)

@@ -1,0 +1,62 @@
+"""The HF parity suite (tests/test_hf_models.py) over the model zoo's families: logits with and
+without padding, greedy decoding with the cache, export back to transformers.
+
+Each variant is a tiny random model built and saved locally by transformers (no network).
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from llmjax.hf import load_hf
+from tests.hf_helpers import ZOO_VARIANTS, make_hf_model, random_tokens
+from tests.test_hf_models import (  # noqa: F401  (the parity tests, run here over ZOO_VARIANTS)
+    Case,
+    _jit_apply,
+    test_config_matches_transformers,
+    test_export_round_trip,
+    test_greedy_generation_matches,
+    test_left_padding_with_explicit_positions,
+    test_logits_match,
+    test_right_padding_logits_and_loss,
+)
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# Switching a variant's distinctive features off must break parity: the suite exercises them.
+FEATURE_OFF = {
+    "qwen3-qknorm-gqa": {"qk_norm": False},
+}
+
+
+@pytest.fixture(scope="module", params=list(ZOO_VARIANTS))
+def case(request, tmp_path_factory) -> Case:
+    variant = request.param
+    hf = make_hf_model(variant)
+    directory = tmp_path_factory.mktemp(variant)
+    hf.save_pretrained(directory, safe_serialization=True)
+    loaded = load_hf(directory)
+    apply = _jit_apply(loaded.config.model)
+    return Case(variant, hf.config.model_type, hf, directory, loaded, apply)
+
+
+def _params_without(params, cfg):
+    """The params a config with the feature off has (extra norm scales dropped)."""
+    from llmjax.hf.params import abstract_params, flatten, unflatten
+
+    keep = set(abstract_params(cfg))
+    return unflatten({k: v for k, v in flatten(params).items() if k in keep})
+
+
+def test_feature_off_breaks_parity(case):
+    """Each distinctive feature, switched off alone, moves the logits away from transformers'."""
+    tokens = random_tokens(2, 16)
+    want = case.hf_logits(tokens)
+    for field, value in FEATURE_OFF[case.variant].items():
+        cfg = dataclasses.replace(case.loaded.config.model, **{field: value})
+        params = _params_without(case.loaded.params, cfg)
+        got = np.asarray(_jit_apply(cfg)(params, tokens, None, None))
+        diff = np.abs(got - want).max()
+        assert diff > 1e-2, f"{case.variant}: {field}={value!r} changes the logits by {diff}"
