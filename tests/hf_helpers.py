@@ -97,6 +97,35 @@ ZOO_VARIANTS = {
             tie_word_embeddings=False,
         ),
     ),
+    "gemma-mqa-bias": (
+        "gemma",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            attention_bias=True,
+        ),
+    ),
+    "gemma2-softcaps-local-global": (
+        "gemma2",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=3,  # local, global, local
+            max_position_embeddings=CONTEXT,
+            sliding_window=6,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=4.0,
+            final_logit_softcapping=3.0,
+        ),
+    ),
 }
 
 

@@ -28,6 +28,14 @@ transformers = pytest.importorskip("transformers")
 # Switching a variant's distinctive features off must break parity: the suite exercises them.
 FEATURE_OFF = {
     "qwen3-qknorm-gqa": {"qk_norm": False},
+    "gemma-mqa-bias": {"embed_scale": False, "mlp": "swiglu", "norm": "rmsnorm"},
+    "gemma2-softcaps-local-global": {
+        "attn_logit_softcap": None,
+        "final_logit_softcap": None,
+        "attn_scale_dim": None,
+        "global_every": None,  # every layer local
+        "norm_position": "pre",
+    },
 }
 
 
