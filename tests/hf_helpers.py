@@ -126,6 +126,18 @@ ZOO_VARIANTS = {
             final_logit_softcapping=3.0,
         ),
     ),
+    "olmo2-postnorm-qknorm-all": (
+        "olmo2",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            rms_norm_eps=1e-5,
+        ),
+    ),
 }
 
 

@@ -36,6 +36,7 @@ FEATURE_OFF = {
         "global_every": None,  # every layer local
         "norm_position": "pre",
     },
+    "olmo2-postnorm-qknorm-all": {"qk_norm_scope": "head", "norm_position": "sandwich"},
 }
 
 
@@ -51,11 +52,20 @@ def case(request, tmp_path_factory) -> Case:
 
 
 def _params_without(params, cfg):
-    """The params a config with the feature off has (extra norm scales dropped)."""
+    """The params of a config with the feature off: the loaded ones where the shapes agree
+    (extra norm scales dropped), unit norm scales where they do not (a QK-norm's scope)."""
     from llmjax.hf.params import abstract_params, flatten, unflatten
 
-    keep = set(abstract_params(cfg))
-    return unflatten({k: v for k, v in flatten(params).items() if k in keep})
+    loaded = flatten(params)
+    out = {}
+    for path, want in abstract_params(cfg).items():
+        have = loaded.get(path)
+        if have is not None and have.shape == want.shape:
+            out[path] = have
+        else:
+            assert path.endswith("scale"), path
+            out[path] = np.ones(want.shape, np.float32)
+    return unflatten(out)
 
 
 def test_feature_off_breaks_parity(case):

@@ -209,7 +209,12 @@ class Llama(HFFamily):
             linear(L + "mlp.up_proj.weight", "blocks/mlp/up/kernel", (D,), (F,)),
             linear(L + "mlp.down_proj.weight", "blocks/mlp/down/kernel", (F,), (D,)),
         ]
-        if cfg.qk_norm:
+        if cfg.qk_norm and cfg.qk_norm_scope == "all":  # one scale per value of all heads
+            maps += [
+                bias(L + "self_attn.q_norm.weight", A + "query_norm/scale", (N, H)),
+                bias(L + "self_attn.k_norm.weight", A + "key_norm/scale", (K, H)),
+            ]
+        elif cfg.qk_norm:
             maps += [
                 same(L + "self_attn.q_norm.weight", A + "query_norm/scale", (H,)),
                 same(L + "self_attn.k_norm.weight", A + "key_norm/scale", (H,)),
