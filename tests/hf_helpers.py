@@ -138,6 +138,33 @@ ZOO_VARIANTS = {
             rms_norm_eps=1e-5,
         ),
     ),
+    "gpt_neox-parallel-partial-rope": (
+        "gpt_neox",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            rotary_pct=0.5,
+            rotary_emb_base=1000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "gpt_neox-sequential-tanh-tied": (
+        "gpt_neox",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            use_parallel_residual=False,
+            hidden_act="gelu_new",
+            attention_bias=False,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 
 

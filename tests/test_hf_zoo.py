@@ -12,6 +12,7 @@ import pytest
 from llmjax.hf import load_hf
 from tests.hf_helpers import ZOO_VARIANTS, make_hf_model, random_tokens
 from tests.test_hf_models import (  # noqa: F401  (the parity tests, run here over ZOO_VARIANTS)
+    ATOL,
     Case,
     _jit_apply,
     test_config_matches_transformers,
@@ -37,6 +38,12 @@ FEATURE_OFF = {
         "norm_position": "pre",
     },
     "olmo2-postnorm-qknorm-all": {"qk_norm_scope": "head", "norm_position": "sandwich"},
+    "gpt_neox-parallel-partial-rope": {
+        "parallel_block": False,
+        "rotary_fraction": 1.0,
+        "mlp": "gelu",  # the tanh GELU
+    },
+    "gpt_neox-sequential-tanh-tied": {"rotary_fraction": 1.0},
 }
 
 
@@ -69,7 +76,8 @@ def _params_without(params, cfg):
 
 
 def test_feature_off_breaks_parity(case):
-    """Each distinctive feature, switched off alone, moves the logits away from transformers'."""
+    """Each distinctive feature, switched off alone, moves the logits away from transformers':
+    the parity tests exercise it."""
     tokens = random_tokens(2, 16)
     want = case.hf_logits(tokens)
     for field, value in FEATURE_OFF[case.variant].items():
@@ -77,4 +85,5 @@ def test_feature_off_breaks_parity(case):
         params = _params_without(case.loaded.params, cfg)
         got = np.asarray(_jit_apply(cfg)(params, tokens, None, None))
         diff = np.abs(got - want).max()
-        assert diff > 1e-2, f"{case.variant}: {field}={value!r} changes the logits by {diff}"
+        # Well outside the parity tolerance (the tanh and erf GELUs differ by ~1e-3 here).
+        assert diff > 5 * ATOL, f"{case.variant}: {field}={value!r} changes the logits by {diff}"

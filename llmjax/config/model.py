@@ -136,9 +136,15 @@ class ModelConfig:
     norm_position: str = "pre"
     norm_eps: float = 1e-5
     residual: bool = True
+    # Attention and MLP side by side on the same input, x + attn(norm1(x)) + mlp(norm2(x))
+    # (GPT-NeoX, GPT-J); needs norm_position=pre.
+    parallel_block: bool = False
     position: str = "learned"
     rope_theta: float = 10_000.0
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # RoPE on the first rotary_fraction of each head's dims, the rest passed through (GPT-NeoX
+    # rotates 1/4); its frequencies are those of a head of that many dims.
+    rotary_fraction: float = 1.0
     attention: str = "xla"
     attention_window: int | None = None  # sliding-window size in tokens; None: full causal
     # Local/global alternation (Gemma 2/3): layers i with (i + 1) % global_every == 0 attend to
@@ -211,6 +217,7 @@ class ModelConfig:
             "attn_scale_dim",
             "final_logit_softcap",
             "rope_local_theta",
+            "rotary_fraction",
             section="model",
         )
         if self.head_dim is None:
@@ -272,7 +279,23 @@ class ModelConfig:
             "model.rope_local_theta is the RoPE base of the local layers of a local/global "
             "model; set model.global_every (e.g. 6) or unset rope_local_theta",
         )
-        for name in ("qk_norm", "embed_scale"):
+        check(
+            0.0 < self.rotary_fraction <= 1.0,
+            f"model.rotary_fraction must be in (0, 1] (GPT-NeoX uses 0.25; 1 rotates the whole "
+            f"head), got {self.rotary_fraction}",
+        )
+        if self.position == "rope":
+            check(
+                self.rotary_dim % 2 == 0 and self.rotary_dim > 0,
+                f"RoPE rotates pairs of dimensions, so head_dim * rotary_fraction must be a "
+                f"positive even number; got {self.dim_head} * {self.rotary_fraction}",
+            )
+        check(
+            not self.parallel_block or self.norm_position == "pre",
+            f"model.parallel_block runs attention and MLP on the same pre-normed input; it "
+            f"needs model.norm_position='pre', got {self.norm_position!r}",
+        )
+        for name in ("qk_norm", "embed_scale", "parallel_block"):
             check(
                 isinstance(getattr(self, name), bool),
                 f"model.{name} must be true or false, got {getattr(self, name)!r}",
@@ -305,6 +328,11 @@ class ModelConfig:
     @property
     def has_mlp_bias(self) -> bool:
         return self.use_bias if self.mlp_bias is None else self.mlp_bias
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that RoPE rotates (the first ones)."""
+        return int(self.dim_head * self.rotary_fraction)
 
     @property
     def mask_window(self) -> int | None:

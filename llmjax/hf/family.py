@@ -157,6 +157,8 @@ BLOCK_FEATURES: dict[str, Any] = {
     "final_logit_softcap": None,
     "global_every": None,
     "rope_local_theta": None,
+    "rotary_fraction": 1.0,
+    "parallel_block": False,
 }
 
 

@@ -1,5 +1,5 @@
 """Position-wise feed-forward blocks, registered by name: gelu (GPT-2), swiglu (Llama), geglu
-(Gemma)."""
+(Gemma), gelu_exact (GPT-NeoX)."""
 
 import flax.linen as nn
 import jax
@@ -52,13 +52,22 @@ class GeluMLP(nn.Module):
     """D -> F -> D with a tanh-approximated GELU (GPT-2's `gelu_new`)."""
 
     cfg: object
+    approximate = True
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.cfg
         h_BxTxF = Linear(cfg.ffn_dim, ("embed", "mlp"), cfg.init_std, cfg, name="fc_in")(x_BxTxD)
-        h_BxTxF = constrain(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "mlp"))
+        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=self.approximate)
+        h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
         return Linear(cfg.d_model, ("mlp", "embed"), out_std(cfg), cfg, name="fc_out")(h_BxTxF)
+
+
+@MLPS.register("gelu_exact")
+class ExactGeluMLP(GeluMLP):
+    """D -> F -> D with the exact (erf) GELU (GPT-NeoX / Pythia's `gelu`)."""
+
+    approximate = False
 
 
 class GatedMLP(nn.Module):

@@ -102,9 +102,19 @@ class Block(nn.Module):
             )
             return y
 
+        def feed_forward(h):
+            return checkpoint_name(mlp(h), "mlp_out")
+
+        if cfg.parallel_block:  # x + attn(norm1(x)) + mlp(norm2(x))
+            x_norm = norm(cfg, deterministic=self.deterministic, name="attention_norm")(x_BxTxD)
+            y = drop(attend(x_norm))
+            x_norm = norm(cfg, deterministic=self.deterministic, name="mlp_norm")(x_BxTxD)
+            y = y + drop(feed_forward(x_norm))
+            x_BxTxD = x_BxTxD + y if cfg.residual else y
+            return constrain(x_BxTxD, ACTIVATION), (kv, probs)
         x_BxTxD = sublayer(x_BxTxD, attend, "attention")
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
-        x_BxTxD = sublayer(x_BxTxD, lambda h: checkpoint_name(mlp(h), "mlp_out"), "mlp")
+        x_BxTxD = sublayer(x_BxTxD, feed_forward, "mlp")
         return constrain(x_BxTxD, ACTIVATION), (kv, probs)
 
 
