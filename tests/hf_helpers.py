@@ -165,6 +165,21 @@ ZOO_VARIANTS = {
             tie_word_embeddings=True,
         ),
     ),
+    "phi3-fused-partial-window": (
+        "phi3",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            original_max_position_embeddings=CONTEXT,
+            partial_rotary_factor=0.75,
+            sliding_window=10,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 
 

@@ -44,6 +44,7 @@ FEATURE_OFF = {
         "mlp": "gelu",  # the tanh GELU
     },
     "gpt_neox-sequential-tanh-tied": {"rotary_fraction": 1.0},
+    "phi3-fused-partial-window": {"rotary_fraction": 1.0, "attention_window": None},
 }
 
 

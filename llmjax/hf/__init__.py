@@ -9,7 +9,7 @@ Families are registered by `model_type` with `@register_hf`; weights move throug
 only.
 """
 
-from llmjax.hf import gemma, gpt2, gpt_neox, llama, olmo, qwen3  # noqa: F401  (registers the families)
+from llmjax.hf import gemma, gpt2, gpt_neox, llama, olmo, phi3, qwen3  # noqa: F401  (registers the families)
 from llmjax.hf.export import export_hf
 from llmjax.hf.family import HF_FAMILIES, HFError, HFFamily, TensorMap, register_hf
 from llmjax.hf.load import HFModel, load_hf
