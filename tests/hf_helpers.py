@@ -180,6 +180,25 @@ ZOO_VARIANTS = {
             tie_word_embeddings=False,
         ),
     ),
+    "gemma3-qknorm-local-rope": (
+        "gemma3_text",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            max_position_embeddings=CONTEXT,
+            sliding_window=5,
+            query_pre_attn_scalar=16,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+            },
+        ),
+    ),
 }
 
 

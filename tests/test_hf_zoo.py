@@ -45,6 +45,12 @@ FEATURE_OFF = {
     },
     "gpt_neox-sequential-tanh-tied": {"rotary_fraction": 1.0},
     "phi3-fused-partial-window": {"rotary_fraction": 1.0, "attention_window": None},
+    "gemma3-qknorm-local-rope": {
+        "rope_local_theta": None,
+        "qk_norm": False,
+        "global_every": {"global_every": None, "rope_local_theta": None},  # every layer local
+        "norm": "rmsnorm",  # the QK-norm's offset scale too
+    },
 }
 
 
@@ -82,7 +88,9 @@ def test_feature_off_breaks_parity(case):
     tokens = random_tokens(2, 16)
     want = case.hf_logits(tokens)
     for field, value in FEATURE_OFF[case.variant].items():
-        cfg = dataclasses.replace(case.loaded.config.model, **{field: value})
+        # A dict value: the fields that go off together.
+        changes = value if isinstance(value, dict) else {field: value}
+        cfg = dataclasses.replace(case.loaded.config.model, **changes)
         params = _params_without(case.loaded.params, cfg)
         got = np.asarray(_jit_apply(cfg)(params, tokens, None, None))
         diff = np.abs(got - want).max()

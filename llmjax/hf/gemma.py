@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from llmjax.config import ModelConfig
+from llmjax.config import ModelConfig, RopeScaling
 from llmjax.hf.family import HFError, register_hf, required
-from llmjax.hf.llama import Llama
+from llmjax.hf.llama import Llama, rope_to_hf
 
 # transformers' names of the tanh GELU ("gelu" is Gemma's legacy name for it, see GemmaConfig).
 GEMMA_GELUS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu")
@@ -145,3 +145,60 @@ class Gemma2(Gemma):
             out["attn_logit_softcapping"] = cfg.attn_logit_softcap
             out["final_logit_softcapping"] = cfg.final_logit_softcap
         return out
+
+
+@register_hf("gemma3_text")
+class Gemma3Text(Gemma2):
+    """Gemma 3's text decoder (Gemma3ForCausalLM: 1B, and the language model of the larger
+    ones): Gemma 2's block with QK-norm (offset RMSNorm per head), one global layer in six by
+    default, and RoPE bases of their own for local (10k) and global (1M, maybe scaled) layers."""
+
+    architecture = "Gemma3ForCausalLM"
+    export_rank = 12
+    qk_norm = True
+    features = Gemma2.features | {"rope_local_theta"}
+    default_every = 6
+
+    def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
+        t = self.model_type
+        params = hf.get("rope_parameters") or {}
+        if "full_attention" in params:  # transformers 5: RoPE parameters per layer type
+            global_rope = dict(params["full_attention"])
+            local_rope = dict(params.get("sliding_attention") or {})
+        else:  # transformers 4: the global RoPE and a local base
+            global_rope = {"rope_theta": hf.get("rope_theta", 1_000_000.0)}
+            global_rope.update(hf.get("rope_scaling") or {})
+            local_rope = {"rope_theta": hf.get("rope_local_base_freq", 10_000.0)}
+        if local_rope.get("rope_type", "default") != "default":
+            raise HFError(
+                f"config.json (model_type={t!r}) scales the local layers' RoPE "
+                f"({local_rope.get('rope_type')!r}); llmjax's local layers use plain RoPE"
+            )
+        local_theta = float(local_rope.get("rope_theta", 10_000.0))
+        plain = {**hf, "rope_parameters": global_rope, "rope_scaling": None}
+        cfg = super().config_from_hf(plain)
+        if cfg.global_every is not None:
+            return dataclasses.replace(cfg, rope_local_theta=local_theta)
+        if cfg.attention_window is not None:  # every layer local
+            return dataclasses.replace(cfg, rope_theta=local_theta, rope_scaling=RopeScaling())
+        return cfg
+
+    def features_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        global_rope = {"rope_type": "default", **(rope_to_hf(cfg)["rope_scaling"] or {})}
+        global_rope["rope_theta"] = cfg.rope_theta
+        local_theta = cfg.rope_local_theta or cfg.rope_theta
+        return {
+            **super().features_to_hf(cfg),
+            "rope_parameters": {
+                "full_attention": global_rope,
+                "sliding_attention": {"rope_type": "default", "rope_theta": local_theta},
+            },
+            "rope_local_base_freq": local_theta,  # transformers 4
+        }
+
+    def cannot_express(self, cfg: ModelConfig) -> list[str]:
+        reasons = super().cannot_express(cfg)
+        every_layer_local = cfg.global_every is None and cfg.attention_window is not None
+        if every_layer_local and cfg.rope_scaling.kind != "none":
+            reasons.append("Gemma 3's local layers use plain RoPE (no rope_scaling)")
+        return reasons
