@@ -82,6 +82,7 @@ def _params_without(params, cfg):
     return unflatten(out)
 
 
+@pytest.mark.slow  # one compile per feature: 3-15 s per variant on a loaded 2-core machine
 def test_feature_off_breaks_parity(case):
     """Each distinctive feature, switched off alone, moves the logits away from transformers':
     the parity tests exercise it."""

@@ -1,4 +1,5 @@
-"""Hugging Face interop: load GPT-2 and Llama-family checkpoints, export them back.
+"""Hugging Face interop: load GPT-2, Llama, Mistral, Qwen2/3, Gemma 1-3, OLMo 2, GPT-NeoX and Phi-3
+checkpoints, export them back.
 
     hf = llmjax.hf.load_hf("path/to/gpt2")                  # config, params, tokenizer
     logits = hf.model.apply({"params": hf.params}, ids).logits
