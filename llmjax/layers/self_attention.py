@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
-from llmjax.attention.core import attention_probabilities, softcap_option
+from llmjax.attention.core import attention_probabilities, max_attention_logit, softcap_option
 from llmjax.config.model import RopeScaling
 from llmjax.layers.common import constrain, dtype_of, normal, out_std, param
 from llmjax.layers.kv_cache import LayerKV
@@ -134,6 +134,12 @@ class SelfAttention(nn.Module):
         v_BxTxKxH = constrain(
             checkpoint_name(v_BxTxKxH, "qkv"), ("batch", "length", "kv_heads", "head_dim")
         )
+
+        if kv is None and self.is_mutable_collection("intermediates"):
+            # Only when asked (a mutable "intermediates"), so a plain apply computes nothing
+            # more: the largest logit this layer's softmax sees, before the soft cap.
+            self.sow("intermediates", "max_attention_logit",
+                     max_attention_logit(q_BxTxNxH, k_BxTxKxH, mask))  # fmt: skip
 
         slopes = None if position.slopes is None else position.slopes(cfg)
         cap = cfg.attn_logit_softcap
