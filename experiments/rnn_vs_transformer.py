@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None):
     }
     rows = [*text["rows"], *throughput, *recall["rows"]]
     return write_results("rnn_vs_transformer", metrics | {"rows": rows}, rows=mean_columns(rows),
-                         plots={"rnn_vs_transformer": _plot(metrics, throughput)},
+                         plots={"rnn_vs_transformer": lambda: _plot(metrics, throughput)},
                          out_dir=args.out_dir, quick=args.quick)  # fmt: skip
 
 
@@ -425,7 +425,8 @@ def _plot(metrics, throughput):
         mid = (np.asarray(b["low"]) + np.asarray(b["high"]) - 1) / 2
         acc = np.asarray(b["accuracy_per_seed"], float)
         mean = np.nanmean(acc, 0)
-        acc_ax.errorbar(mid, mean, yerr=[mean - np.nanmin(acc, 0), np.nanmax(acc, 0) - mean],
+        acc_ax.errorbar(mid, mean, yerr=[np.maximum(mean - np.nanmin(acc, 0), 0),
+                                             np.maximum(np.nanmax(acc, 0) - mean, 0)],
                         marker="o", capsize=3, color=COLORS[arch],
                         label=label(arch, recall))  # fmt: skip
     acc_ax.set(ylim=(-0.05, 1.05), xlabel="distance from the fact to its query (tokens)",

@@ -84,7 +84,10 @@ def write_results(
     out_dir: str | Path = "results",
     quick: bool = False,
 ) -> Path:
-    """Writes results/NAME/metrics.json and NAME/<plot>.png, prints the table; returns the dir."""
+    """Writes results/NAME/metrics.json and NAME/<plot>.png, prints the table; returns the dir.
+
+    A plot may be a figure or a function returning one, called after metrics.json is written.
+    """
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -97,6 +100,8 @@ def write_results(
     }
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     for plot_name, figure in (plots or {}).items():
+        if callable(figure):  # drawn only now, so a failing plot cannot lose the metrics
+            figure = figure()
         figure.savefig(out / f"{plot_name}.png", dpi=110, bbox_inches="tight")
         import matplotlib.pyplot as plt
 
@@ -157,8 +162,9 @@ def spread_bars(
     import numpy as np
 
     mean = np.asarray([r.get(key, np.nan) for r in rows], float)
-    low = mean - np.asarray([r.get(f"{key}_min", np.nan) for r in rows], float)
-    high = np.asarray([r.get(f"{key}_max", np.nan) for r in rows], float) - mean
+    # (clipped at 0: a mean over equal values can round a hair past its min or max)
+    low = np.maximum(mean - np.asarray([r.get(f"{key}_min", np.nan) for r in rows], float), 0)
+    high = np.maximum(np.asarray([r.get(f"{key}_max", np.nan) for r in rows], float) - mean, 0)
     ax.bar(np.arange(len(rows)) + offset, mean, width, yerr=[low, high], capsize=3, label=label,
            **bar_kw)  # fmt: skip
 
