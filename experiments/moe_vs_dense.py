@@ -78,13 +78,15 @@ def settings(d_ff: int, experts: int) -> dict[str, list[str]]:
 
 def _measure(result, cfg) -> dict[str, list]:
     """The routing metrics of every train record, and the training wall time at each step: the
-    logging intervals' tokens over their tokens/s, evaluation left out; the first interval
-    (which includes compiling the step) at the second one's rate."""
+    logging intervals' tokens over their tokens/s, evaluation left out (the records' rates
+    leave out the first step's compilation; an interval without a rate is counted at the
+    next one's)."""
     train = [r for r in result.history if r.get("split") == "train"]
     tokens = cfg.data.batch_size * cfg.seq_len
-    rates = [max(r["tokens_per_s"], 1e-9) for r in train]
-    if len(rates) > 1:
-        rates[0] = rates[1]
+    rates = [r.get("tokens_per_s") or 0.0 for r in train]
+    for i in range(len(rates) - 2, -1, -1):
+        rates[i] = rates[i] or rates[i + 1]
+    rates = [max(rate, 1e-9) for rate in rates]
     elapsed, last, times = 0.0, 0, []
     for r, rate in zip(train, rates, strict=True):
         elapsed += (r["step"] - last) * tokens / rate

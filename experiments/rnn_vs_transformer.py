@@ -148,13 +148,16 @@ def _layers(cfg: Config) -> str:
 
 def _train_seconds(result, cfg) -> dict:
     """measure(): training seconds (evaluation excluded) at each logged step, from the train
-    records' tokens/s; the first interval, which waits for compilation, at the others' median."""
+    records' tokens/s, which leave out the first step's compilation (that step is counted at
+    its interval's speed); an interval without a rate, at the others' median."""
     tokens = cfg.data.batch_size * cfg.seq_len
     records = [r for r in result.history if r.get("split") == "train"]
     steps = [r["step"] for r in records]
-    per_step = [tokens / r["tokens_per_s"] if r["tokens_per_s"] > 0 else math.nan for r in records]
-    if len(per_step) > 1:
-        per_step[0] = float(np.nanmedian(per_step[1:]))
+    rates = [r.get("tokens_per_s") or 0.0 for r in records]
+    per_step = [tokens / rate if rate > 0 else math.nan for rate in rates]
+    if not all(math.isnan(s) for s in per_step):
+        fill = float(np.nanmedian(per_step))
+        per_step = [fill if math.isnan(s) else s for s in per_step]
     previous = [0, *steps[:-1]]
     seconds = np.cumsum([(s - p) * t for s, p, t in zip(steps, previous, per_step, strict=True)])
     return {"train_s_at": [[int(s), float(t)] for s, t in zip(steps, seconds, strict=True)]}
