@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from llmjax.analysis import (
-    head_ablation_losses,
     induction_score,
     positional_profile,
     previous_token_score,
@@ -21,7 +20,6 @@ from llmjax.analysis.heads import (
     first_token_score,
     greedy_pruning,
     losses_along,
-    mask_losses,
     mean_distance,
     positional_peak,
     prune_heads,
@@ -138,26 +136,33 @@ def test_pruning_all_heads_equals_removing_attention(tiny_model):
     assert sorted(pruning.order) == [(i, j) for i in range(cfg.n_layers)
                                      for j in range(cfg.n_heads)]  # fmt: skip
     assert pruning.losses.shape == (heads + 1,)
-    forward = jax.jit(lambda p: model.apply({"params": p}, batch["inputs"]).logits)
-    whole = cross_entropy(forward(params), batch["targets"])[0]
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x).logits)
+    whole = cross_entropy(forward(params, batch["inputs"]), batch["targets"])[0]
     np.testing.assert_allclose(pruning.losses[0], whole, atol=1e-5)
-    no_attention = dict(params)
-    for layer in range(cfg.n_layers):
-        name = f"blocks_{layer}"
-        attention = {**params[name]["attention"]}
-        attention["out_kernel"] = jnp.zeros_like(attention["out_kernel"])
-        no_attention[name] = {**params[name], "attention": attention}
-    want = cross_entropy(forward(no_attention), batch["targets"])[0]
+
+    def zeroed(heads_of_layer):
+        """The params with the output projection of the given heads ({layer: heads}) zeroed."""
+        out = dict(params)
+        for layer, heads in heads_of_layer.items():
+            name = f"blocks_{layer}"
+            attention = {**params[name]["attention"]}
+            attention["out_kernel"] = attention["out_kernel"].at[heads].set(0.0)
+            out[name] = {**params[name], "attention": attention}
+        return out
+
+    no_attention = zeroed({layer: slice(None) for layer in range(cfg.n_layers)})
+    want = cross_entropy(forward(no_attention, batch["inputs"]), batch["targets"])[0]
     np.testing.assert_allclose(pruning.losses[-1], want, atol=1e-5)
-    # the first round is every head's ablation alone; the cheapest of them went first
-    ablation = np.asarray(head_ablation_losses(model, {"params": params}, batch))
-    np.testing.assert_allclose(pruning.single - pruning.losses[0], ablation, atol=1e-5)
-    assert pruning.order[0] == np.unravel_index(np.argmin(ablation), ablation.shape)
-    # the held-out curve: the same order's losses on the other batch
-    run = mask_losses(model)
-    want = losses_along(pruning.order, lambda m: run({"params": params}, other, m),
-                        cfg.n_layers, cfg.n_heads)  # fmt: skip
-    np.testing.assert_allclose(pruning.held_out, want, atol=1e-6)
+    # the first round is each head's ablation alone; the cheapest of them went first
+    for layer, head in [(0, 2), (1, 1)]:
+        alone = cross_entropy(forward(zeroed({layer: head}), batch["inputs"]), batch["targets"])
+        np.testing.assert_allclose(pruning.single[layer, head], alone[0], atol=1e-5)
+    assert pruning.order[0] == np.unravel_index(np.argmin(pruning.single), pruning.single.shape)
+    # the held-out curve runs the same order on the other batch: whole model to no attention
+    other_whole = cross_entropy(forward(params, other["inputs"]), other["targets"])[0]
+    other_none = cross_entropy(forward(no_attention, other["inputs"]), other["targets"])[0]
+    np.testing.assert_allclose(pruning.held_out[[0, -1]], [other_whole, other_none], atol=1e-5)
+    assert pruning.held_out.shape == pruning.losses.shape
     assert not np.allclose(pruning.held_out, pruning.losses)
     assert pruning.removable(1e-9, held_out=True) <= heads
 
@@ -168,14 +173,27 @@ def test_repeat_task_rows():
     assert b["inputs"].shape == b["targets"].shape == b["mask"].shape == (16, 20)
     row = np.concatenate([b["inputs"], b["targets"][:, -1:]], axis=1)
     np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
-    for r, m in zip(row, b["mask"], strict=True):
-        k = int(20 - m.sum())  # the first k targets are unscored
+    periods = task.periods(b["mask"])
+    for r, m, k in zip(row, b["mask"], periods, strict=True):
         assert 3 <= k <= 8 and len(set(r[:k])) == k  # a block of distinct symbols
         np.testing.assert_array_equal(r[k:], r[:-k])  # repeated with period k
-        assert m[:k].sum() == 0 and m[k:].all()
-    assert len({int(20 - m.sum()) for m in b["mask"]}) > 1  # the period varies
+        assert m[:k].sum() == 0 and m[k:].all()  # scored from the second copy's second token
+    assert len(set(periods)) > 1  # the period varies
     np.testing.assert_array_equal(task.batch_at(3, 4)["inputs"], task.batch_at(3, 4)["inputs"])
     assert b["inputs"].max() < task.vocab_size
+
+
+def test_repeat_task_rows_without_fill():
+    task = RepeatTask(seq_len=21, n_symbols=12, min_block=3, max_block=9, fill=False)
+    b = task.batch_at(1, 32)
+    row = np.concatenate([b["inputs"], b["targets"][:, -1:]], axis=1)
+    periods = task.periods(b["mask"])
+    for r, m, k in zip(row, b["mask"], periods, strict=True):
+        block = r[22 - k :]
+        np.testing.assert_array_equal(r[22 - 2 * k : 22 - k], block)  # the block twice at the end
+        assert len(set(block)) == k and not set(r[: 22 - 2 * k]) & set(block)  # filler apart
+        assert m.sum() == k - 1 and m[22 - k :].all()  # targets of the copy's 2nd token on
+    assert len(set(periods)) > 1
 
 
 def test_repeat_task_checks():
@@ -183,3 +201,5 @@ def test_repeat_task_checks():
         RepeatTask(n_symbols=8, max_block=16)
     with pytest.raises(ConfigError, match="max_block"):
         RepeatTask(seq_len=16, max_block=16)
+    with pytest.raises(ConfigError, match="repeated once"):
+        RepeatTask(seq_len=16, max_block=9, fill=False)
