@@ -133,6 +133,10 @@ TOLERANCE = 0.05  # nats: the loss increase pruning may cost
 HELD_OUT = 2 * 10**6  # task steps of the analysis batches: beyond any run's training steps
 
 
+def _heads(n: int) -> str:
+    return f"{n} head" if n == 1 else f"{n} heads"
+
+
 class _InductionProbe(Hook):
     """Every `every` steps (and at the end): each head's induction score on the probe rows and
     the loss on their repeated part, emitted as a "probe" record."""
@@ -241,8 +245,8 @@ def main(argv: list[str] | None = None):
     # Text: loss against the number of heads; the analysed head count with the probe hook.
     text_base = with_vocab(apply_overrides(PRESETS["nano"], [*s["text"], *COMMON]), data.tokenizer)
     text_probe = _probe_rows(probe_task, B, byte_table)
-    settings = {f"{h} heads": [f"model.n_heads={h}"] for h in s["heads"]}
-    analysed = f"{s['analysed_heads']} heads"
+    settings = {_heads(h): [f"model.n_heads={h}"] for h in s["heads"]}
+    analysed = _heads(s["analysed_heads"])
     hooked = dict(hooks=[_InductionProbe(text_probe[1], s["probe_every"])], measure=_probes)
     best_lr, tuning, text_trials = {}, [], []
     for part in ({analysed: settings[analysed]},
