@@ -13,6 +13,11 @@ class InstructDataError(ValueError):
     """An instruction-data file is malformed; the message names the file, line and field."""
 
 
+class DataError(ValueError):
+    """A data input cannot be read as asked (a field it lacks, a format it is not, a package it
+    needs); the message names the input, what it has, and the fix."""
+
+
 class ChatTemplateError(ValueError):
     """A chat template is unsafe, fails to render, or cannot mark response spans."""
 

@@ -57,3 +57,17 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     # Only programs that took a while to compile are worth a disk read.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return directory
+
+
+def describe_devices() -> str:
+    """One line saying which accelerator JAX found (and what to do when it found none)."""
+    import jax
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    line = (f"jax {jax.__version__}: {len(devices)} {jax.default_backend()} device(s), "
+            f"{', '.join(kinds)}")  # fmt: skip
+    if jax.default_backend() == "cpu":
+        line += (" (no GPU or TPU found: this runs on the CPU; in Colab choose Runtime > Change "
+                 "runtime type > a GPU or TPU, then run the notebook again)")  # fmt: skip
+    return line

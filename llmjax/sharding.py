@@ -1,10 +1,12 @@
 """Device meshes and the one table mapping the model's logical axis names to mesh axes.
 
-Layers name logical axes only ("batch", "embed", "heads", ...). `RULES` maps them onto four
+Layers name logical axes only ("batch", "embed", "heads", ...). `RULES` maps them onto five
 mesh axes, outermost first:
 
     data      pure data parallelism: params replicated, batch split
     fsdp      data parallelism with params, gradients and optimizer state split on `embed`
+    expert    expert parallelism: a mixture of experts' expert weights split on `expert`;
+              everything else is data parallel over it (the batch splits over it too)
     sequence  activations split along the sequence (attention gathers keys and values)
     tensor    Megatron-style tensor parallelism over heads, MLP width and vocabulary
 
@@ -24,10 +26,11 @@ import flax.linen as nn
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "sequence", "tensor")
 
 RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
+    ("expert", "expert"),
     ("length", "sequence"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -46,6 +49,7 @@ _FIX_HINTS = {
     "heads": "model.n_heads",
     "kv_heads": "model.n_kv_heads",
     "mlp": "model.d_ff",
+    "expert": "model.moe.n_experts",
     "vocab": "model.vocab_multiple (pad the vocabulary to a multiple of the axis size)",
 }
 
@@ -55,7 +59,8 @@ class MeshError(ValueError):
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
-    """ "data=2,fsdp=2,tensor=2" -> {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}.
+    """ "data=2,fsdp=2,tensor=2" -> {"data": 2, "fsdp": 2, "expert": 1, "sequence": 1,
+    "tensor": 2}.
 
     One axis may be -1: it takes the devices the others leave. Unnamed axes have size 1.
     """
@@ -138,7 +143,7 @@ def logical_shardings(logical_specs: Any, mesh: Mesh) -> Any:
 
 
 def batch_spec(ndim: int = 2) -> PartitionSpec:
-    """Batch arrays [B, T, ...] are split on batch (data x fsdp) and length (sequence); [B]
+    """Batch arrays [B, T, ...] are split on batch (data x fsdp x expert) and length (sequence); [B]
     arrays (one value per example) on batch."""
     return logical_to_mesh((("batch", "length") + (None,) * max(ndim - 2, 0))[:ndim])
 
@@ -201,9 +206,11 @@ def check_batch_split(batch_size: int, grad_accum: int, shards: int, where: str)
 
 
 def check_batch(batch_size: int, seq_len: int, grad_accum: int, mesh: Mesh) -> None:
-    """Batches split over data x fsdp on batch, and over sequence on length."""
+    """Batches split over data x fsdp x expert on batch, and over sequence on length."""
     spec = batch_spec()
-    check_batch_split(batch_size, grad_accum, axis_size(mesh, spec[0]), "the mesh (data x fsdp)")
+    check_batch_split(
+        batch_size, grad_accum, axis_size(mesh, spec[0]), "the mesh (data x fsdp x expert)"
+    )
     seq_shards = axis_size(mesh, spec[1])
     if seq_len % seq_shards:
         raise MeshError(

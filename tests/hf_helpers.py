@@ -82,6 +82,126 @@ HF_VARIANTS = {
 }
 
 
+# The model zoo's families (tests/test_hf_zoo.py runs the parity suite over these).
+ZOO_VARIANTS = {
+    "qwen3-qknorm-gqa": (
+        "qwen3",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "gemma-mqa-bias": (
+        "gemma",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            attention_bias=True,
+        ),
+    ),
+    "gemma2-softcaps-local-global": (
+        "gemma2",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=3,  # local, global, local
+            max_position_embeddings=CONTEXT,
+            sliding_window=6,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=4.0,
+            final_logit_softcapping=3.0,
+        ),
+    ),
+    "olmo2-postnorm-qknorm-all": (
+        "olmo2",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            rms_norm_eps=1e-5,
+        ),
+    ),
+    "gpt_neox-parallel-partial-rope": (
+        "gpt_neox",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            rotary_pct=0.5,
+            rotary_emb_base=1000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "gpt_neox-sequential-tanh-tied": (
+        "gpt_neox",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            use_parallel_residual=False,
+            hidden_act="gelu_new",
+            attention_bias=False,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "phi3-fused-partial-window": (
+        "phi3",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            max_position_embeddings=CONTEXT,
+            original_max_position_embeddings=CONTEXT,
+            partial_rotary_factor=0.75,
+            sliding_window=10,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "gemma3-qknorm-local-rope": (
+        "gemma3_text",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            max_position_embeddings=CONTEXT,
+            sliding_window=5,
+            query_pre_attn_scalar=16,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+            },
+        ),
+    ),
+}
+
+
 def make_hf_model(variant: str, vocab_size: int = VOCAB, seed: int = 0):
     """A randomly initialized transformers causal LM in eval mode (eager attention, float32).
 
@@ -92,7 +212,7 @@ def make_hf_model(variant: str, vocab_size: int = VOCAB, seed: int = 0):
     import transformers
 
     torch.set_num_threads(1)  # tiny matmuls: threads only add contention
-    model_type, kwargs = HF_VARIANTS[variant]
+    model_type, kwargs = {**HF_VARIANTS, **ZOO_VARIANTS}[variant]
     config = transformers.AutoConfig.for_model(
         model_type,
         vocab_size=vocab_size,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import llmjax.data.dataset as dataset
+import llmjax.data.token_files as token_files
 from llmjax.data import (
     BPETokenizer,
     ByteTokenizer,
@@ -93,11 +94,11 @@ def test_stray_temp_and_truncated_caches_are_not_trusted(corpus_file, tmp_path):
 
 
 def test_interrupted_write_leaves_no_cache(corpus_file, tmp_path, monkeypatch):
-    def save_then_die(file, array):
-        file.write(b"\x93NUMPY half a header")
+    def write_then_die(self, ids):
+        self.file.write(b"the first ids")  # after the header: a file cut short mid-corpus
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dataset.np, "save", save_then_die)
+    monkeypatch.setattr(token_files.TokenWriter, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(corpus_file, "byte", cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache" / "tokens").iterdir()) == []

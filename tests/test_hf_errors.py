@@ -54,7 +54,8 @@ def _assert_same_params(a, b) -> None:
 
 def test_unsupported_model_type_lists_the_supported_ones(copy):
     _edit_config(copy, model_type="bert")
-    with pytest.raises(HFError, match=r"model_type 'bert'.*gpt2, llama, mistral, qwen2"):
+    supported = "gemma, gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, olmo2, phi3, qwen2"
+    with pytest.raises(HFError, match=rf"model_type 'bert'.*{supported}"):
         load_hf(copy)
 
 

@@ -90,3 +90,26 @@ def test_alignment_runs():
     assert "held-out pair accuracy" in text
     assert "optimizer steps; last:" in text  # the PPO run's records
     assert "win vs SFT" in text  # the gold-reward comparison
+
+
+def test_decoding_runs():
+    text = _outputs(_run("decoding.ipynb", {"DECODING_STEPS": "10", "DECODING_NEW_TOKENS": "16"}))
+    for name in ("greedy", "temperature 1.5", "top-p 0.9", "beam search, 4 beams"):
+        assert f"--- {name}: distinct-2" in text
+    assert "tokens/s with the KV cache" in text
+    assert "top-p 0.9 keeps 1 to" in text
+    assert "greedy tokens identical to transformers': True" in text
+    diff = float(text.split("against transformers ")[1].split()[0])
+    assert diff < 1e-4
+
+
+def test_every_notebook_installs_from_the_projects_repository():
+    import tomllib
+
+    with open(NOTEBOOKS.parent / "pyproject.toml", "rb") as f:
+        url = tomllib.load(f)["project"]["urls"]["Repository"]
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        first_code = next(c for c in nbformat.read(path, as_version=4).cells
+                          if c.cell_type == "code")  # fmt: skip
+        assert f'REPOSITORY = "{url}"' in first_code.source, path.name
+        assert "describe_devices()" in first_code.source, path.name

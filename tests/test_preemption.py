@@ -15,9 +15,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from llmjax.train.metrics import read_metrics
+from llmjax.train.metrics import TIMING_FIELDS, read_metrics
 
-TIMING = ("tokens_per_s", "mfu")
+TIMING = TIMING_FIELDS
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -16,9 +16,9 @@ from llmjax import fit, load_run
 from llmjax.config import PRESETS, apply_overrides, load_config
 from llmjax.runs import Checkpointer, CheckpointError, RunDirError, init_from_config
 from llmjax.train.hooks import TrainingDiverged
-from llmjax.train.metrics import MetricsFileError, read_metrics
+from llmjax.train.metrics import TIMING_FIELDS, MetricsFileError, read_metrics
 
-TIMING = ("tokens_per_s", "mfu")
+TIMING = TIMING_FIELDS
 
 
 @pytest.fixture(scope="module")

@@ -77,13 +77,14 @@ def test_parse_mesh_fills_unnamed_axes_and_the_rest():
     assert sharding.parse_mesh("data=2,tensor=4") == {
         "data": 2,
         "fsdp": 1,
+        "expert": 1,
         "sequence": 1,
         "tensor": 4,
     }
     shape = sharding.resolve_mesh_shape(sharding.parse_mesh("fsdp=-1,tensor=2"), 8)
     assert shape["fsdp"] == 4 and shape["tensor"] == 2
     mesh = sharding.make_mesh("data=2,fsdp=2,tensor=2")
-    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "expert": 1, "sequence": 1, "tensor": 2}
     assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
 
 
@@ -92,7 +93,7 @@ def test_parse_mesh_fills_unnamed_axes_and_the_rest():
     [
         ("data=2,fsdp=2", r"has 4 devices but 8 are available"),
         ("data=16", r"has 16 devices but 8 are available"),
-        ("model=8", r"AXIS one of data, fsdp, sequence, tensor"),
+        ("model=8", r"AXIS one of data, fsdp, expert, sequence, tensor"),
         ("data=3,fsdp=-1", r"use 3 devices, which does not divide the 8"),
         ("data=two", r"not an integer"),
         ("data=2,data=4", r"given twice"),

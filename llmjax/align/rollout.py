@@ -20,7 +20,6 @@ recomputes them, so that they equal what the loss computes.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 from llmjax.align import advantages as adv
 from llmjax.align.rewards import RewardFn, arith_prompts, compute_rewards
 from llmjax.data.instruct import ChatTemplate, ConversationEncoder, Message
+from llmjax.data.records import read_records
 from llmjax.decode import init_cache, steps
 from llmjax.decode.chat import reply_end
 from llmjax.decode.loop import DecodeOutput
@@ -47,8 +47,8 @@ from llmjax.objectives.losses import token_log_probs
 
 def load_prompts(spec: str, *, arith_count: int = 512, seed: int = 0) -> list[str]:
     """The prompt texts a spec names: `arith` (built-in arithmetic questions), `builtin` (the
-    requests of the built-in preference data, llmjax.data.preference) or a JSONL file of
-    {"prompt": "..."} lines."""
+    requests of the built-in preference data, llmjax.data.preference), a JSONL file of
+    {"prompt": "..."} lines, or a Parquet file with a 'prompt' column."""
     if spec == "arith":
         return arith_prompts(arith_count, seed)
     if spec == "builtin":
@@ -59,21 +59,18 @@ def load_prompts(spec: str, *, arith_count: int = 512, seed: int = 0) -> list[st
         raise ConfigError("no prompts given: pass --prompts FILE.jsonl, arith or builtin")
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise ConfigError(f"--prompts {spec}: no such file (a JSONL file of {{'prompt': ...}})")
+        raise ConfigError(
+            f"--prompts {spec}: no such file (a JSONL file of {{'prompt': ...}}, or a Parquet "
+            "file with a 'prompt' column)"
+        )
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            text = record["prompt"]
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(
-                f"{path}:{n} is not a JSON object with a string 'prompt'; each line must be "
-                f'{{"prompt": "..."}}'
-            ) from None
+    for where, record in read_records(path, ConfigError):
+        text = record.get("prompt") if isinstance(record, dict) else None
         if not isinstance(text, str) or not text:
-            raise ConfigError(f"{path}:{n}: 'prompt' must be a non-empty string")
+            raise ConfigError(
+                f"{where}: not a record with a non-empty string 'prompt'; each line (or "
+                f'Parquet row) must be {{"prompt": "..."}}'
+            )
         out.append(text)
     if not out:
         raise ConfigError(f"{path} holds no prompts")

@@ -76,6 +76,24 @@ def attention_probabilities(
     return jnp.where(mask.dense()[:, None], probs_BxNxTxS, 0.0)
 
 
+def max_attention_logit(
+    q_BxTxNxH: Float[Array, "B T N H"],
+    k_BxSxKxH: Float[Array, "B S K H"],
+    mask: Mask,
+    *,
+    scale: float | None = None,
+) -> Float[Array, ""]:
+    """The largest q.k * scale (default 1/sqrt(H)) over the query-key pairs the mask lets
+    attend, float32: the attention logit before any soft cap, ALiBi bias or softmax, whose
+    growth Dehghani et al. (2023) and Wortsman et al. (2023) tie to training instability."""
+    scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
+    q_BxTxKxGxH = einops.rearrange(q_BxTxNxH, "B T (K G) H -> B T K G H", K=k_BxSxKxH.shape[2])
+    logits_BxKxGxTxS = jnp.einsum(
+        "BTKGH,BSKH->BKGTS", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32
+    ) * jnp.float32(scale)
+    return jnp.max(jnp.where(mask.dense()[:, None, None], logits_BxKxGxTxS, -jnp.inf))
+
+
 @register_attention("reference")
 def reference_attention(
     q_BxTxNxH: Float[Array, "B T N H"],

@@ -1,5 +1,5 @@
 """The `llmjax` command line: train, sft, reward, dpo, ppo, grpo, sample, chat, eval, convert,
-presets (one module each; ppo and grpo share one)."""
+presets, config (one module each; ppo and grpo share one)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ import sys
 import traceback
 import warnings
 
-from llmjax.cli import chat, convert, dpo, evaluate, presets, reward, rl, sample, sft, train
+from llmjax.cli import (
+    chat,
+    configs,
+    convert,
+    dpo,
+    evaluate,
+    presets,
+    reward,
+    rl,
+    sample,
+    sft,
+    train,
+)
 from llmjax.cli.errors import (
     GENERAL_FIXES,
     OutOfMemory,
@@ -25,6 +37,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, OutOfMe
 # Options whose values are paths: an OSError on one of them names the option to change.
 PATH_OPTIONS = (
     "out",
+    "config",
     "data",
     "val_data",
     "run",
@@ -46,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, sft, reward, dpo, rl, sample, chat, evaluate, convert, presets):
+    for command in (train, sft, reward, dpo, rl, sample, chat, evaluate, convert, presets, configs):
         command.add(sub)
     return parser
 

@@ -4,6 +4,7 @@ text (rolling windows), and on tasks from JSONL (multiple choice, continuation, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="text file or folder; its last val_fraction is evaluated (default: the "
-        "run's own data)",
+        help="data to evaluate on, of any kind `llmjax train --data` reads; its validation "
+        "split (data.val_split, data.val_fraction) is evaluated (default: the run's own data)",
     )
     p.add_argument(
         "--batches",
@@ -138,6 +139,7 @@ def _split(args: argparse.Namespace) -> dict:
 
     from llmjax.cli.errors import eval_memory, explain_out_of_memory
     from llmjax.data import prepare_data, val_batches
+    from llmjax.data.inputs import InputOptions
     from llmjax.eval import evaluate, make_eval_step
     from llmjax.objectives import build_objective
     from llmjax.runs import load_run
@@ -146,8 +148,17 @@ def _split(args: argparse.Namespace) -> dict:
     cfg = loaded.config
     batch_size = args.batch_size or cfg.data.batch_size
     path = args.data if args.data is not None else cfg.data.path
+    # Another --data is read in the format its name tells, with the run's text field.
+    options = InputOptions.of(cfg.data)
+    if args.data is not None:
+        options = dataclasses.replace(options, format="auto")
     data = prepare_data(
-        path, loaded.tokenizer, val_fraction=cfg.data.val_fraction, cache_dir=cfg.data.cache_dir
+        path,
+        loaded.tokenizer,
+        val_fraction=cfg.data.val_fraction,
+        cache_dir=cfg.data.cache_dir,
+        val_split=cfg.data.val_split,
+        options=options,
     )
     objective = build_objective(cfg, tokenizer=loaded.tokenizer)
     eval_step = jax.jit(make_eval_step(loaded.model, objective))

@@ -20,7 +20,7 @@ DATA_OPTIONS = ("val_data", "val_fraction", "builtin_pairs", "rater_temperature"
 LORA_OPTIONS = tuple(f"lora_{k}" for k in ("rank", "alpha", "dropout", "targets"))
 
 DATA_HELP = """\
---data is a JSONL file, one pair per line:
+--data is a JSONL file, one pair per line (or a .parquet file of these columns, a pair a row):
   {"prompt": "...", "chosen": "...", "rejected": "..."}
 where the prompt may be a list of messages ({"role": "system"|"user"|"assistant", "content"})
 and each reply a list of assistant messages; or `builtin`: generated pairs labelled by a hidden
@@ -45,7 +45,12 @@ r_rejected - margin). Prints the held-out accuracy at the end.
 def add_common(p: argparse.ArgumentParser) -> None:
     """The options `llmjax reward` and `llmjax dpo` share."""
     p.add_argument("--init-from", default=None, metavar="RUN", help="the run to start from")
-    p.add_argument("--data", default=None, metavar="FILE", help="JSONL file of pairs, or `builtin`")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="JSONL (or .parquet) file of pairs, or `builtin`",
+    )
     add_run_options(p)
     g = p.add_argument_group("preference data")
     g.add_argument(

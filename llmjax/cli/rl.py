@@ -74,7 +74,7 @@ def _add(sub: argparse._SubParsersAction, name: str) -> None:
         "--prompts",
         default=None,
         metavar="FILE|arith|builtin",
-        help="JSONL prompts, arith or builtin",
+        help="JSONL (or .parquet) prompts, arith or builtin",
     )
     p.add_argument("--kl-coef", type=float, default=None, help="KL penalty coefficient")
     p.add_argument(

@@ -31,7 +31,8 @@ and the changes --steps and --set make.
 --data is a JSONL file, one conversation per line:
   {"prompt": "...", "response": "..."}                (optional "system": "...")
   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
-or `builtin`: llmjax's generated tasks (reverse, sort, count, add, ...), no file needed.
+or a .parquet file of the same columns (one conversation per row), or `builtin`: llmjax's
+generated tasks (reverse, sort, count, add, ...), no file needed.
 
 The run records its chat template (chat_template.json, and chat_template.jinja for a Hugging
 Face one) and its data settings (sft.json), so that `llmjax chat --run OUT` renders as
@@ -57,7 +58,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--data",
         default=None,
         metavar="FILE",
-        help="JSONL file of conversations, or `builtin` for the generated tasks",
+        help="JSONL (or .parquet) file of conversations, or `builtin` for the generated tasks",
     )
     add_run_options(
         p,
@@ -93,7 +94,10 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="share of --data held out for evaluation (default: 0.1; ignored with --val-data)",
     )
     g.add_argument(
-        "--val-data", default=None, metavar="FILE", help="JSONL file to evaluate on instead"
+        "--val-data",
+        default=None,
+        metavar="FILE",
+        help="JSONL (or .parquet) file to evaluate on instead",
     )
     g.add_argument(
         "--builtin-examples",

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from llmjax.cli.errors import check_writable_dir, explain_out_of_memory, train_memory
-from llmjax.config import PRESETS, ConfigError, apply_overrides
+from llmjax.config import PRESETS, ConfigError, apply_overrides, get_preset, read_config_file
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +22,21 @@ def add(sub: argparse._SubParsersAction) -> None:
         "run's saved config)",
     )
     p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a YAML or JSON config file (a run's config.json, or what `llmjax config show` "
+        "prints): its fields replace the preset's (--preset; default: nano); --set applies on "
+        "top",
+    )
+    p.add_argument(
         "--data",
         default=None,
-        help="text file or folder to train on (default: the built-in corpus, this "
-        "Python's standard-library source)",
+        help="what to train on: a text file or folder; a .jsonl or .parquet file (or a folder "
+        "of them) of records whose text is in data.text_field (default: text); a dataset saved "
+        "with save_to_disk, or hf:NAME[:CONFIG] for a hub dataset in the local cache (split "
+        "data.dataset_split); data.format=text|jsonl|parquet|datasets overrides the guess "
+        "(default: the built-in corpus, this Python's standard-library source)",
     )
     p.add_argument(
         "--set",
@@ -51,7 +62,18 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing run directory's llmjax files"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output (a bar on a terminal, else one line per record on stdout)",
+    )
+    p.add_argument(
+        "--log-to",
+        default=None,
+        metavar="NAMES",
+        help="also log every record to these, comma-separated: tensorboard (RUN/tensorboard), "
+        "wandb (shorthand for --set train.loggers=NAMES)",
+    )
     scale = p.add_argument_group("devices and hosts")
     scale.add_argument(
         "--mesh",
@@ -90,16 +112,29 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmjax import distributed
-    from llmjax.runs import start_config
+    from llmjax.runs import init_from_config, start_config
     from llmjax.train.fit import fit
     from llmjax.train.hooks import TrainingInterrupted
 
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
+    base = None
+    if args.config is not None:
+        if args.resume:
+            raise ConfigError(
+                "--config cannot be combined with --resume: the run's saved config is used; "
+                "change train settings with --set train.KEY=VALUE"
+            )
+        if args.init_from and not args.preset:  # the file's fields replace RUN's
+            under = init_from_config(args.init_from)
+        else:
+            under = get_preset(args.preset or "nano")
+        base = read_config_file(args.config, under)
     cfg = start_config(
         preset=args.preset,
         resume=args.out if args.resume else None,
         init_from=args.init_from,
+        base=base,
     )
     overrides = list(args.overrides)
     if args.data is not None:
@@ -112,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"parallel.mode={args.parallel}")
     if args.mesh is not None:
         overrides.append(f"parallel.mesh={args.mesh}")
+    if args.log_to is not None:
+        overrides.append(f"train.loggers={args.log_to}")
     cfg = apply_overrides(cfg, overrides)
     # Before anything touches a device: a multi-process run must join its peers first.
     distributed.initialize(
@@ -120,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         process_id=args.process_id,
     )
-    name = args.preset or (Path(args.init_from).name if args.init_from else "nano")
+    name = args.preset or (Path(args.init_from).name if args.init_from else None)
+    name = name or (Path(args.config).stem if args.config else "nano")
     out = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable_dir(out, "--out")
     try:

@@ -5,6 +5,7 @@ optimizers, parallel modes, objectives ...) are checked where they are built.
 """
 
 from llmjax.config.align import KL_ESTIMATORS, PREFERENCE_LOSSES, PreferenceConfig, RLConfig
+from llmjax.config.files import config_text, read_config_file
 from llmjax.config.io import RENAMED, from_dict, load_config, migrate, save_config, to_dict
 from llmjax.config.model import (
     DTYPES,
@@ -12,10 +13,11 @@ from llmjax.config.model import (
     NORM_POSITIONS,
     LoraConfig,
     ModelConfig,
+    MoEConfig,
     RopeScaling,
 )
 from llmjax.config.overrides import apply_overrides
-from llmjax.config.presets import PRESETS, get_preset
+from llmjax.config.presets import PRESET_DESCRIPTIONS, PRESETS, get_preset
 from llmjax.config.run import (
     LOSS_SCALE_MODES,
     Config,
@@ -28,6 +30,7 @@ from llmjax.config.run import (
 from llmjax.errors import ConfigError
 
 __all__ = [
+    "PRESET_DESCRIPTIONS",
     "DTYPES",
     "KL_ESTIMATORS",
     "LORA_DEFAULT_TARGETS",
@@ -39,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "LoraConfig",
+    "MoEConfig",
     "ModelConfig",
     "MuonConfig",
     "OptimConfig",
@@ -49,10 +53,12 @@ __all__ = [
     "RopeScaling",
     "TrainConfig",
     "apply_overrides",
+    "config_text",
     "from_dict",
     "get_preset",
     "load_config",
     "migrate",
+    "read_config_file",
     "save_config",
     "to_dict",
 ]

@@ -14,7 +14,12 @@ from llmjax.config.checks import check, check_choice, check_finite, check_positi
 from llmjax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
-NORM_POSITIONS = ("pre", "post")
+# pre: x + f(norm(x)); post: norm(x + f(x)); sandwich: x + norm(f(norm(x))) (Gemma 2/3);
+# post_branch: x + norm(f(x)) (OLMo 2). All but post end in a final norm.
+NORM_POSITIONS = ("pre", "post", "sandwich", "post_branch")
+QK_NORM_SCOPES = ("head", "all")
+# MLPs with a gate and an up projection (three matrices): their default width is ~8/3 d_model.
+GATED_MLPS = ("swiglu", "geglu")
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,71 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """A mixture-of-experts MLP in place of the dense one (llmjax.layers.moe).
+
+    Each token's router picks `top_k` of `n_experts` expert MLPs (each the model's `mlp` kind,
+    `d_expert` wide) and sums their outputs weighted by its gates; `n_shared_experts` more run
+    on every token. Computation is dropless: no token is ever dropped for capacity. Layer i
+    (from 0) is an MoE layer when i >= first_dense and (i - first_dense) % every == 0.
+    """
+
+    n_experts: int = 0  # 0: dense MLPs everywhere
+    top_k: int = 2
+    router: str = "softmax"  # softmax (Switch, Mixtral) or sigmoid (DeepSeek-V3) scores
+    # Gates are the chosen scores divided by their sum (Mixtral, DeepSeek-V3); false: the raw
+    # scores (Switch with top_k=1).
+    renormalize: bool = True
+    n_shared_experts: int = 0
+    d_expert: int | None = None  # None: the dense MLP's width (model.d_ff)
+    aux_loss_coef: float = 0.01  # the load-balancing loss (Switch uses 0.01)
+    z_loss_coef: float = 0.001  # the router z-loss (ST-MoE uses 0.001)
+    every: int = 1  # every n-th layer is MoE (Switch and GShard: 2)
+    first_dense: int = 0  # dense layers before the first MoE layer (DeepSeek: 1 to 3)
+    # How the experts' matmuls run over tokens sorted by expert: "blocks" (groups padded to
+    # block_size rows, one batched matmul: fast on CPU) or "ragged" (jax.lax.ragged_dot: a
+    # grouped GEMM on GPU and TPU; XLA:CPU computes every expert on every row).
+    kernel: str = "blocks"
+    block_size: int = 64
+
+    def __post_init__(self):
+        section = "model.moe"
+        check(
+            isinstance(self.n_experts, int) and self.n_experts >= 0,
+            f"{section}.n_experts must be an integer >= 1 (0 turns MoE off), got "
+            f"{self.n_experts!r}",
+        )
+        check_positive(self, "top_k", "d_expert", "every", "block_size", section=section)
+        check_finite(self, "aux_loss_coef", "z_loss_coef", section=section)
+        if self.n_experts:
+            check(
+                self.top_k <= self.n_experts,
+                f"{section}.top_k={self.top_k} is more than n_experts={self.n_experts}; each "
+                f"token picks top_k distinct experts (e.g. top_k=2)",
+            )
+        check(
+            isinstance(self.n_shared_experts, int) and self.n_shared_experts >= 0,
+            f"{section}.n_shared_experts must be an integer >= 0, got {self.n_shared_experts!r}",
+        )
+        check(
+            isinstance(self.first_dense, int) and self.first_dense >= 0,
+            f"{section}.first_dense must be an integer >= 0, got {self.first_dense!r}",
+        )
+        check(
+            self.aux_loss_coef >= 0 and self.z_loss_coef >= 0,
+            f"{section}.aux_loss_coef and z_loss_coef must be >= 0 (0 turns a loss off), got "
+            f"{self.aux_loss_coef} and {self.z_loss_coef}",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.n_experts > 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.enabled and i >= self.first_dense and (i - self.first_dense) % self.every == 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Shape and architectural switches of a decoder-only language model."""
 
@@ -131,17 +201,39 @@ class ModelConfig:
     norm_position: str = "pre"
     norm_eps: float = 1e-5
     residual: bool = True
+    # Attention and MLP side by side on the same input, x + attn(norm1(x)) + mlp(norm2(x))
+    # (GPT-NeoX, GPT-J); needs norm_position=pre.
+    parallel_block: bool = False
     position: str = "learned"
     rope_theta: float = 10_000.0
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # RoPE on the first rotary_fraction of each head's dims, the rest passed through (GPT-NeoX
+    # rotates 1/4); its frequencies are those of a head of that many dims.
+    rotary_fraction: float = 1.0
     attention: str = "xla"
     attention_window: int | None = None  # sliding-window size in tokens; None: full causal
+    # Local/global alternation (Gemma 2/3): layers i with (i + 1) % global_every == 0 attend to
+    # the whole context, the others within attention_window; None: every layer alike.
+    global_every: int | None = None
+    # RoPE base of the windowed layers when global_every is set (Gemma 3: 10000 locally, 1e6
+    # globally); they use no RoPE scaling. None: rope_theta and rope_scaling as the others.
+    rope_local_theta: float | None = None
     # RMSNorm of each query and key head before RoPE (OLMo 2, Gemma 3), one learned scale per
     # head dim shared by the heads: params attention/query_norm and attention/key_norm.
     qk_norm: bool = False
+    # "head": each head normalized alone, one scale [head_dim] (Qwen3, Gemma 3); "all": all
+    # heads' values together, a scale [heads, head_dim] (OLMo 2 normalizes the whole q and k).
+    qk_norm_scope: str = "head"
     # Attention logits -> cap * tanh(logits / cap) before ALiBi and the mask (Gemma 2 uses 50);
     # None: uncapped. Every attention variant but linear attention serves it.
     attn_logit_softcap: float | None = None
+    # Attention logits are scaled by attn_scale_dim ** -0.5 (Gemma's query_pre_attn_scalar);
+    # None: head_dim ** -0.5.
+    attn_scale_dim: float | None = None
+    # Output logits -> cap * tanh(logits / cap) (Gemma 2 uses 30); None: uncapped.
+    final_logit_softcap: float | None = None
+    # Token embeddings times sqrt(d_model) before the first block (Gemma), in the compute dtype.
+    embed_scale: bool = False
     use_bias: bool = True
     # Per-part overrides of use_bias (None: follow use_bias), e.g. Qwen2 biases q/k/v only.
     qkv_bias: bool | None = None
@@ -162,6 +254,7 @@ class ModelConfig:
     # A scalar head (Dense D -> 1, param `value_head`) on the final hidden state, returned as
     # ModelOutput.aux["value"] [B, T] in float32: a reward model's score, PPO's value function.
     value_head: bool = False
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self):
         check_positive(
@@ -176,6 +269,7 @@ class ModelConfig:
             "head_dim",
             "d_ff",
             "attention_window",
+            "global_every",
             "scan_unroll",
             section="model",
         )
@@ -186,6 +280,10 @@ class ModelConfig:
             "dropout",
             "init_std",
             "attn_logit_softcap",
+            "attn_scale_dim",
+            "final_logit_softcap",
+            "rope_local_theta",
+            "rotary_fraction",
             section="model",
         )
         if self.head_dim is None:
@@ -201,6 +299,7 @@ class ModelConfig:
             f"serves a whole group of query heads (use a divisor of {self.n_heads})",
         )
         check_choice("model.norm_position", self.norm_position, NORM_POSITIONS)
+        check_choice("model.qk_norm_scope", self.qk_norm_scope, QK_NORM_SCOPES)
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.param_dtype", self.param_dtype, DTYPES)
         if self.position == "rope":
@@ -224,10 +323,62 @@ class ModelConfig:
             f"model.attn_logit_softcap must be > 0 (logits are bounded to +-cap; Gemma 2 uses "
             f"50) or None for no cap, got {self.attn_logit_softcap}",
         )
+        for name, example in (
+            ("attn_scale_dim", "Gemma 2 27B uses 144"),
+            ("final_logit_softcap", "Gemma 2 uses 30"),
+            ("rope_local_theta", "Gemma 3 uses 10000"),
+        ):
+            value = getattr(self, name)
+            check(
+                value is None or value > 0,
+                f"model.{name} must be > 0 ({example}) or None (off), got {value}",
+            )
+        if self.global_every is not None:
+            check(
+                self.attention_window is not None,
+                f"model.global_every={self.global_every} makes the other layers local, but "
+                f"model.attention_window is unset; set the local window (e.g. "
+                f"model.attention_window=4096) or unset global_every",
+            )
         check(
-            isinstance(self.qk_norm, bool),
-            f"model.qk_norm must be true or false, got {self.qk_norm!r}",
+            self.rope_local_theta is None or self.global_every is not None,
+            "model.rope_local_theta is the RoPE base of the local layers of a local/global "
+            "model; set model.global_every (e.g. 6) or unset rope_local_theta",
         )
+        if self.moe.enabled:
+            moe_layers = [i for i in range(self.n_layers) if self.moe.is_moe_layer(i)]
+            check(
+                bool(moe_layers),
+                f"model.moe makes no layer MoE: first_dense={self.moe.first_dense} with "
+                f"n_layers={self.n_layers}; lower model.moe.first_dense",
+            )
+            check(
+                not self.scan_layers or len(moe_layers) == self.n_layers,
+                f"model.moe.every={self.moe.every} and first_dense={self.moe.first_dense} mix "
+                f"dense and MoE layers, which a scan over identical layers cannot hold; set "
+                f"model.scan_layers=false (or every=1 and first_dense=0)",
+            )
+        check(
+            0.0 < self.rotary_fraction <= 1.0,
+            f"model.rotary_fraction must be in (0, 1] (GPT-NeoX uses 0.25; 1 rotates the whole "
+            f"head), got {self.rotary_fraction}",
+        )
+        if self.position == "rope":
+            check(
+                self.rotary_dim % 2 == 0 and self.rotary_dim > 0,
+                f"RoPE rotates pairs of dimensions, so head_dim * rotary_fraction must be a "
+                f"positive even number; got {self.dim_head} * {self.rotary_fraction}",
+            )
+        check(
+            not self.parallel_block or self.norm_position == "pre",
+            f"model.parallel_block runs attention and MLP on the same pre-normed input; it "
+            f"needs model.norm_position='pre', got {self.norm_position!r}",
+        )
+        for name in ("qk_norm", "embed_scale", "parallel_block"):
+            check(
+                isinstance(getattr(self, name), bool),
+                f"model.{name} must be true or false, got {getattr(self, name)!r}",
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -241,9 +392,14 @@ class ModelConfig:
     def ffn_dim(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
-        if self.mlp == "swiglu":
+        if self.mlp in GATED_MLPS:
             return round_up(int(8 * self.d_model / 3), 64)
         return 4 * self.d_model
+
+    @property
+    def expert_dim(self) -> int:
+        """Width of each expert MLP (model.moe.d_expert, else the dense MLP's)."""
+        return self.ffn_dim if self.moe.d_expert is None else self.moe.d_expert
 
     @property
     def has_qkv_bias(self) -> bool:
@@ -256,6 +412,23 @@ class ModelConfig:
     @property
     def has_mlp_bias(self) -> bool:
         return self.use_bias if self.mlp_bias is None else self.mlp_bias
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that RoPE rotates (the first ones)."""
+        return int(self.dim_head * self.rotary_fraction)
+
+    @property
+    def mask_window(self) -> int | None:
+        """The window of the mask every layer starts from: attention_window, or None when some
+        layers are global (global_every; the local ones narrow it themselves)."""
+        return self.attention_window if self.global_every is None else None
+
+    def is_local(self, layer: int) -> bool:
+        """Whether `layer` attends within attention_window (every layer when not alternating)."""
+        if self.global_every is None:
+            return self.attention_window is not None
+        return (layer + 1) % self.global_every != 0
 
     @property
     def padded_vocab_size(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmjax.config.model import ModelConfig
+from llmjax.config.model import ModelConfig, MoEConfig
 from llmjax.config.run import Config, DataConfig, OptimConfig, TrainConfig
 from llmjax.errors import ConfigError
 
@@ -103,6 +103,50 @@ PRESETS: dict[str, Config] = {
         optim=OptimConfig(lr=3e-4, warmup_steps=2000, b2=0.95),
         train=TrainConfig(steps=100000),
     ),
+    # test-tiny with a mixture-of-experts MLP in every layer: 4 experts of width 32, top-2 (the
+    # dense MLP's 64 active), one shared expert.
+    "test-moe-tiny": Config(
+        model=ModelConfig(
+            max_seq_len=32,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            d_ff=64,
+            moe=MoEConfig(n_experts=4, top_k=2, d_expert=32, n_shared_experts=1, block_size=16),
+        ),
+        data=DataConfig(batch_size=4),
+        optim=OptimConfig(warmup_steps=2),
+        train=TrainConfig(
+            steps=20, eval_every=10, eval_batches=2, log_every=5, checkpoint_every=10
+        ),
+    ),
+    # nano with 8 experts of half nano's MLP width, top-2: the active parameters of nano (plus
+    # the router's 8 x 128 per layer) and 4x its MLP parameters in total.
+    "nano-moe": Config(
+        model=ModelConfig(
+            max_seq_len=64,
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            use_bias=False,
+            scan_unroll=4,
+            moe=MoEConfig(n_experts=8, top_k=2, d_expert=256),
+        ),
+        data=DataConfig(batch_size=12),
+        optim=OptimConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99),
+        train=TrainConfig(steps=2000),
+    ),
+}
+
+# One line per preset for `llmjax presets`.
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "test-tiny": "the tests' tiny model: 2 layers, d=32, ctx 32, 20 steps",
+    "nano": "nanoGPT's CPU shape: 4 layers, 4 heads, d=128, ctx 64, batch 12",
+    "shakespeare-char": "nano with RoPE, Muon and characters as tokens, for tiny Shakespeare",
+    "medium": "nanoGPT's Shakespeare GPU shape: 6 layers, 6 heads, d=384, ctx 256, batch 64",
+    "gpt2-small": "GPT-2 124M: 12 layers, d=768, ctx 1024, BPE vocabulary of 50257",
+    "llama-tiny": "a small Llama: RMSNorm, SwiGLU, RoPE, 2 KV heads of 4, untied embeddings",
+    "llama-1b": "Llama-3.2-1B shape: 16 layers, d=2048, 8 KV heads of 32, ctx 2048, remat",
 }
 
 

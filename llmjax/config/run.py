@@ -15,18 +15,30 @@ from llmjax.errors import ConfigError
 
 # Dynamic loss scaling: auto (on for model.dtype=float16), dynamic (always), none.
 LOSS_SCALE_MODES = ("auto", "dynamic", "none")
+# Which tokens validate: the last val_fraction of the stream, or documents drawn by hash.
+VAL_SPLITS = ("tail", "documents")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the text comes from, how it is tokenized and batched."""
 
-    path: str | None = None  # None: the built-in corpus (this interpreter's stdlib source)
+    # A text file or folder, JSONL, Parquet, a dataset saved with save_to_disk, or hf:NAME[:CONFIG]
+    # (a hub dataset in the local cache); None: the built-in corpus (this interpreter's stdlib)
+    path: str | None = None
+    # How path is read: auto (from its name), text, jsonl, parquet or datasets
+    format: str = "auto"
+    text_field: str = "text"  # JSONL, Parquet, datasets: the field that holds a record's text
+    dataset_split: str = "train"  # datasets: the split to read
+    streaming: bool = False  # datasets: read rows as an IterableDataset
     tokenizer: str = "byte"  # byte | char | bpe | path to a tokenizer.json
     bpe_vocab_size: int = 4096
     seq_len: int | None = None  # None: model.max_seq_len
     batch_size: int = 12
     val_fraction: float = 0.1
+    # Which tokens validate: tail (the last val_fraction of the token stream, nanoGPT's way) or
+    # documents (each file or record by a hash of it, drawn from the whole corpus)
+    val_split: str = "tail"
     cache_dir: str | None = None
 
     def __post_init__(self):
@@ -35,6 +47,11 @@ class DataConfig:
         check(
             0.0 < self.val_fraction < 1.0,
             f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
+        )
+        check_choice("data.val_split", self.val_split, VAL_SPLITS)
+        check(
+            bool(self.text_field) and bool(self.dataset_split),
+            "data.text_field and data.dataset_split must not be empty (defaults: text, train)",
         )
 
 
@@ -150,6 +167,9 @@ class TrainConfig:
     # Which params the optimizer updates: a regular expression searched in each param's path
     # ("blocks/attention/query_kernel"); the others stay as they are. Empty: all params.
     trainable: str = ""
+    # Where records go besides metrics.jsonl: comma-separated names of llmjax.train.loggers
+    # (tensorboard, wandb), e.g. "tensorboard,wandb". Empty: metrics.jsonl alone.
+    loggers: str = ""
 
     def __post_init__(self):
         check_positive(

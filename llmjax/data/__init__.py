@@ -1,7 +1,10 @@
-"""Data: corpora, tokenizers, cached token streams and batches."""
+"""Data: corpora (text, JSONL, Parquet, Hugging Face datasets), tokenizers, cached token
+streams and batches."""
 
 from llmjax.data.corpus import Corpus, default_corpus, read_corpus
 from llmjax.data.dataset import TokenData, prepare_data, train_batch, val_batches
+from llmjax.data.documents import Documents
+from llmjax.data.inputs import InputOptions, open_documents
 from llmjax.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
@@ -16,11 +19,14 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "Corpus",
+    "Documents",
+    "InputOptions",
     "TokenData",
     "Tokenizer",
     "build_tokenizer",
     "default_corpus",
     "load_tokenizer",
+    "open_documents",
     "prepare_data",
     "read_corpus",
     "train_batch",

@@ -1,4 +1,5 @@
-"""Corpora: raw training bytes from a file, a directory, or the Python standard library."""
+"""Corpora: raw training bytes from a file, a directory, or the Python standard library (whole,
+or as Documents read a block at a time)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,17 @@ import hashlib
 import os
 import sys
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from llmjax.data.documents import (
+    BLOCK_BYTES,
+    Document,
+    Documents,
+    file_blocks,
+    sha256_of_blocks,
+)
 
 DEFAULT_CORPUS_MAX_BYTES = 4 * 1024 * 1024
 # Left out of the default corpus: tests, GUI code, the 2to3 tool, codec tables and generated
@@ -63,6 +73,12 @@ def default_corpus() -> Corpus:
     the next one would pass DEFAULT_CORPUS_MAX_BYTES. Tests, site-packages, GUI code and codec
     tables are left out, as are files that cannot be read.
     """
+    name, parts = _default_parts()
+    return Corpus.from_bytes(name, b"".join(part for _, part in parts))
+
+
+def _default_parts() -> tuple[str, list[tuple[str, bytes]]]:
+    """The default corpus's name and its files: (relative path, header line + source)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     relpaths = []
     for root, dirs, files in os.walk(stdlib):
@@ -79,7 +95,7 @@ def default_corpus() -> Corpus:
         part = f"# file: {relpath}\n".encode() + _with_newline(content)
         if size + len(part) > DEFAULT_CORPUS_MAX_BYTES:
             break
-        parts.append(part)
+        parts.append((relpath, part))
         size += len(part)
     if not parts:
         raise FileNotFoundError(
@@ -87,7 +103,7 @@ def default_corpus() -> Corpus:
             "pass a corpus path instead"
         )
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return Corpus.from_bytes(f"python{version}-stdlib", b"".join(parts))
+    return f"python{version}-stdlib", parts
 
 
 def read_corpus(path: str | os.PathLike | None) -> Corpus:
@@ -98,7 +114,7 @@ def read_corpus(path: str | os.PathLike | None) -> Corpus:
     files, empty or unreadable files, and files llmjax itself wrote there (".llmjax-" in the
     name). Symlinked directories are not followed. Binary means a NUL byte in the first 8 KB, or
     mostly bytes there that are not UTF-8 (see binary_reason); a binary file given by name is
-    refused.
+    refused. `text_documents` reads the same bytes a block at a time.
 
     Raises:
         FileNotFoundError: `path` does not exist.
@@ -107,20 +123,78 @@ def read_corpus(path: str | os.PathLike | None) -> Corpus:
     """
     if path is None:
         return default_corpus()
+    documents = text_documents(path)
+    return Corpus.from_bytes(documents.name, b"".join(documents.blocks()))
+
+
+def text_documents(path: str | os.PathLike | None, block_bytes: int = BLOCK_BYTES) -> Documents:
+    """The corpus `read_corpus(path)` reads, as Documents (one per file) read in blocks of
+    `block_bytes`: the same bytes, checks and errors, without holding them all in memory.
+    Its fingerprint is that of read_corpus(path), computed by reading the files once."""
+    if path is None:
+        name, parts = _default_parts()
+        return Documents(
+            name,
+            separated=False,
+            read=lambda: (Document(rel.encode(), (part,)) for rel, part in parts),
+            fingerprint_fn=lambda: sha256_of_blocks(part for _, part in parts),
+            size=sum(len(part) for _, part in parts),
+            description="the built-in corpus (the Python standard library sources)",
+        )
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"corpus path {path} does not exist; {_FIX_HINT}")
     if path.is_file():
-        data = path.read_bytes()
-        if not data:
+        why = "it is empty" if path.stat().st_size == 0 else binary_reason(_head(path))
+        if why == "it is empty":
             raise ValueError(f"corpus file {path} is empty; {_FIX_HINT}")
-        why = binary_reason(data)
         if why:
             raise ValueError(f"corpus file {path} is not text ({why}); {_FIX_HINT}")
-        return Corpus.from_bytes(path.name, data)
+
+        def read_file() -> Iterator[Document]:
+            yield Document(path.name.encode(), file_blocks(path, block_bytes))
+
+        return Documents(
+            path.name,
+            separated=False,
+            read=read_file,
+            fingerprint_fn=lambda: sha256_of_blocks(file_blocks(path)),
+            size=path.stat().st_size,
+            description=f"the text file {path}",
+        )
     if path.is_dir():
-        return _read_directory(path)
+        files = _directory_files(path)
+
+        def read_directory() -> Iterator[Document]:
+            for relpath in files:
+                blocks = _with_newline_blocks(file_blocks(path / relpath, block_bytes))
+                yield Document(relpath.encode(), blocks)
+
+        return Documents(
+            path.resolve().name or str(path),
+            separated=False,
+            read=read_directory,
+            fingerprint_fn=lambda: sha256_of_blocks(
+                block for document in read_directory() for block in document.blocks
+            ),
+            size=sum((path / relpath).stat().st_size for relpath in files),
+            description=f"the text folder {path}",
+        )
     raise ValueError(f"corpus path {path} is neither a regular file nor a directory; {_FIX_HINT}")
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(_BINARY_SNIFF_BYTES)
+
+
+def _with_newline_blocks(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    last = b""
+    for block in blocks:
+        yield block
+        last = block
+    if not last.endswith(b"\n"):
+        yield b"\n"
 
 
 def binary_reason(data: bytes) -> str | None:
@@ -139,8 +213,9 @@ def binary_reason(data: bytes) -> str | None:
     return None
 
 
-def _read_directory(directory: Path) -> Corpus:
-    parts, skipped = [], {"hidden": 0, "binary": 0, "empty or unreadable": 0}
+def _directory_files(directory: Path) -> list[str]:
+    """The relative paths of a directory's usable text files, in the order they are read."""
+    skipped = {"hidden": 0, "binary": 0, "empty or unreadable": 0}
     relpaths = []
     for root, dirs, files in os.walk(directory):
         hidden_dirs = [d for d in dirs if d.startswith(".")]
@@ -151,22 +226,23 @@ def _read_directory(directory: Path) -> Corpus:
                 skipped["hidden"] += 1
             elif LLMJAX_FILE_MARKER not in name:
                 relpaths.append((Path(root) / name).relative_to(directory).as_posix())
+    usable = []
     for relpath in sorted(relpaths):
         file = directory / relpath
         try:
-            content = file.read_bytes() if file.is_file() else b""
+            head = _head(file) if file.is_file() else b""
         except OSError:
-            content = b""
-        if not content:
+            head = b""
+        if not head:
             skipped["empty or unreadable"] += 1
-        elif binary_reason(content):
+        elif binary_reason(head):
             skipped["binary"] += 1
         else:
-            parts.append(_with_newline(content))
-    if not parts:
+            usable.append(relpath)
+    if not usable:
         counts = ", ".join(f"{n} {why}" for why, n in skipped.items())
         raise ValueError(
             f"corpus directory {directory} has no usable text files (skipped: {counts}); "
             f"{_FIX_HINT}"
         )
-    return Corpus.from_bytes(directory.resolve().name or str(directory), b"".join(parts))
+    return usable

@@ -1,4 +1,5 @@
-"""Token datasets: tokenize a corpus once into a cached memmap, split it, and cut batches."""
+"""Token datasets: tokenize a corpus once, a block at a time, into a cached memmap, split it,
+and cut batches."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from llmjax.data.cache import atomic_replace, resolve_cache_dir
-from llmjax.data.corpus import LLMJAX_FILE_MARKER, Corpus, read_corpus
+from llmjax.data.corpus import LLMJAX_FILE_MARKER
+from llmjax.data.documents import Documents, in_validation
+from llmjax.data.inputs import InputOptions, open_documents
+from llmjax.data.records import is_hub_name
+from llmjax.data.token_files import Progress, write_tokens
 from llmjax.data.tokenizers import Tokenizer, build_tokenizer
 from llmjax.data.tokenizers.build import bpe_cache_key
 
@@ -38,6 +43,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
 
 
+VAL_SPLITS = ("tail", "documents")  # as llmjax.config.run.VAL_SPLITS
+
+
 def prepare_data(
     path: str | os.PathLike | None,
     tokenizer: str | Tokenizer = "byte",
@@ -45,47 +53,62 @@ def prepare_data(
     bpe_vocab_size: int = 4096,
     val_fraction: float = 0.1,
     cache_dir: str | os.PathLike | None = None,
+    val_split: str = "tail",
+    options: InputOptions | None = None,
+    progress: bool = True,
 ) -> TokenData:
-    """Reads a corpus, builds `tokenizer`, and returns its token stream split nanoGPT's way.
+    """Reads a corpus, builds `tokenizer`, and returns its token stream split in two.
 
-    `path` and `tokenizer` are as in read_corpus and build_tokenizer; a Tokenizer instance (e.g.
-    the one saved with a run) is used as it is. The stream is tokenized once
+    `path` is what open_documents reads as `options` (InputOptions: format, text field) say: a
+    text file or folder, None for the built-in corpus, JSONL, Parquet, a saved or cached
+    Hugging Face dataset. `tokenizer` is as in build_tokenizer; a Tokenizer instance (e.g. the
+    one saved with a run) is used as it is. The corpus is tokenized once, a block at a time,
     and cached under `<cache_dir>/tokens/` (cache_dir defaults to $LLMJAX_CACHE_DIR, then
-    ~/.cache/llmjax), keyed by corpus fingerprint and tokenizer identity. The first
-    `1 - val_fraction` of the stream trains, the rest validates. A BPE tokenizer trained on a
-    user's file or directory is cached beside it when that directory is writable.
+    ~/.cache/llmjax), keyed by corpus fingerprint and tokenizer identity; `progress` shows how
+    far it got.
+
+    `val_split` says which tokens validate. "tail" (nanoGPT's way, the default): the last
+    `val_fraction` of the stream, the rest train. "documents": each document (a file of a text
+    folder or of the built-in corpus, a record) validates if its hash falls below
+    `val_fraction`, so that validation is drawn from the whole corpus. A BPE tokenizer trained
+    on a user's file or directory is cached beside it when that directory is writable.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(
             f"val_fraction={val_fraction} must be strictly between 0 and 1, e.g. 0.1 for a "
             "90% train / 10% validation split"
         )
-    corpus = read_corpus(path)
+    if val_split not in VAL_SPLITS:
+        raise ValueError(f"val_split={val_split!r} is not known; choose one of {VAL_SPLITS}")
+    documents = open_documents(path, options or InputOptions())
     cache_root = resolve_cache_dir(cache_dir)
     if isinstance(tokenizer, Tokenizer):
         tok = tokenizer
     else:
         bpe_path = None
-        if tokenizer == "bpe" and path is not None:
-            bpe_path = _bpe_path_beside(Path(path), corpus, bpe_vocab_size)
+        if tokenizer == "bpe" and path is not None and not is_hub_name(path):
+            bpe_path = _bpe_path_beside(Path(path), documents, bpe_vocab_size)
         tok = build_tokenizer(
             tokenizer,
-            corpus.data,
+            documents,
             bpe_vocab_size=bpe_vocab_size,
             cache_dir=cache_root,
             bpe_path=bpe_path,
         )
-    tokens = _cached_tokens(corpus, tok, cache_root)
+    if val_split == "documents":
+        train, val = _cached_document_split(documents, tok, cache_root, val_fraction, progress)
+        return TokenData(tok, train, val, documents.name)
+    tokens = _cached_tokens(documents, tok, cache_root, progress)
     n = len(tokens)
     n_train = int(n * (1 - val_fraction))
     if min(n_train, n - n_train) < _MIN_SPLIT_TOKENS:
         raise ValueError(
-            f"corpus {corpus.name!r} is too small: its {n} tokens split into {n_train} train "
+            f"corpus {documents.name!r} is too small: its {n} tokens split into {n_train} train "
             f"and {n - n_train} validation tokens at val_fraction={val_fraction}, and each split "
             f"needs at least {_MIN_SPLIT_TOKENS}. Use a corpus of at least "
             f"{_tokens_needed(val_fraction)} tokens ({tok.kind} tokenizer), or change val_fraction."
         )
-    return TokenData(tok, tokens[:n_train], tokens[n_train:], corpus.name)
+    return TokenData(tok, tokens[:n_train], tokens[n_train:], documents.name)
 
 
 def _tokens_needed(val_fraction: float) -> int:
@@ -99,35 +122,87 @@ def _tokens_needed(val_fraction: float) -> int:
     return n
 
 
-def _bpe_path_beside(path: Path, corpus: Corpus, vocab_size: int) -> Path | None:
+def _bpe_path_beside(path: Path, documents: Documents, vocab_size: int) -> Path | None:
     path = path.expanduser().resolve()
     if not os.access(path.parent, os.W_OK):
         return None  # build_tokenizer then caches it in the cache dir
-    key = bpe_cache_key(corpus.data, vocab_size)
+    key = bpe_cache_key(documents, vocab_size)
     # The marker keeps the name clear of user files, and read_corpus skips it.
     return path.parent / f"{path.name}{LLMJAX_FILE_MARKER}bpe-{vocab_size}-{key}.json"
 
 
-def _cached_tokens(corpus: Corpus, tok: Tokenizer, cache_root: Path) -> np.ndarray:
+def _token_path(cache_root: Path, documents: Documents, tok: Tokenizer, split: str = "") -> Path:
     dtype = token_dtype(tok.vocab_size)
-    identity = f"tokens-v1|{corpus.fingerprint}|{tok.kind}|{tok.vocab_size}|{tok.fingerprint}"
-    key = hashlib.sha256(f"{identity}|{dtype.name}".encode()).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", corpus.name)[:64]
-    path = cache_root / "tokens" / f"{name}-{tok.kind}{tok.vocab_size}-{key}.npy"
+    identity = f"tokens-v1|{documents.fingerprint}|{tok.kind}|{tok.vocab_size}|{tok.fingerprint}"
+    key = hashlib.sha256(f"{identity}|{dtype.name}{split}".encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", documents.name)[:64]
+    part = f"-{split.rsplit('|', 1)[-1]}" if split else ""
+    return cache_root / "tokens" / f"{name}-{tok.kind}{tok.vocab_size}{part}-{key}.npy"
+
+
+def _cached_tokens(
+    documents: Documents, tok: Tokenizer, cache_root: Path, progress: bool = True
+) -> np.ndarray:
+    dtype = token_dtype(tok.vocab_size)
+    path = _token_path(cache_root, documents, tok)
     tokens = _load_tokens(path, dtype)
     if tokens is not None:
         return tokens
-    log.info("tokenizing %s (%d bytes) with %r", corpus.name, len(corpus.data), tok)
-    ids_N = tok.encode_bytes(corpus.data).astype(dtype)
-    # Written to a temp file and renamed, so a killed run never leaves a truncated cache here.
-    atomic_replace(path, lambda f: np.save(f, ids_N))
-    tokens = _load_tokens(path, dtype)
+    log.info("tokenizing %s with %r into %s", documents.name, tok, path)
+    bar = Progress(documents.size, f"tokenizing {documents.name}", enabled=progress)
+    try:
+        # Written to a temp file and renamed, so a killed run never leaves a truncated cache here.
+        atomic_replace(path, lambda f: write_tokens(documents, tok, [f], dtype, progress=bar))
+    finally:
+        bar.close()
+    return _read_back(path, dtype)
+
+
+def _cached_document_split(
+    documents: Documents, tok: Tokenizer, cache_root: Path, val_fraction: float, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    dtype = token_dtype(tok.vocab_size)
+    split = f"|documents|{val_fraction!r}|"
+    paths = [_token_path(cache_root, documents, tok, split + part) for part in ("train", "val")]
+    cached = [_load_tokens(path, dtype) for path in paths]
+    if all(tokens is not None for tokens in cached):
+        return cached[0], cached[1]
+    log.info("tokenizing %s with %r into %s and %s", documents.name, tok, *paths)
+    bar = Progress(documents.size, f"tokenizing {documents.name}", enabled=progress)
+    route = lambda key: int(in_validation(key, val_fraction))  # noqa: E731
+    try:
+        # The validation file is published first, the training file once both are complete.
+        atomic_replace(
+            paths[0],
+            lambda train: atomic_replace(
+                paths[1],
+                lambda val: write_tokens(
+                    documents, tok, [train, val], dtype, route=route, progress=bar
+                ),
+            ),
+        )
+    finally:
+        bar.close()
+    train, val = (_read_back(path, dtype) for path in paths)
+    if min(len(train), len(val)) < _MIN_SPLIT_TOKENS:
+        raise ValueError(
+            f"data.val_split=documents put {len(train)} tokens of {documents.name!r} in training "
+            f"and {len(val)} in validation at val_fraction={val_fraction}; each needs at least "
+            f"{_MIN_SPLIT_TOKENS}. A single text file is one document: use data.val_split=tail, "
+            "or a corpus of more documents (a folder of files, JSONL, Parquet, a dataset)"
+        )
+    return train, val
+
+
+def _read_back(path: Path, dtype: np.dtype) -> np.ndarray:
+    # What was just written, even if empty (the callers say why that is too small).
+    tokens = _load_tokens(path, dtype, allow_empty=True)
     if tokens is None:
         raise OSError(f"token cache {path} could not be read back after writing it")
     return tokens
 
 
-def _load_tokens(path: Path, dtype: np.dtype) -> np.ndarray | None:
+def _load_tokens(path: Path, dtype: np.dtype, allow_empty: bool = False) -> np.ndarray | None:
     if not path.is_file():
         return None
     try:
@@ -135,7 +210,7 @@ def _load_tokens(path: Path, dtype: np.dtype) -> np.ndarray | None:
     except (OSError, ValueError) as e:
         log.warning("rebuilding unreadable token cache %s: %s", path, e)
         return None
-    if tokens.ndim != 1 or tokens.dtype != dtype or tokens.size == 0:
+    if tokens.ndim != 1 or tokens.dtype != dtype or (tokens.size == 0 and not allow_empty):
         log.warning("rebuilding token cache %s: unexpected shape or dtype", path)
         return None
     return tokens

@@ -53,7 +53,8 @@ def _existing(path: str, option: str) -> Path:
         what = "is a directory" if file.is_dir() else "does not exist"
         raise InstructDataError(
             f"{option} {path} {what}; pass a JSONL file of conversations (one "
-            f'{{"prompt": ..., "response": ...}} or {{"messages": [...]}} object per line)'
+            f'{{"prompt": ..., "response": ...}} or {{"messages": [...]}} object per line, or a '
+            "Parquet file of those columns)"
             + (", or builtin for the generated tasks" if option == "--data" else "")
         )
     return file

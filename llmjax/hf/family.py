@@ -148,6 +148,29 @@ def mismatch(cfg: ModelConfig, field: str, wanted: Any, family: str) -> list[str
     return [f"{family} needs model.{field}={wanted!r}, this model has {value!r}"]
 
 
+# Block features a family either stores (and names in its `features`) or must find off: their
+# off values, as ModelConfig's defaults.
+BLOCK_FEATURES: dict[str, Any] = {
+    "qk_norm_scope": "head",
+    "attn_logit_softcap": None,
+    "attn_scale_dim": None,
+    "final_logit_softcap": None,
+    "global_every": None,
+    "rope_local_theta": None,
+    "rotary_fraction": 1.0,
+    "parallel_block": False,
+}
+
+
+def features_off(cfg: ModelConfig, family: str, stores: frozenset[str] = frozenset()) -> list[str]:
+    """Reasons for each block feature `cfg` turns on that the family does not store."""
+    reasons = []
+    for name, off in BLOCK_FEATURES.items():
+        if name not in stores:
+            reasons += mismatch(cfg, name, off, family)
+    return reasons
+
+
 def choose_family(cfg: ModelConfig, model_type: str | None = None) -> HFFamily:
     """The family to export `cfg` as: the one named, or the best that holds it exactly."""
     if model_type is not None:

@@ -13,6 +13,7 @@ from llmjax.hf.family import (
     HFFamily,
     TensorMap,
     conv1d,
+    features_off,
     linear,
     mismatch,
     register_hf,
@@ -134,9 +135,13 @@ class GPT2(HFFamily):
             ("residual", True),
             ("attention_window", None),
             ("qk_norm", False),
-            ("attn_logit_softcap", None),
+            ("embed_scale", False),
         ):
             reasons += mismatch(cfg, field, wanted, "GPT-2")
+        if cfg.moe.enabled:
+            reasons.append(f"GPT-2 has dense MLPs only, this model has model.moe.n_experts="
+                           f"{cfg.moe.n_experts}")  # fmt: skip
+        reasons += features_off(cfg, "GPT-2")
         if cfg.kv_heads != cfg.n_heads:
             reasons.append(f"GPT-2 has one kv head per query head, this model has {cfg.kv_heads}")
         if cfg.n_heads * cfg.dim_head != cfg.d_model:

@@ -17,6 +17,7 @@ from llmjax.hf.family import (
     HFFamily,
     TensorMap,
     bias,
+    features_off,
     linear,
     mismatch,
     register_hf,
@@ -153,6 +154,27 @@ class Llama(HFFamily):
     base_prefix = "model."
     ignored = (r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
     export_rank = 0
+    # ---- the block as the family builds it (subclasses change what their family changes)
+    mlp = "swiglu"
+    norm = "rmsnorm"
+    norm_position = "pre"
+    activation_key = "hidden_act"  # the config.json key naming the MLP's activation
+    activations: tuple[str, ...] = ("silu",)  # values that mean it (the first is exported)
+    qk_norm = False  # per-head RMSNorm of q and k before RoPE (self_attn.q_norm / k_norm)
+    embed_scale = False
+    tied_default = False  # tie_word_embeddings when config.json leaves it out
+    features: frozenset[str] = frozenset()  # the BLOCK_FEATURES it stores (family.py)
+
+    def norm_tensors(self) -> dict[str, str]:
+        """llmjax block norm -> the HF layer's norm module holding it."""
+        return {"attention_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+
+    def features_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
+        """ModelConfig fields of the family's `features`, read from config.json."""
+        return {}
+
+    def features_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        return {}
 
     # ---- the parts the variants change
     def window_from_hf(self, hf: dict[str, Any]) -> int | None:
@@ -186,11 +208,11 @@ class Llama(HFFamily):
     # ---- shared by the family
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         t = self.model_type
-        activation = hf.get("hidden_act", "silu")
-        if activation != "silu":
+        activation = hf.get(self.activation_key, self.activations[0])
+        if activation not in self.activations:
             raise HFError(
-                f"config.json (model_type={t!r}) has hidden_act={activation!r}; llmjax's SwiGLU "
-                f"MLP uses silu"
+                f"config.json (model_type={t!r}) has {self.activation_key}={activation!r}; "
+                f"llmjax's {self.mlp} MLP uses {' or '.join(self.activations)}"
             )
         d_model = required(hf, "hidden_size", t)
         n_heads = required(hf, "num_attention_heads", t)
@@ -206,18 +228,20 @@ class Llama(HFFamily):
             n_kv_heads=None if n_kv == n_heads else n_kv,
             head_dim=None if head_dim * n_heads == d_model else head_dim,
             d_ff=required(hf, "intermediate_size", t),
-            mlp="swiglu",
-            norm="rmsnorm",
-            norm_position="pre",
+            mlp=self.mlp,
+            norm=self.norm,
+            norm_position=self.norm_position,
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             position="rope",
             rope_theta=theta,
             rope_scaling=scaling,
-            attention_window=self.window_from_hf(hf),
+            qk_norm=self.qk_norm,
+            embed_scale=self.embed_scale,
             use_bias=False,
             **self.biases_from_hf(hf),
-            tie_embeddings=hf.get("tie_word_embeddings", False),
+            tie_embeddings=hf.get("tie_word_embeddings", self.tied_default),
             init_std=hf.get("initializer_range", 0.02),
+            **{"attention_window": self.window_from_hf(hf), **self.features_from_hf(hf)},
         )
 
     def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
@@ -230,11 +254,12 @@ class Llama(HFFamily):
             "num_attention_heads": cfg.n_heads,
             "num_key_value_heads": cfg.kv_heads,
             "head_dim": cfg.dim_head,
-            "hidden_act": "silu",
+            self.activation_key: self.activations[0],
             "rms_norm_eps": cfg.norm_eps,
             "initializer_range": cfg.init_std,
             **rope_to_hf(cfg),
             **self.extra_to_hf(cfg),
+            **self.features_to_hf(cfg),
         }
 
     def tensors(self, cfg: ModelConfig) -> list[TensorMap]:
@@ -244,8 +269,10 @@ class Llama(HFFamily):
         maps = [
             same("model.embed_tokens.weight", "embed/embedding", (V, D)),
             same("model.norm.weight", "final_norm/scale", (D,)),
-            same(L + "input_layernorm.weight", "blocks/attention_norm/scale", (D,)),
-            same(L + "post_attention_layernorm.weight", "blocks/mlp_norm/scale", (D,)),
+            *(
+                same(L + f"{hf}.weight", f"blocks/{norm}/scale", (D,))
+                for norm, hf in self.norm_tensors().items()
+            ),
             linear(L + "self_attn.q_proj.weight", A + "query_kernel", (D,), (N, H)),
             linear(L + "self_attn.k_proj.weight", A + "key_kernel", (D,), (K, H)),
             linear(L + "self_attn.v_proj.weight", A + "value_kernel", (D,), (K, H)),
@@ -254,6 +281,16 @@ class Llama(HFFamily):
             linear(L + "mlp.up_proj.weight", "blocks/mlp/up/kernel", (D,), (F,)),
             linear(L + "mlp.down_proj.weight", "blocks/mlp/down/kernel", (F,), (D,)),
         ]
+        if cfg.qk_norm and cfg.qk_norm_scope == "all":  # one scale per value of all heads
+            maps += [
+                bias(L + "self_attn.q_norm.weight", A + "query_norm/scale", (N, H)),
+                bias(L + "self_attn.k_norm.weight", A + "key_norm/scale", (K, H)),
+            ]
+        elif cfg.qk_norm:
+            maps += [
+                same(L + "self_attn.q_norm.weight", A + "query_norm/scale", (H,)),
+                same(L + "self_attn.k_norm.weight", A + "key_norm/scale", (H,)),
+            ]
         if cfg.has_qkv_bias:
             maps += [
                 bias(L + "self_attn.q_proj.bias", A + "query_bias", (N, H)),
@@ -278,14 +315,18 @@ class Llama(HFFamily):
         for field, wanted in (
             ("arch", "transformer"),
             ("position", "rope"),
-            ("norm", "rmsnorm"),
-            ("mlp", "swiglu"),
-            ("norm_position", "pre"),
+            ("norm", self.norm),
+            ("mlp", self.mlp),
+            ("norm_position", self.norm_position),
             ("residual", True),
-            ("qk_norm", False),
-            ("attn_logit_softcap", None),
+            ("qk_norm", self.qk_norm),
+            ("embed_scale", self.embed_scale),
         ):
             reasons += mismatch(cfg, field, wanted, name)
+        if cfg.moe.enabled:
+            reasons.append(f"{name} has dense MLPs only, this model has model.moe.n_experts="
+                           f"{cfg.moe.n_experts}")  # fmt: skip
+        reasons += features_off(cfg, name, self.features)
         return reasons + rope_cannot_express(cfg) + self.variant_cannot_express(cfg)
 
 

@@ -205,7 +205,7 @@ def init_kv_cache(
     """
     if batch_size < 1 or length < 1:
         raise ValueError(f"cache batch_size and length must be >= 1, got {batch_size}, {length}")
-    window = cfg.attention_window
+    window = cfg.mask_window  # the global layers of a local/global model see everything
     if rolling and (window is None or length < window):
         raise ValueError(
             f"a rolling cache needs a sliding-window model with attention_window <= length; got "

@@ -1,4 +1,5 @@
-"""Position-wise feed-forward blocks, registered by name: gelu (GPT-2), swiglu (Llama)."""
+"""Position-wise feed-forward blocks, registered by name: gelu (GPT-2), swiglu (Llama), geglu
+(Gemma), gelu_exact (GPT-NeoX)."""
 
 import flax.linen as nn
 import jax
@@ -51,25 +52,53 @@ class GeluMLP(nn.Module):
     """D -> F -> D with a tanh-approximated GELU (GPT-2's `gelu_new`)."""
 
     cfg: object
+    approximate = True
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.cfg
         h_BxTxF = Linear(cfg.ffn_dim, ("embed", "mlp"), cfg.init_std, cfg, name="fc_in")(x_BxTxD)
-        h_BxTxF = constrain(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "mlp"))
+        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=self.approximate)
+        h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
         return Linear(cfg.d_model, ("mlp", "embed"), out_std(cfg), cfg, name="fc_out")(h_BxTxF)
 
 
-@MLPS.register("swiglu")
-class SwiGLUMLP(nn.Module):
-    """D -> (silu(gate) * up) -> D, as in Llama."""
+@MLPS.register("gelu_exact")
+class ExactGeluMLP(GeluMLP):
+    """D -> F -> D with the exact (erf) GELU (GPT-NeoX / Pythia's `gelu`)."""
+
+    approximate = False
+
+
+class GatedMLP(nn.Module):
+    """D -> (act(gate) * up) -> D; subclasses name the activation."""
 
     cfg: object
+
+    @staticmethod
+    def activation(x: jax.Array) -> jax.Array:
+        raise NotImplementedError
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.cfg
         gate = Linear(cfg.ffn_dim, ("embed", "mlp"), cfg.init_std, cfg, name="gate")(x_BxTxD)
         up = Linear(cfg.ffn_dim, ("embed", "mlp"), cfg.init_std, cfg, name="up")(x_BxTxD)
-        h_BxTxF = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        h_BxTxF = constrain(self.activation(gate) * up, ("batch", "length", "mlp"))
         return Linear(cfg.d_model, ("mlp", "embed"), out_std(cfg), cfg, name="down")(h_BxTxF)
+
+
+@MLPS.register("swiglu")
+class SwiGLUMLP(GatedMLP):
+    """D -> (silu(gate) * up) -> D, as in Llama."""
+
+    activation = staticmethod(jax.nn.silu)
+
+
+@MLPS.register("geglu")
+class GeGLUMLP(GatedMLP):
+    """D -> (gelu_tanh(gate) * up) -> D, as in Gemma (`gelu_pytorch_tanh`)."""
+
+    @staticmethod
+    def activation(x: jax.Array) -> jax.Array:
+        return jax.nn.gelu(x, approximate=True)

@@ -1,7 +1,9 @@
-"""Normalization layers, registered by name: layernorm, rmsnorm, batchnorm; and the per-head
-RMSNorm of queries and keys (QK-norm)."""
+"""Normalization layers, registered by name: layernorm, rmsnorm, rmsnorm_plus1 (Gemma),
+batchnorm; and the RMSNorm of queries and keys (QK-norm)."""
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from llmjax.layers.common import dtype_of
 from llmjax.registry import Registry
@@ -43,14 +45,51 @@ def rmsnorm(cfg, *, deterministic: bool, name: str) -> nn.Module:
     )
 
 
-def head_rmsnorm(cfg, *, name: str) -> nn.Module:
-    """RMSNorm over each head's last axis (H), one learned scale [H] shared by the heads: the
-    QK-norm of OLMo 2 / Gemma 3, applied to [B, T, heads, H] queries and keys."""
+class OffsetRMSNorm(nn.Module):
+    """RMSNorm whose scale is stored as an offset from one: x / rms(x) * (1 + w), computed in
+    float32 and cast back (Gemma's RMSNorm; a new layer, w = 0, is the identity scale)."""
+
+    epsilon: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    axes: tuple[str, ...] = ("embed",)  # logical names of the normalized (last) axes
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = len(self.axes)
+        shape = x.shape[x.ndim - n :]
+        init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes)
+        w = self.param("scale", init, shape, self.param_dtype)
+        reduce = tuple(range(x.ndim - n, x.ndim))
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=reduce, keepdims=True) + self.epsilon)
+        return (y * (1.0 + w.astype(jnp.float32))).astype(self.dtype)
+
+
+@NORMS.register("rmsnorm_plus1")
+def rmsnorm_plus1(cfg, *, deterministic: bool, name: str) -> nn.Module:
+    del deterministic
+    return OffsetRMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)
+
+
+def head_rmsnorm(cfg, *, name: str, heads: str = "heads") -> nn.Module:
+    """The QK-norm of [B, T, heads, H] queries or keys, an RMSNorm of the model's kind (Gemma's
+    offset scale under norm=rmsnorm_plus1). qk_norm_scope="head": over each head's H, one
+    learned scale [H] shared by the heads (Qwen3, Gemma 3); "all": over all heads' heads x H
+    values together, a scale per value [heads, H] (OLMo 2's norm of the whole projection)."""
+    whole = cfg.qk_norm_scope == "all"
+    axes = (heads, "head_dim") if whole else ("head_dim",)
+    if cfg.norm == "rmsnorm_plus1":
+        return OffsetRMSNorm(
+            cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), axes=axes, name=name
+        )
     return nn.RMSNorm(
         epsilon=cfg.norm_eps,
         dtype=dtype_of(cfg.dtype),
         param_dtype=dtype_of(cfg.param_dtype),
-        scale_init=_scale_init("head_dim"),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, axes),
+        reduction_axes=(-2, -1) if whole else -1,
+        feature_axes=(-2, -1) if whole else -1,
         name=name,
     )
 

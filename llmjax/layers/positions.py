@@ -87,7 +87,7 @@ class LearnedEmbedding(nn.Module):
 
 def rope_frequencies(cfg) -> tuple[np.ndarray, float]:
     """Inverse frequencies (H/2,) after the configured scaling, and the cos/sin magnitude."""
-    head_dim = cfg.dim_head
+    head_dim = cfg.rotary_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     scale_fn = ROPE_SCALINGS.get(cfg.rope_scaling.kind)
     inv_freq, magnitude = scale_fn(inv_freq, cfg)
@@ -125,7 +125,7 @@ def _ntk_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
     The highest frequency is kept (local order stays sharp) while the lowest is slowed by the
     full factor, so the slowest rotation never turns further than it did in training.
     """
-    head_dim = cfg.dim_head
+    head_dim = cfg.rotary_dim
     exponent = np.arange(0, head_dim, 2, dtype=np.float64) / (head_dim - 2)
     return inv_freq * cfg.rope_scaling.factor ** (-exponent), 1.0
 
@@ -144,7 +144,7 @@ def _yarn_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
     ramp blends the band in between; cos/sin are scaled by 0.1 ln(factor) + 1 so attention
     logits keep their magnitude (the same as HF transformers' "yarn").
     """
-    sc, head_dim = cfg.rope_scaling, cfg.dim_head
+    sc, head_dim = cfg.rope_scaling, cfg.rotary_dim
     low = math.floor(
         _yarn_correction_dim(sc.beta_fast, head_dim, cfg.rope_theta, sc.original_max_seq_len)
     )
@@ -174,7 +174,7 @@ def _dynamic_ntk(inv_freq: np.ndarray, seq_len_B: Int[Array, " B"], cfg) -> jax.
     with, as transformers does (which takes the largest position over the whole batch; here a
     row never depends on its neighbours). At or below L0 the frequencies are the plain ones.
     """
-    sc, head_dim = cfg.rope_scaling, cfg.dim_head
+    sc, head_dim = cfg.rope_scaling, cfg.rotary_dim
     original = sc.original_max_seq_len or cfg.max_seq_len
     length_B = jnp.maximum(seq_len_B, original).astype(jnp.float32)
     base_B = cfg.rope_theta * (sc.factor * length_B / original - (sc.factor - 1)) ** (
@@ -217,12 +217,17 @@ def apply_rope(
 
 
 def rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg) -> jax.Array:
+    """RoPE on the first cfg.rotary_dim dims of each head (all of them by default)."""
     inv_freq, magnitude = rope_frequencies(cfg)
     kind = cfg.rope_scaling.kind
     if kind in ROPE_LENGTH_SCALINGS:
         seq_len_B = jnp.max(positions_BxT, axis=1) + 1  # padding (-1) never counts
         inv_freq = ROPE_LENGTH_SCALINGS.get(kind)(inv_freq, seq_len_B, cfg)
-    return apply_rope(x_BxTxNxH, positions_BxT, inv_freq, magnitude)
+    rot = cfg.rotary_dim
+    if rot == x_BxTxNxH.shape[-1]:
+        return apply_rope(x_BxTxNxH, positions_BxT, inv_freq, magnitude)
+    rotated = apply_rope(x_BxTxNxH[..., :rot], positions_BxT, inv_freq, magnitude)
+    return jnp.concatenate([rotated, x_BxTxNxH[..., rot:]], axis=-1)
 
 
 # ----------------------------------------------------------------------------- ALiBi

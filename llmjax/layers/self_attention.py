@@ -1,18 +1,30 @@
 """Multi-head self-attention projections around a registered attention kernel (MHA/GQA/MQA)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
-from llmjax.attention.core import attention_probabilities, softcap_option
+from llmjax.attention.core import attention_probabilities, max_attention_logit, softcap_option
+from llmjax.config.model import RopeScaling
 from llmjax.layers.common import constrain, dtype_of, normal, out_std, param
 from llmjax.layers.kv_cache import LayerKV
 from llmjax.layers.lora import project as adapted_contract
 from llmjax.layers.norms import head_rmsnorm
 from llmjax.layers.positions import POSITIONS
 from llmjax.layers.state_cache import LayerState
-from llmjax.typing import Array, Float
+from llmjax.typing import Array, Bool, Float
+
+
+def by_layer_kind(local, on_local, on_global, *operands):
+    """on_local(*operands) in a local layer, on_global(*operands) in a global one: chosen in
+    Python when `local` is known (an unrolled stack), by lax.cond when the scan traces it."""
+    if isinstance(local, bool):
+        return (on_local if local else on_global)(*operands)
+    return jax.lax.cond(local, on_local, on_global, *operands)
 
 
 class SelfAttention(nn.Module):
@@ -31,6 +43,7 @@ class SelfAttention(nn.Module):
         head_mask_N: Float[Array, " N"] | None = None,
         *,
         return_probs: bool = False,
+        local: bool | Bool[Array, ""] | None = None,
     ) -> tuple[jax.Array, LayerKV | LayerState | None, Float[Array, "B N T S"] | None]:
         """Returns (output, updated kv, probabilities).
 
@@ -43,7 +56,9 @@ class SelfAttention(nn.Module):
         float32 [B, N, T, S] (S: the cache's slots when decoding), whatever kernel computed the
         output: the same numbers for the softmax variants; for block_sparse (whose pattern is
         not in the mask) and linear attention (not a softmax), the dense softmax they stand in
-        for. Else None."""
+        for. Else None. `local` (a local/global model, cfg.global_every): whether this layer
+        attends within cfg.attention_window, with its own RoPE base (cfg.rope_local_theta);
+        None: the layer is as the mask and cfg say."""
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
         dtype = dtype_of(cfg.dtype)
@@ -81,15 +96,35 @@ class SelfAttention(nn.Module):
         # not commute with the rotation, so the order is part of the architecture.
         if cfg.qk_norm:
             q_BxTxNxH = head_rmsnorm(cfg, name="query_norm")(q_BxTxNxH)
-            k_BxTxKxH = head_rmsnorm(cfg, name="key_norm")(k_BxTxKxH)
+            k_BxTxKxH = head_rmsnorm(cfg, name="key_norm", heads="kv_heads")(k_BxTxKxH)
 
         position = POSITIONS.get(cfg.position)
         if position.rotate is not None:
-            q_BxTxNxH = position.rotate(q_BxTxNxH, mask.q_positions, cfg)
             # With a cache the mask's kv positions are the cache's; the new keys sit at the
             # new queries' positions.
             k_positions = mask.kv_positions if kv is None else mask.q_positions
-            k_BxTxKxH = position.rotate(k_BxTxKxH, k_positions, cfg)
+
+            def rotate(rope_cfg):
+                def both(q, k):
+                    return (
+                        position.rotate(q, mask.q_positions, rope_cfg),
+                        position.rotate(k, k_positions, rope_cfg),
+                    )
+
+                return both
+
+            if local is not None and cfg.rope_local_theta is not None:
+                local_cfg = dataclasses.replace(
+                    cfg, rope_theta=cfg.rope_local_theta, rope_scaling=RopeScaling()
+                )
+                q_BxTxNxH, k_BxTxKxH = by_layer_kind(
+                    local, rotate(local_cfg), rotate(cfg), q_BxTxNxH, k_BxTxKxH
+                )
+            else:
+                q_BxTxNxH, k_BxTxKxH = rotate(cfg)(q_BxTxNxH, k_BxTxKxH)
+        if cfg.attn_scale_dim is not None:
+            # The kernels scale logits by head_dim ** -0.5; this makes it attn_scale_dim ** -0.5.
+            q_BxTxNxH = q_BxTxNxH * jnp.asarray((H / cfg.attn_scale_dim) ** 0.5, q_BxTxNxH.dtype)
         q_BxTxNxH = constrain(
             checkpoint_name(q_BxTxNxH, "qkv"), ("batch", "length", "heads", "head_dim")
         )
@@ -100,24 +135,55 @@ class SelfAttention(nn.Module):
             checkpoint_name(v_BxTxKxH, "qkv"), ("batch", "length", "kv_heads", "head_dim")
         )
 
+        if kv is None and self.is_mutable_collection("intermediates"):
+            # Only when asked (a mutable "intermediates"), so a plain apply computes nothing
+            # more: the largest logit this layer's softmax sees, before the soft cap.
+            self.sow("intermediates", "max_attention_logit",
+                     max_attention_logit(q_BxTxNxH, k_BxTxKxH, mask))  # fmt: skip
+
         slopes = None if position.slopes is None else position.slopes(cfg)
         cap = cfg.attn_logit_softcap
-        if kv is None:
-            attend = ATTENTION.get(cfg.attention)
-            out_BxTxNxH = attend(
-                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, alibi_slopes=slopes, **softcap_option(cap)
-            )
-        else:  # a KV cache or a recurrent state, each attending as the variant says
-            out_BxTxNxH, kv = kv.attend(
-                cfg.attention,
-                q_BxTxNxH,
-                k_BxTxKxH,
-                v_BxTxKxH,
-                mask,
-                start,
-                alibi_slopes=slopes,
-                logit_softcap=cap,
-            )
+
+        def attend_with(mask):
+            def attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, kv):
+                if kv is None:
+                    kernel = ATTENTION.get(cfg.attention)
+                    out = kernel(
+                        q_BxTxNxH,
+                        k_BxTxKxH,
+                        v_BxTxKxH,
+                        mask,
+                        alibi_slopes=slopes,
+                        **softcap_option(cap),
+                    )
+                    return out, kv
+                # a KV cache or a recurrent state, each attending as the variant says
+                return kv.attend(
+                    cfg.attention,
+                    q_BxTxNxH,
+                    k_BxTxKxH,
+                    v_BxTxKxH,
+                    mask,
+                    start,
+                    alibi_slopes=slopes,
+                    logit_softcap=cap,
+                )
+
+            return attend
+
+        # A local layer of a local/global model narrows the (global) mask to its window.
+        local_mask = mask
+        if local is not None:
+            local_mask = mask.replace(window=cfg.attention_window)
+        out_BxTxNxH, kv = by_layer_kind(
+            True if local is None else local,
+            attend_with(local_mask),
+            attend_with(mask),
+            q_BxTxNxH,
+            k_BxTxKxH,
+            v_BxTxKxH,
+            kv,
+        )
         out_BxTxNxH = constrain(
             checkpoint_name(out_BxTxNxH, "attention_out"), ("batch", "length", "heads", "head_dim")
         )
@@ -132,8 +198,18 @@ class SelfAttention(nn.Module):
                     f"ask for them in a call without a cache"
                 )
             keys_BxSxKxH = k_BxTxKxH if kv is None else kv.keys()
-            probs_BxNxTxS = attention_probabilities(
-                q_BxTxNxH, keys_BxSxKxH, mask, alibi_slopes=slopes, logit_softcap=cap
+
+            def probs_with(mask):
+                return lambda q, k: attention_probabilities(
+                    q, k, mask, alibi_slopes=slopes, logit_softcap=cap
+                )
+
+            probs_BxNxTxS = by_layer_kind(
+                True if local is None else local,
+                probs_with(local_mask),
+                probs_with(mask),
+                q_BxTxNxH,
+                keys_BxSxKxH,
             )
 
         out_axes = ("heads", "head_dim", "embed")

@@ -312,6 +312,15 @@ class Recurrent(nn.Module):
             "rope_scaling.kind": (cfg.rope_scaling.kind != "none", "leave it at 'none'"),
             "remat": (cfg.remat != "none", "set model.remat=none"),
             "lora.rank": (cfg.lora.rank != 0, "set model.lora.rank=0 (full fine-tuning)"),
+            # The transformer's block features (a recurrent layer has none of them).
+            "norm_position": (
+                cfg.norm_position not in ("pre", "post"),
+                "set model.norm_position=pre or post",
+            ),
+            "global_every": (cfg.global_every is not None, "leave it unset"),
+            "parallel_block": (cfg.parallel_block, "set model.parallel_block=false"),
+            "embed_scale": (cfg.embed_scale, "set model.embed_scale=false"),
+            "final_logit_softcap": (cfg.final_logit_softcap is not None, "leave it unset"),
         }
         for name, (bad, fix) in rejected.items():
             if bad:

@@ -8,7 +8,9 @@ unrolled in a Python loop (params `blocks_0`, `blocks_1`, ...); `stack_layer_par
 What is per layer in and out of a call travels the same way in both layouts: a head mask
 [L, N] is scanned over (layer l gets row l), and each layer's attention probabilities are its
 output, stacked by the scan (or by the loop) to [L, B, N, T, S]. Returned values rather than
-`sow`n intermediates, so a plain `apply` under jit gets them, with no mutable collection.
+`sow`n intermediates, so a plain `apply` under jit gets them, with no mutable collection. A
+mixture-of-experts layer's routing stats (balance and z-losses, expert load) come out the
+same way and become `ModelOutput.aux` "loss", "metrics" and "moe_load" (llmjax.layers.moe).
 """
 
 import functools
@@ -20,12 +22,16 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
+from llmjax.attention.core import softcap
 from llmjax.attention.decoding import UnsupportedCache, recurrence
+from llmjax.config.model import GATED_MLPS
 from llmjax.errors import ConfigError
 from llmjax.layers.common import constrain, dtype_of, normal
 from llmjax.layers.embeddings import Embedder
+from llmjax.layers.grouped import GROUPED
 from llmjax.layers.kv_cache import KVCache, LayerKV, init_kv_cache
 from llmjax.layers.mlp import MLPS
+from llmjax.layers.moe import EXPERT_MLPS, ROUTERS, MoEMLP, moe_outputs
 from llmjax.layers.norms import NORMS
 from llmjax.layers.positions import POSITIONS, ROPE_SCALING_CHECKS, ROPE_SCALINGS
 from llmjax.layers.self_attention import SelfAttention
@@ -44,11 +50,13 @@ PADDED_LOGIT = -1e9
 
 
 class Block(nn.Module):
-    """One transformer layer: attention then MLP, each with norm, dropout and residual."""
+    """One transformer layer: attention then MLP (a mixture of experts when `moe`), each with
+    norm, dropout and residual."""
 
     cfg: "ModelConfig"
     deterministic: bool = True
     return_attention: bool = False
+    moe: bool = False
 
     @nn.compact
     def __call__(
@@ -58,39 +66,70 @@ class Block(nn.Module):
         kv: LayerKV | LayerState | None = None,
         start=None,
         head_mask_N: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[LayerKV | LayerState | None, jax.Array | None]]:
-        """(output, (updated kv, attention probabilities [B, N, T, S] or None)): the second
-        item is what a scan over layers stacks."""
+        layer: int | jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[LayerKV | LayerState | None, jax.Array | None, dict | None]]:
+        """(output, (updated kv, attention probabilities [B, N, T, S] or None, MoE routing
+        stats or None)): the second item is what a scan over layers stacks. `layer` (this
+        layer's index, traced inside a scan) says whether a local/global model's layer is
+        local."""
         cfg = self.cfg
+        local = None
+        if cfg.global_every is not None:
+            local = (layer + 1) % cfg.global_every != 0
         norm = NORMS.get(cfg.norm)
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
 
         def sublayer(x, fn, name):
             # pre:  x + f(norm(x))       post: norm(x + f(x))
-            # without residual connections the "x +" is dropped in both placements.
-            if cfg.norm_position == "pre":
-                y = drop(fn(norm(cfg, deterministic=self.deterministic, name=f"{name}_norm")(x)))
-                return x + y if cfg.residual else y
-            y = drop(fn(x))
-            y = x + y if cfg.residual else y
-            return norm(cfg, deterministic=self.deterministic, name=f"{name}_norm")(y)
+            # sandwich: x + post_norm(f(norm(x)))    post_branch: x + post_norm(f(x))
+            # without residual connections the "x +" is dropped in every placement.
+            def norm_as(suffix):
+                return norm(cfg, deterministic=self.deterministic, name=f"{name}_{suffix}")
+
+            position = cfg.norm_position
+            if position == "post":
+                y = drop(fn(x))
+                y = x + y if cfg.residual else y
+                return norm_as("norm")(y)
+            y = fn(norm_as("norm")(x) if position in ("pre", "sandwich") else x)
+            if position in ("sandwich", "post_branch"):
+                y = norm_as("post_norm")(y)
+            y = drop(y)
+            return x + y if cfg.residual else y
 
         attention = SelfAttention(cfg, name="attention")
-        mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
+        probs = moe_stats = None
+        if self.moe:
+            experts = MoEMLP(cfg, name="mlp")
 
-        probs = None
+            def mlp(h):
+                nonlocal moe_stats
+                y, moe_stats = experts(h)
+                return y
+        else:
+            mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
 
         def attend(h):
             nonlocal kv, probs
             y, kv, probs = attention(
-                h, mask, kv, start, head_mask_N, return_probs=self.return_attention
+                h, mask, kv, start, head_mask_N, return_probs=self.return_attention, local=local
             )
             return y
 
+        def feed_forward(h):
+            return checkpoint_name(mlp(h), "mlp_out")
+
+        if cfg.parallel_block:  # x + attn(norm1(x)) + mlp(norm2(x))
+            x_norm = norm(cfg, deterministic=self.deterministic, name="attention_norm")(x_BxTxD)
+            y = drop(attend(x_norm))
+            x_norm = norm(cfg, deterministic=self.deterministic, name="mlp_norm")(x_BxTxD)
+            y = y + drop(feed_forward(x_norm))
+            x_BxTxD = x_BxTxD + y if cfg.residual else y
+            return constrain(x_BxTxD, ACTIVATION), (kv, probs, moe_stats)
         x_BxTxD = sublayer(x_BxTxD, attend, "attention")
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
-        x_BxTxD = sublayer(x_BxTxD, lambda h: checkpoint_name(mlp(h), "mlp_out"), "mlp")
-        return constrain(x_BxTxD, ACTIVATION), (kv, probs)
+        x_BxTxD = sublayer(x_BxTxD, feed_forward, "mlp")
+        return constrain(x_BxTxD, ACTIVATION), (kv, probs, moe_stats)
 
 
 def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
@@ -184,12 +223,14 @@ class Decoder(nn.Module):
                 positions_BxT,
                 segments_BxT,
                 parents_BxT=parents_BxT,
-                window=cfg.attention_window,
+                window=cfg.mask_window,
                 plain=plain,
             )
 
         embedder = Embedder(cfg, name="embed")
         x_BxTxD = embedder.encode(tokens_BxT)
+        if cfg.embed_scale:
+            x_BxTxD = x_BxTxD * jnp.asarray(cfg.d_model**0.5, x_BxTxD.dtype)
         if position.embedding is not None:
             x_BxTxD = x_BxTxD + position.embedding(cfg, name="pos_embed")(positions_BxT)
         # A zero-valued hook: with the "perturbations" collection passed in, its gradient is
@@ -199,6 +240,7 @@ class Decoder(nn.Module):
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
 
         block = _block_class(cfg)
+        layer_ids = jnp.arange(cfg.n_layers, dtype=jnp.int32)  # scanned: each layer its index
         # With a cache each layer also takes its k/v and the shared write slot, and hands back
         # the updated k/v. In the scan layout the stacked cache travels in the scan's carry,
         # each layer writing only its new slots in place.
@@ -210,35 +252,44 @@ class Decoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         if cfg.scan_layers and cache is None:
-            axes = (nn.broadcast, nn.broadcast, nn.broadcast, 0)  # mask, kv, start, head mask
+            # mask, kv, start, head mask, layer index
+            axes = (nn.broadcast, nn.broadcast, nn.broadcast, 0, 0)
             stack = nn.scan(block, in_axes=axes, **scan)
-            x_BxTxD, (_, attention) = stack(cfg, deterministic, return_attention, name="blocks")(
-                x_BxTxD, mask, None, None, head_mask
+            layer = stack(cfg, deterministic, return_attention, cfg.moe.enabled, name="blocks")
+            x_BxTxD, (_, attention, moe_stats) = layer(
+                x_BxTxD, mask, None, None, head_mask, layer_ids
             )
         elif cfg.scan_layers:
 
-            def body(layer, carry, head_mask_N):
-                x_BxTxD, (kv, probs) = layer(carry[0], mask, carry[1], start, head_mask_N)
-                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), probs
+            def body(layer, carry, xs):
+                head_mask_N, i = xs
+                x_BxTxD, (kv, probs, stats) = layer(carry[0], mask, carry[1], start, head_mask_N, i)
+                return (x_BxTxD, kv.replace(layer=kv.layer + 1)), (probs, stats)
 
             carry = (x_BxTxD, cache.layers.replace(layer=jnp.zeros((), jnp.int32)))
             stack = nn.scan(body, **scan)
-            layer = block(cfg, deterministic, return_attention, name="blocks")
-            (x_BxTxD, layers), attention = stack(layer, carry, head_mask)
+            layer = block(cfg, deterministic, return_attention, cfg.moe.enabled, name="blocks")
+            (x_BxTxD, layers), (attention, moe_stats) = stack(layer, carry, (head_mask, layer_ids))
             layers = layers.replace(layer=None)
         else:
-            layers, probs_per_layer = [], []
+            layers, probs_per_layer, stats_per_layer = [], [], []
             for i in range(cfg.n_layers):
                 kv_args = (None, None) if cache is None else (cache.layers[i], start)
                 head_mask_N = None if head_mask is None else head_mask[i]
-                layer = block(cfg, deterministic, return_attention, name=f"blocks_{i}")
-                x_BxTxD, (kv, probs) = layer(x_BxTxD, mask, *kv_args, head_mask_N)
+                moe = cfg.moe.is_moe_layer(i)
+                layer = block(cfg, deterministic, return_attention, moe, name=f"blocks_{i}")
+                x_BxTxD, (kv, probs, stats) = layer(x_BxTxD, mask, *kv_args, head_mask_N, i)
                 layers.append(kv)
                 probs_per_layer.append(probs)
+                if moe:
+                    stats_per_layer.append(stats)
             layers = tuple(layers)
             attention = jnp.stack(probs_per_layer) if return_attention else None
+            moe_stats = None
+            if stats_per_layer:
+                moe_stats = jax.tree.map(lambda *xs: jnp.stack(xs), *stats_per_layer)
 
-        if cfg.norm_position == "pre":
+        if cfg.norm_position != "post":
             x_BxTxD = NORMS.get(cfg.norm)(cfg, deterministic=deterministic, name="final_norm")(
                 x_BxTxD
             )
@@ -264,11 +315,15 @@ class Decoder(nn.Module):
             )
             logits_BxTxV = head(x_head)
         logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+        if cfg.final_logit_softcap is not None:
+            logits_BxTxV = softcap(logits_BxTxV, cfg.final_logit_softcap)
         if cfg.padded_vocab_size > cfg.vocab_size:
             real = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
             logits_BxTxV = jnp.where(real, logits_BxTxV, PADDED_LOGIT)
         logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
         aux = {}
+        if moe_stats is not None:
+            aux.update(moe_outputs(cfg, moe_stats))
         if cfg.value_head:
             aux["value"] = value_head(cfg, x_BxTxD)
         return ModelOutput(
@@ -287,6 +342,10 @@ class Decoder(nn.Module):
         is registered; a ConfigError names the option otherwise."""
         for name, registry in PARTS.items():
             registry.get(getattr(cfg, name), field=f"model.{name}")
+        if cfg.moe.enabled:
+            ROUTERS.get(cfg.moe.router, field="model.moe.router")
+            GROUPED.get(cfg.moe.kernel, field="model.moe.kernel")
+            EXPERT_MLPS.get(cfg.mlp, field="model.mlp (of the experts)")
         kind = cfg.rope_scaling.kind
         ROPE_SCALINGS.get(kind, field="model.rope_scaling.kind")
         problem = ROPE_SCALING_CHECKS.get(kind, lambda _: None)(cfg.rope_scaling)
@@ -316,7 +375,7 @@ class Decoder(nn.Module):
     @classmethod
     def decoding_limits(cls, cfg: "ModelConfig") -> DecodingLimits:
         return DecodingLimits(
-            window=cfg.attention_window, extrapolates=POSITIONS.get(cfg.position).extrapolates
+            window=cfg.mask_window, extrapolates=POSITIONS.get(cfg.position).extrapolates
         )
 
     @classmethod
@@ -350,6 +409,9 @@ PARTS = {
 #
 # `N` counts the weights of every matmul a token passes through: the q/k/v/out projections and
 # the MLP of each layer, and the output projection onto the (padded) vocabulary, tied or not.
+# In a mixture-of-experts layer that is the ACTIVE weights: the router, the k experts the token
+# is sent to and the shared experts, not the experts it skips (the sorting, gathers and
+# padding of dropless dispatch are not model FLOPs either).
 # A matmul with a weight of size N costs 2N FLOPs forward and 4N backward (gradients of the
 # input and of the weight), hence 6N. Lookups (token and learned position tables), biases,
 # norms, activations and softmax are not counted: elementwise work is small next to the
@@ -367,8 +429,11 @@ def matmul_params(cfg: "ModelConfig") -> int:
     """Weights a token is multiplied with: per-layer projections and MLP, plus the logits."""
     D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head, cfg.ffn_dim
     attention = D * N * H + 2 * D * K * H + N * H * D
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * D * F
-    return cfg.n_layers * (attention + mlp) + cfg.padded_vocab_size * D
+    per_width = (3 if cfg.mlp in GATED_MLPS else 2) * D  # weights per unit of MLP width
+    moe = cfg.moe
+    moe_mlp = D * moe.n_experts + per_width * cfg.expert_dim * (moe.top_k + moe.n_shared_experts)
+    mlps = sum(moe_mlp if moe.is_moe_layer(i) else per_width * F for i in range(cfg.n_layers))
+    return cfg.n_layers * attention + mlps + cfg.padded_vocab_size * D
 
 
 def attention_flops_per_token(

@@ -48,6 +48,11 @@ class Forward:
 
     `frozen(name)` is the same kind of call over a frozen param tree of the train state (a
     reference policy, a reward model): deterministic, and never differentiated.
+
+    A model's own training losses (`ModelOutput.aux["loss"]`, e.g. a mixture of experts'
+    load-balancing and router z-losses) and their metrics (`aux["metrics"]`) are kept from
+    every call; the train step adds them to the objective's loss (`model_losses`), so every
+    objective trains them without knowing of them.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class Forward:
         self._frozen = dict(frozen or {})
         self._frozen_models = dict(frozen_models or {})
         self._calls = 0
+        self._model_losses: list[tuple[jax.Array, Metrics]] = []
 
     def __call__(self, inputs, positions=None, segments=None, **kwargs) -> Any:
         """The model's ModelOutput (logits, ...) for token ids `inputs` [B, T]."""
@@ -87,7 +93,23 @@ class Forward:
         )
         if mutable:
             out, self.model_state = out
+        aux = getattr(out, "aux", None) or {}
+        if "loss" in aux:
+            self._model_losses.append((aux["loss"], dict(aux.get("metrics", {}))))
         return out
+
+    def model_losses(self, share: jax.Array) -> tuple[jax.Array, Metrics]:
+        """(loss, metrics): the mean over this forward's calls of the model's own losses and
+        metrics, times `share` (this batch's weight / the global batch's), so that summed
+        over micro-batches and devices they are the weighted mean, as the objective's are.
+        (0, {}) when the model reported none."""
+        if not self._model_losses:
+            return jnp.zeros((), jnp.float32), {}
+        n = len(self._model_losses)
+        losses, metrics = zip(*self._model_losses, strict=True)
+        loss = sum(losses) / n * share
+        metrics = jax.tree.map(lambda *xs: sum(xs) / n * share, *metrics)
+        return loss, metrics
 
     def on(self, batch: Batch, prefix: str = "", **kwargs) -> Any:
         """The model on a batch's `<prefix>inputs` (and positions / segments, if given)."""

@@ -46,15 +46,18 @@ def start_config(
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
     default_preset: str = "nano",
+    base: Config | None = None,
 ) -> Config:
     """The config before overrides: the run's saved one when resuming the run in `resume`; the
     source's model and tokenizer on `preset` (else on the source's config) with `init_from`;
-    else `preset` (default: `default_preset`)."""
+    else `preset` (default: `default_preset`). `base` (a config file's, read over the preset)
+    takes the preset's place."""
     if resume is not None:
-        if preset is not None:
+        if preset is not None or base is not None:
             raise ConfigError(
-                "--preset cannot be combined with --resume: the run's saved config "
-                "is used; change train settings with --set train.KEY=VALUE"
+                f"--{'preset' if base is None else 'config'} cannot be combined with --resume: "
+                f"the run's saved config is used; change train settings with --set "
+                f"train.KEY=VALUE"
             )
         if init_from is not None:
             raise ConfigError(
@@ -62,9 +65,11 @@ def start_config(
             )
         # The run's own config is the base; overrides may change train.* (e.g. more steps).
         return load_config(RunDir.open(resume).config)
+    if base is None and preset is not None:
+        base = get_preset(preset)
     if init_from is not None:
-        return init_from_config(init_from, None if preset is None else get_preset(preset))
-    return get_preset(preset or default_preset)
+        return init_from_config(init_from, base)
+    return base if base is not None else get_preset(default_preset)
 
 
 def open_start(

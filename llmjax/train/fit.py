@@ -24,9 +24,11 @@ from llmjax.data import (
     prepare_data,
     val_batches,
 )
+from llmjax.data.inputs import InputOptions
 from llmjax.data.sources import BatchSource, HostBatch, TextWindows
 from llmjax.distributed import is_primary
 from llmjax.files import write_atomic
+from llmjax.layers.moe import ROUTING_METRICS
 from llmjax.objectives import Objective
 from llmjax.runs import RUN_FILES, Checkpointer, RunDir, Start, open_start, restore_params
 from llmjax.runs.init_from import base_weights
@@ -34,15 +36,17 @@ from llmjax.train.frozen import Frozen, TrainableSpec
 from llmjax.train.hooks import (
     Checkpoint,
     Evaluate,
+    LossPlot,
     MetricsFile,
     Preemption,
-    ProgressBar,
     TrainingDiverged,
     TrainingInterrupted,
     TrainLog,
 )
-from llmjax.train.metrics import MetricsLog, plot_losses, preload_plotting, read_metrics
+from llmjax.train.loggers import Loggers, logger_names
+from llmjax.train.metrics import MetricsLog, preload_plotting, read_metrics
 from llmjax.train.parallel import PARALLELISM
+from llmjax.train.progress import ProgressBar
 from llmjax.train.setup import check_names
 from llmjax.train.state import TrainState
 from llmjax.train.trainer import Hook, Trainer
@@ -107,6 +111,7 @@ def fit(
     """
     t_start = time.perf_counter()
     check_names(cfg)  # a misspelt name fails before any data is read
+    logger_names(cfg.train.loggers)  # so does a logger whose package is missing
     primary = is_primary()  # only process 0 writes config, tokenizer, metrics and plots
     unclaimed = sorted(set(files or {}) - set(RUN_FILES))
     if unclaimed:
@@ -138,6 +143,9 @@ def fit(
                 bpe_vocab_size=cfg.data.bpe_vocab_size,
                 val_fraction=cfg.data.val_fraction,
                 cache_dir=cfg.data.cache_dir,
+                val_split=cfg.data.val_split,
+                options=InputOptions.of(cfg.data),
+                progress=primary and progress,
             )
             tokenizer = data.tokenizer
         elif tokenizer is None:  # the batches are given: no corpus to build a tokenizer from
@@ -211,9 +219,10 @@ def fit(
         else:
             state = trainer.init_state()
         end = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
-        builtin = _fit_hooks(
-            cfg, run, checkpointer, val, primary and progress, primary, trainer.objective.logged
-        )
+        logged = trainer.objective.logged
+        if cfg.model.moe.enabled:
+            logged = (*logged, *ROUTING_METRICS)
+        builtin = _fit_hooks(cfg, run, checkpointer, val, primary and progress, primary, logged)
         if run is not None:
             trainer.history = read_metrics(run.metrics)
         checkpointer = None  # the Checkpoint hook closes it
@@ -227,14 +236,12 @@ def fit(
                 hook_states=hook_states,
             )
         except TrainingDiverged as e:
-            _plot(run, primary)
             raise TrainingDiverged(f"{e} {_resume_hint(cfg, run, builtin)}") from None
     finally:
         for thread in warm:
             thread.join()
         if checkpointer is not None:
             checkpointer.close()
-    _plot(run, primary)
     preemption = next(h for h in builtin if isinstance(h, Preemption))
     if preemption.signal_name is not None:
         done = int(jax.device_get(trainer.parallel.host_state(state).step))
@@ -286,11 +293,6 @@ def _tokenizer_without_corpus(cfg: Config) -> Tokenizer:
     return build_tokenizer(cfg.data.tokenizer, b"")
 
 
-def _plot(run: RunDir | None, primary: bool) -> None:
-    if run is not None and primary:
-        plot_losses(read_metrics(run.metrics), run.plot, title=str(run.path.name))
-
-
 def _saved_step(hooks: Sequence[Hook]) -> int | None:
     """The step of the newest checkpoint the run has (None without checkpoints)."""
     saving = [h for h in hooks if isinstance(h, Checkpoint)]
@@ -311,8 +313,19 @@ def _resume_hint(cfg: Config, run: RunDir | None, hooks: Sequence[Hook]) -> str:
 
 
 def _fit_hooks(cfg, run, checkpointer, val, show_progress, primary, logged=()) -> list[Hook]:
-    """Logging, evaluation, checkpoints, metrics.jsonl and the progress bar of a fit run."""
-    hooks: list[Hook] = [
+    """Logging, evaluation, checkpoints, metrics.jsonl, the loggers, the loss plot and the
+    progress bar of a fit run. The hooks that write records come first: TrainLog, which times
+    the steps, restarts its clock after they took an evaluation's record."""
+    hooks: list[Hook] = []
+    if run is not None and primary:
+        hooks.append(MetricsFile(MetricsLog(run.metrics)))
+        names = logger_names(cfg.train.loggers)
+        if names:
+            hooks.append(Loggers(names, run.path, cfg))
+        hooks.append(LossPlot(run.plot, title=str(run.path.name)))
+    elif cfg.train.loggers and run is None:
+        log.warning("train.loggers=%s: a run without a directory logs nothing", cfg.train.loggers)
+    hooks += [
         TrainLog(
             log_every=cfg.train.log_every,
             last=cfg.train.steps,
@@ -326,8 +339,6 @@ def _fit_hooks(cfg, run, checkpointer, val, show_progress, primary, logged=()) -
     ]
     if checkpointer is not None:
         hooks.append(Checkpoint(checkpointer, every=cfg.train.checkpoint_every))
-    if run is not None and primary:
-        hooks.append(MetricsFile(MetricsLog(run.metrics)))
     hooks.append(ProgressBar(cfg.train.steps, disable=not show_progress))
     hooks.append(Preemption())
     return hooks

@@ -1,6 +1,7 @@
-"""The hooks `fit` runs: logging, evaluation, checkpoints, metrics file, progress bar,
+"""The hooks `fit` runs: logging, evaluation, checkpoints, metrics file, loss plot,
 preemption, and early stopping; evaluation on several splits at chosen steps for learning
-curves (see llmjax.train.trainer.Hook for the callbacks)."""
+curves (see llmjax.train.trainer.Hook for the callbacks; the progress bar is in
+llmjax.train.progress, the TensorBoard and W&B loggers in llmjax.train.loggers)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,13 @@ class TrainLog(Hook):
     """Averages the loss (and the objective's `logged` metrics) over each logging interval and
     emits a "train" record every `log_every` steps (and at `last`): loss, lr, grad norm,
     tokens/s, MFU; stops the run with TrainingDiverged after `max_nonfinite` non-finite steps
-    in a row."""
+    in a row.
+
+    Throughput is timed from the first step's results on: the first step of a loop compiles
+    (or waits for a compile), so it is left out of tokens/s and MFU and reported alone as
+    "first_step_s" in the first record. A record whose interval holds no other step has no
+    tokens/s. Evaluations, and the hooks that take each record, are not timed either.
+    """
 
     def __init__(
         self,
@@ -55,8 +62,10 @@ class TrainLog(Hook):
         flops_per_token: float | None = None,
         peak_flops: Callable[[], float | None] | None = None,
         logged: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.log_every, self.last, self.max_nonfinite = log_every, last, max_nonfinite
+        self.clock = clock
         self.logged = tuple(logged)
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         # Called at the first log record (on CPU it times a matmul), not while compiling.
@@ -66,11 +75,12 @@ class TrainLog(Hook):
     def on_start(self, trainer: Trainer, step: int) -> None:
         self.trainer = trainer
         self.reset(step)
+        self.started, self.first_step_s = self.t0, None
 
     def reset(self, step: int) -> None:
         self.loss_sum, self.count, self.step0 = 0.0, 0, step
         self.sums = dict.fromkeys(self.logged, 0.0)
-        self.t0, self.timed_from = time.perf_counter(), step
+        self.t0, self.timed_from = self.clock(), step
 
     def state_dict(self) -> dict[str, Any]:
         # A window that spans a checkpoint continues after a resume: the record at its end
@@ -85,6 +95,10 @@ class TrainLog(Hook):
         self.sums = {k: float(saved.get(k, 0.0)) for k in self.logged}
 
     def on_metrics(self, step: int, m: dict[str, Any]) -> None:
+        if self.started is not None:  # the loop's first step: compiled, so timed apart
+            now = self.clock()
+            self.first_step_s, self.started = now - self.started, None
+            self.t0, self.timed_from = now, step
         streak = int(m["nonfinite_streak"])
         if streak:
             if streak >= self.max_nonfinite:
@@ -102,7 +116,7 @@ class TrainLog(Hook):
             self.count += 1
         if not every(self.log_every, step, self.last):
             return
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self.clock() - self.t0
         tokens = (step - self.timed_from) * self.tokens_per_step
         record = {
             "step": step,
@@ -110,12 +124,15 @@ class TrainLog(Hook):
             "loss": self.loss_sum / self.count if self.count else float("nan"),
             "lr": float(m["lr"]),
             "grad_norm": float(m["grad_norm"]),
-            "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
             "nonfinite_total": int(m["nonfinite_total"]),
         }
+        if tokens > 0 and elapsed > 0:
+            record["tokens_per_s"] = tokens / elapsed
+        if self.first_step_s is not None:
+            record["first_step_s"], self.first_step_s = self.first_step_s, None
         for k, total in self.sums.items():
             record[k] = total / self.count if self.count else float("nan")
-        peak = self.peak_flops() if self.peak_flops else None
+        peak = self.peak_flops() if self.peak_flops and "tokens_per_s" in record else None
         if peak and self.flops_per_token:
             record["mfu"] = scaling.mfu(self.flops_per_token, record["tokens_per_s"], peak)
         if "loss_scale" in m:
@@ -125,7 +142,7 @@ class TrainLog(Hook):
 
     def on_record(self, record: dict[str, Any]) -> None:
         if record.get("split") == "val":  # evaluation time is not training throughput
-            self.t0, self.timed_from = time.perf_counter(), record["step"]
+            self.t0, self.timed_from = self.clock(), record["step"]
 
 
 class Evaluate(Hook):
@@ -333,33 +350,36 @@ class MetricsFile(Hook):
         self.log.write(record)
 
 
-class ProgressBar(Hook):
-    """A tqdm bar over the steps with the latest train loss; evaluations as lines under it."""
+class LossPlot(Hook):
+    """Draws the run's loss curves (`plot_losses`: train, val and the learning rate) at each
+    evaluation and when the loop ends; if the loop raises (a second Ctrl-C, divergence), when
+    it closes. The records are the trainer's history (a resumed run's earlier ones included)."""
 
-    def __init__(self, total: int, *, disable: bool = False):
-        self.total, self.disable, self.bar = total, disable, None
+    def __init__(self, path: Any, *, title: str = ""):
+        self.path, self.title = path, title
+        self.trainer: Trainer | None = None
+        self.stale = False
 
     def on_start(self, trainer: Trainer, step: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(
-            total=self.total, initial=step, disable=self.disable, desc="train", dynamic_ncols=True
-        )
-
-    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        self.bar.update(step - self.bar.n)
+        self.trainer, self.stale = trainer, True
 
     def on_record(self, record: dict[str, Any]) -> None:
-        if record.get("split") == "train":
-            self.bar.set_postfix(
-                loss=f"{record['loss']:.4f}",
-                lr=f"{record['lr']:.2e}",
-                tok_s=f"{record['tokens_per_s']:.0f}",
-            )
-        elif record.get("split") == "val" and "loss" in record:
-            bpb = f", bpb {record['bits_per_byte']:.4f}" if "bits_per_byte" in record else ""
-            self.bar.write(f"step {record['step']}: val loss {record['loss']:.4f}{bpb}")
+        self.stale = True
+        if record.get("split") == "val":
+            self.draw()
+
+    def on_end(self, step: int, state: TrainState) -> None:
+        self.draw()
+
+    def draw(self) -> None:
+        from llmjax.train.metrics import plot_losses
+
+        plot_losses(self.trainer.history, self.path, title=self.title)
+        self.stale = False
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.stale and self.trainer is not None:
+            try:  # the loop is raising: the plot must not hide why
+                self.draw()
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not draw %s: %s", self.path, e)

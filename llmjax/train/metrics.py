@@ -4,6 +4,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 from llmjax.files import write_atomic
 
 log = logging.getLogger(__name__)
+
+# Fields of a record that differ between two runs of one config: timing and wall time.
+TIMING_FIELDS = ("tokens_per_s", "mfu", "first_step_s", "wall_time")
 
 
 def _clean(value: Any) -> Any:
@@ -85,8 +89,9 @@ def preload_plotting() -> threading.Thread:
     return thread
 
 
-def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Train and validation loss against step, saved as a PNG."""
+def loss_figure(records: list[dict[str, Any]], title: str = "") -> Any:
+    """A matplotlib figure of train and validation loss against step, with the learning rate
+    of the train records on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,11 +99,7 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for split, style in (("train", "-"), ("val", "o-")):
-        points = [
-            (r["step"], r["loss"])
-            for r in records
-            if r.get("split") == split and isinstance(r.get("loss"), float)
-        ]
+        points = _points(records, split, "loss")
         if points:
             steps, losses = zip(*points, strict=True)
             ax.plot(steps, losses, style, label=split, markersize=3)
@@ -106,8 +107,43 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    lr = _points(records, "train", "lr")
+    if lr:
+        lr_ax = ax.twinx()
+        steps, rates = zip(*lr, strict=True)
+        lr_ax.plot(steps, rates, "--", color="tab:gray", linewidth=1, label="lr")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        more_handles, more_labels = lr_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        ax.legend(handles, labels)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return fig
+
+
+def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """`loss_figure` saved as a PNG; a reader sees the old plot or the new one, never a torn
+    file (it is redrawn during the run)."""
+    path = Path(path)
+    fig = loss_figure(records, title)
+    import matplotlib.pyplot as plt  # after loss_figure chose the Agg backend
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _points(records: list[dict[str, Any]], split: str, key: str) -> list[tuple[int, float]]:
+    return [
+        (r["step"], r[key])
+        for r in records
+        if r.get("split") == split and isinstance(r.get(key), float) and math.isfinite(r[key])
+    ]

@@ -166,7 +166,8 @@ class SingleDevice(ParallelMode):
 
 @PARALLELISM.register("mesh")
 class MeshParallel(ParallelMode):
-    """jit over a (data, fsdp, sequence, tensor) mesh; state and batches carry NamedShardings.
+    """jit over a (data, fsdp, expert, sequence, tensor) mesh; state and batches carry
+    NamedShardings.
 
     The state is created directly sharded (init compiled with out_shardings), so no device
     ever holds a whole copy of it. Frozen trees are split by the same logical-axis rules.

@@ -13,6 +13,7 @@ import jax
 import optax
 
 from llmjax.config import Config
+from llmjax.data.inputs import AUTO, FORMATS
 from llmjax.eval import make_eval_step
 from llmjax.layers.lora import ADDED_PARAMS
 from llmjax.models import build_model, init_model
@@ -102,12 +103,15 @@ class Training:
 
 def check_names(cfg: Config) -> None:
     """Raises ConfigError for any registered name the config gives that nothing registered
-    under (model parts, optimizer, schedule, parallel mode, objective), before any work."""
+    under (model parts, optimizer, schedule, parallel mode, objective, data format), before
+    any work."""
     build_model(cfg.model)
     OPTIMIZERS.get(cfg.optim.name, field="optim.name")
     SCHEDULES.get(cfg.optim.schedule, field="optim.schedule")
     PARALLELISM.get(cfg.parallel.kind, field="parallel.mode")
     OBJECTIVES.get(cfg.train.objective, field="train.objective")
+    if cfg.data.format != AUTO:
+        FORMATS.get(cfg.data.format, field="data.format")
 
 
 def build_training(

@@ -86,6 +86,12 @@ def make_gradient_fn(
                 frozen_models=frozen_models,
             )
             loss, metrics = objective.loss(forward, batch, denominator)
+            # The model's own losses (a mixture of experts' balance and z-losses), weighted
+            # like the objective's: this batch's share of the global batch.
+            share = objective.weight(batch) / jnp.maximum(denominator, 1e-30)
+            model_loss, model_metrics = forward.model_losses(share)
+            loss = loss + model_loss
+            metrics = {**metrics, **model_metrics}
             return (loss if scale is None else loss * scale), (metrics, forward.model_state)
 
         (_, (metrics, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

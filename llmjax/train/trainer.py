@@ -190,7 +190,9 @@ class Trainer:
     # ------------------------------------------------------------------------- the loop
 
     def emit(self, record: dict[str, Any]) -> None:
-        """Adds a record to the history and hands it to every hook of the running loop."""
+        """Adds a record to the history and hands it to every hook of the running loop, with
+        its wall time ("wall_time": seconds since the Unix epoch) unless it has one."""
+        record = {**record, "wall_time": record.get("wall_time", time.time())}
         self.history.append(record)
         for hook in self._hooks:
             hook.on_record(record)

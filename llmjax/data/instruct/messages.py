@@ -1,6 +1,8 @@
-"""Conversations: instruction data read from JSONL and checked, as lists of role/content messages.
+"""Conversations: instruction data read from JSONL (or Parquet) and checked, as lists of
+role/content messages.
 
-Two record shapes are read, one JSON object per line (blank lines are skipped):
+Two record shapes are read, one JSON object per line (blank lines are skipped), or one
+Parquet row of the same columns:
 
     {"prompt": "...", "response": "..."}                  (optional "system": "...")
     {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}
@@ -10,13 +12,13 @@ Both become a `Conversation`: a tuple of `Message`s with at least one non-empty 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmjax.data.records import read_records
 from llmjax.errors import InstructDataError
 
 ROLES = ("system", "user", "assistant")
@@ -108,26 +110,19 @@ def conversation(messages: Iterable[Mapping[str, Any] | Message]) -> Conversatio
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Conversation]:
-    """Every conversation of a JSONL file, in file order.
+    """Every conversation of a JSONL file (or a Parquet file of the same fields: a
+    `messages` column of role/content structs, or `prompt`/`response`/`system` columns), in
+    file order.
 
     Raises:
         InstructDataError: a line is not JSON or not a valid record; the message names the
-            file, the line number (from 1) and the field.
+            file, the line (or Parquet row) number (from 1) and the field.
+        DataError: a Parquet file that is not one, or pyarrow missing to read it.
     """
     path = Path(path).expanduser()
-    conversations = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InstructDataError(
-                    f"{where}: not valid JSON ({e.msg} at column {e.colno})"
-                ) from e
-            conversations.append(parse_record(record, where))
+    conversations = [
+        parse_record(record, where) for where, record in read_records(path, InstructDataError)
+    ]
     if not conversations:
         raise InstructDataError(f"{path}: holds no records; write one JSON object per line")
     return conversations

@@ -31,8 +31,9 @@ def _existing(path: str, option: str) -> Path:
     if not file.is_file():
         what = "is a directory" if file.is_dir() else "does not exist"
         raise InstructDataError(
-            f'{option} {path} {what}; pass a JSONL file of {{"prompt", "chosen", "rejected"}} '
-            f"records" + (", or builtin for generated pairs" if option == "--data" else "")
+            f'{option} {path} {what}; pass a JSONL (or Parquet) file of {{"prompt", "chosen", '
+            f'"rejected"}} records'
+            + (", or builtin for generated pairs" if option == "--data" else "")
         )
     return file
 

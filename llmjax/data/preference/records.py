@@ -1,6 +1,6 @@
-"""Preference pairs read from JSONL: a prompt and two replies, the chosen one first.
+"""Preference pairs read from JSONL (or Parquet): a prompt and two replies, the chosen one first.
 
-One JSON object per line (blank lines are skipped):
+One JSON object per line (blank lines are skipped), or one Parquet row of the same columns:
 
     {"prompt": "...", "chosen": "...", "rejected": "..."}
     {"prompt": [{"role": "system" | "user" | "assistant", "content": "..."}, ...],
@@ -13,7 +13,6 @@ replies are the same teaches nothing: it is skipped and counted.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmjax.data.instruct import Conversation, Message, conversation
+from llmjax.data.records import read_records
 from llmjax.errors import InstructDataError
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ def parse_pair(record: Any, where: str = "the record") -> PreferencePair:
 
 
 def load_pairs(path: str | os.PathLike) -> tuple[list[PreferencePair], int]:
-    """(pairs of a JSONL file in file order, how many identical pairs were skipped).
+    """(pairs of a JSONL file, or a Parquet file of the same columns, in file order; how many
+    identical pairs were skipped).
 
     Raises:
         InstructDataError: a line is not JSON or not a valid record (the message names the
@@ -141,22 +142,12 @@ def load_pairs(path: str | os.PathLike) -> tuple[list[PreferencePair], int]:
     """
     path = Path(path).expanduser()
     pairs, identical = [], 0
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InstructDataError(
-                    f"{where}: not valid JSON ({e.msg} at column {e.colno})"
-                ) from None
-            pair = parse_pair(record, where)
-            if pair.chosen == pair.rejected:
-                identical += 1
-                continue
-            pairs.append(pair)
+    for where, record in read_records(path, InstructDataError):
+        pair = parse_pair(record, where)
+        if pair.chosen == pair.rejected:
+            identical += 1
+            continue
+        pairs.append(pair)
     if identical:
         log.warning(
             "%s: skipped %d pair(s) whose chosen and rejected replies are identical",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import codecs
 import hashlib
 import json
 import os
@@ -20,6 +21,41 @@ TOKENIZER_FILE = "tokenizer.json"
 # Marks llmjax's own JSON format (byte and char tokenizers) apart from HF tokenizer.json files.
 LLMJAX_FORMAT_KEY = "llmjax_tokenizer"
 LLMJAX_FORMAT_VERSION = 1
+# What follows each document of a corpus of records when a tokenizer has no EOS token (char, a
+# HF tokenizer without one): a blank line, the usual paragraph break of plain text.
+SEPARATOR_TEXT = "\n\n"
+
+
+class StreamEncoder:
+    """Encodes a byte stream fed a block at a time: the pieces `feed` and `finish` return, one
+    after another, are the tokenizer's `encode_bytes` of the whole stream.
+
+    The stream is decoded incrementally (a character split between blocks waits for its
+    end), and text is encoded up to the last point `Tokenizer.stream_cut` allows; the rest
+    waits for more. A tokenizer with no safe cut point encodes the whole stream at `finish`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors=tokenizer.stream_errors)
+        self._text = ""
+
+    def feed(self, block: bytes) -> np.ndarray:
+        self._text += self._decoder.decode(block)
+        cut = self.tokenizer.stream_cut(self._text)
+        if not cut:
+            return np.zeros(0, np.int32)
+        head, self._text = self._text[:cut], self._text[cut:]
+        return self.tokenizer.encode(head)
+
+    def finish(self) -> np.ndarray:
+        text, self._text = self._text + self._decoder.decode(b"", final=True), ""
+        return self.tokenizer.encode(text) if text else np.zeros(0, np.int32)
+
+    @property
+    def waiting(self) -> int:
+        """Characters decoded and not yet encoded (what memory holds of the stream)."""
+        return len(self._text)
 
 
 class Tokenizer(abc.ABC):
@@ -80,6 +116,30 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def encode_bytes(self, data: bytes) -> np.ndarray:
         """Returns int32 ids for raw bytes (no BOS/EOS added)."""
+
+    @property
+    def stream_errors(self) -> str:
+        """How `encode_bytes` decodes bytes that are not UTF-8 ("surrogateescape": kept as the
+        bytes they are; "replace": U+FFFD)."""
+        return "surrogateescape"
+
+    def stream_cut(self, text: str) -> int:
+        """A position in `text`, the start of a stream that may go on, before which the text
+        encodes to the same ids on its own as it does followed by anything: 0 if there is
+        none. The base class knows none (the stream is encoded whole)."""
+        return 0
+
+    def stream_encoder(self) -> StreamEncoder:
+        """An encoder of a byte stream fed a block at a time (see StreamEncoder)."""
+        return StreamEncoder(self)
+
+    @cached_property
+    def document_separator(self) -> np.ndarray:
+        """The ids that follow each document of a corpus of records: the EOS token, or, for a
+        tokenizer without one, the ids of a blank line (SEPARATOR_TEXT)."""
+        if self.eos_id is not None:
+            return np.array([self.eos_id], np.int32)
+        return self.encode(SEPARATOR_TEXT)
 
     @abc.abstractmethod
     def decode_bytes(self, ids: Any) -> bytes:

@@ -36,6 +36,34 @@ _CHUNK_CHARS = 1 << 16
 _ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")
 
 
+def last_safe_cut(text: str) -> int:
+    """The last position in `text` (a stream that may go on) where cutting gives the same ids
+    under the GPT-2 pre-tokenizer regex as not cutting; 0 if there is none.
+
+    Two kinds of cut qualify, both with non-space on both sides, so that no pre-token spans
+    them and both parts split as they would together: after a newline ("a\nb": the newline
+    is a pre-token of its own either way; what _chunks cuts at), and before a space ("a b":
+    " b" begins a pre-token, and the one before it ends).
+    """
+    return max(_last_cut(text, "\n", after=1), _last_cut(text, " ", after=0))
+
+
+def _last_cut(text: str, mark: str, after: int, tries: int = 10_000) -> int:
+    # Looks back over at most `tries` marks, so that a stream short of cuts (only whitespace)
+    # costs a bounded search per block, not one over all the text that waits.
+    end = len(text) - 1  # the character after the mark must already be in `text`
+    for _ in range(tries):
+        if end <= 1:
+            return 0
+        i = text.rfind(mark, 0, end)
+        if i < 1:
+            return 0
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + after
+        end = i
+    return 0
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: byte -> the printable character that stands for it."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
@@ -217,8 +245,17 @@ class BPETokenizer(Tokenizer):
         return [self.encode(t) if ids is None else ids for t, ids in zip(texts, out, strict=True)]
 
     def encode_bytes(self, data: bytes) -> np.ndarray:
-        errors = "surrogateescape" if self.exact_bytes else "replace"
-        return self.encode(data.decode("utf-8", errors=errors))
+        return self.encode(data.decode("utf-8", errors=self.stream_errors))
+
+    @property
+    def stream_errors(self) -> str:
+        return "surrogateescape" if self.exact_bytes else "replace"
+
+    def stream_cut(self, text: str) -> int:
+        """The last safe cut under the GPT-2 regex (last_safe_cut) for a tokenizer that splits
+        text by it alone; 0 (encode whole) for one with a normalizer, prefix space or other
+        pre-tokenizer, whose safe cuts are not known."""
+        return last_safe_cut(text) if self._safe_to_chunk else 0
 
     def _encode_each(self, texts: list[str]) -> list[np.ndarray]:
         """Returns int32 ids per text, encoding all of them in one parallel batch."""

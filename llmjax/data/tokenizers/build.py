@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from llmjax.data.cache import resolve_cache_dir, write_new_file
+from llmjax.data.documents import Documents
 from llmjax.data.tokenizers.base import (
     LLMJAX_FORMAT_KEY,
     LLMJAX_FORMAT_VERSION,
+    SEPARATOR_TEXT,
     TOKENIZER_FILE,
     Tokenizer,
 )
-from llmjax.data.tokenizers.bpe import BPETokenizer
+from llmjax.data.tokenizers.bpe import BPETokenizer, last_safe_cut
 from llmjax.data.tokenizers.byte import ByteTokenizer
 from llmjax.data.tokenizers.char import CharTokenizer
 
@@ -67,15 +70,18 @@ def load_tokenizer(directory_or_file: str | os.PathLike) -> Tokenizer:
         ) from e
 
 
-def bpe_cache_key(corpus: bytes, vocab_size: int) -> str:
-    """Names a BPE tokenizer trained on `corpus`: same corpus and vocab size, same key."""
-    corpus_hash = hashlib.sha256(corpus).hexdigest()
+def bpe_cache_key(corpus: bytes | Documents, vocab_size: int) -> str:
+    """Names a BPE tokenizer trained on `corpus`: same corpus and vocab size, same key (a text
+    stream's Documents key as its bytes do: their fingerprint is the bytes' SHA-256)."""
+    corpus_hash = (
+        corpus.fingerprint if isinstance(corpus, Documents) else hashlib.sha256(corpus).hexdigest()
+    )
     return hashlib.sha256(f"bpe-v1|{vocab_size}|{corpus_hash}".encode()).hexdigest()[:16]
 
 
 def build_tokenizer(
     spec: str,
-    corpus: bytes,
+    corpus: bytes | Documents,
     *,
     bpe_vocab_size: int = 4096,
     cache_dir: Path | None = None,
@@ -85,11 +91,15 @@ def build_tokenizer(
 
     "bpe" trains once and caches the tokenizer.json at `bpe_path`, by default
     `<cache_dir>/tokenizers/bpe-<vocab>-<key>.json` keyed by (corpus hash, vocab size), so later
-    calls load it and get the same ids.
+    calls load it and get the same ids. A corpus given as Documents is read a block at a time:
+    "char" collects its alphabet (with the blank line that separates records), "bpe" trains on
+    its text cut where the GPT-2 regex allows, so either is what the whole text would give.
     """
     if spec == "byte":
         return ByteTokenizer()
     if spec == "char":
+        if isinstance(corpus, Documents):
+            return _char_from_documents(corpus)
         return CharTokenizer.from_bytes(corpus)
     if spec == "bpe":
         if bpe_path is None:
@@ -107,15 +117,49 @@ def build_tokenizer(
     raise ValueError(message)
 
 
-def _load_or_train_bpe(corpus: bytes, vocab_size: int, path: Path) -> BPETokenizer:
+def document_texts(documents: Documents, errors: str) -> Iterator[str]:
+    """The text of `documents` in pieces, decoded with `errors`: each record on its own, or a
+    text stream decoded as one and cut only where last_safe_cut allows, so that BPE training
+    counts the words the whole text has."""
+    if documents.separated:
+        for document in documents:
+            yield b"".join(document.blocks).decode("utf-8", errors=errors)
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    text = ""
+    for block in documents.blocks():
+        text += decoder.decode(block)
+        cut = last_safe_cut(text)
+        if cut:
+            yield text[:cut]
+            text = text[cut:]
+    text += decoder.decode(b"", final=True)
+    if text:
+        yield text
+
+
+def _char_from_documents(documents: Documents) -> CharTokenizer:
+    chars: set[str] = set(SEPARATOR_TEXT) if documents.separated else set()
+    for text in document_texts(documents, "surrogateescape"):
+        chars.update(text)
+    if not chars:
+        raise ValueError(f"cannot build a char tokenizer from {documents.name}: it has no text")
+    return CharTokenizer(sorted(chars))
+
+
+def _load_or_train_bpe(corpus: bytes | Documents, vocab_size: int, path: Path) -> BPETokenizer:
     if path.exists():
         try:
             return BPETokenizer.from_file(path)
         except ValueError as e:
             message = f"cached BPE tokenizer {path} is unreadable: delete it to retrain"
             raise ValueError(message) from e
-    log.info("training a %d-id BPE tokenizer on %d bytes", vocab_size, len(corpus))
-    tokenizer = BPETokenizer.train(corpus, vocab_size)
+    if isinstance(corpus, Documents):
+        log.info("training a %d-id BPE tokenizer on %s", vocab_size, corpus.name)
+        tokenizer = BPETokenizer.train(document_texts(corpus, "replace"), vocab_size)
+    else:
+        log.info("training a %d-id BPE tokenizer on %d bytes", vocab_size, len(corpus))
+        tokenizer = BPETokenizer.train(corpus, vocab_size)
     try:
         write_new_file(path, tokenizer.to_json().encode("utf-8"))
     except FileExistsError:

@@ -8,8 +8,22 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
-from llmjax.data.tokenizers.base import Tokenizer, llmjax_json
+from llmjax.data.tokenizers.base import StreamEncoder, Tokenizer, llmjax_json
 from llmjax.data.tokenizers.bpe import SPECIAL_TOKENS, bytes_to_unicode
+
+
+class _ByteStream(StreamEncoder):
+    """Bytes are ids, so any block boundary is a safe cut and nothing needs decoding."""
+
+    def feed(self, block: bytes) -> np.ndarray:
+        return self.tokenizer.encode_bytes(block)
+
+    def finish(self) -> np.ndarray:
+        return np.zeros(0, np.int32)
+
+    @property
+    def waiting(self) -> int:
+        return 0
 
 
 class ByteTokenizer(Tokenizer):
@@ -38,6 +52,9 @@ class ByteTokenizer(Tokenizer):
 
     def decode_bytes(self, ids: Any) -> bytes:
         return self._checked_ids(ids).astype(np.uint8).tobytes()
+
+    def stream_encoder(self) -> StreamEncoder:
+        return _ByteStream(self)
 
     def token_byte_lengths(self) -> np.ndarray:
         lengths_V = np.zeros(self.vocab_size, dtype=np.int32)

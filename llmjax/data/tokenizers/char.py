@@ -76,6 +76,9 @@ class CharTokenizer(Tokenizer):
     def encode_bytes(self, data: bytes) -> np.ndarray:
         return self.encode(data.decode("utf-8", errors="surrogateescape"))
 
+    def stream_cut(self, text: str) -> int:
+        return len(text)  # each character is its own id, whatever surrounds it
+
     def decode_bytes(self, ids: Any) -> bytes:
         codepoints_N = self._codepoints_V[self._checked_ids(ids)]
         text = codepoints_N.tobytes().decode("utf-32-le", errors="surrogatepass")
