@@ -57,7 +57,7 @@ def _run_steps(model, variables, prompts, max_new: int, n_steps: int, use_cache:
     for _ in range(2):  # the first run compiles
         fn, first, state = steps.start(model, variables, tokens, valid, plan, use_cache=use_cache)
         s = loop.init_state(first, state, key=jax.random.key(0), max_new_tokens=max_new,
-                            sampling=GREEDY)  # fmt: skip
+                            stages=GREEDY.stages())  # fmt: skip
         jax.block_until_ready(s)
         t0 = time.perf_counter()
         s = loop.run_steps(

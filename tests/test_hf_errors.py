@@ -102,8 +102,9 @@ def test_pickle_only_checkpoint_is_refused(copy):
 
 def test_unsupported_rope_scaling(tmp_path):
     make_hf_model("llama-gqa-llama3-untied").save_pretrained(tmp_path)
-    _edit_config(tmp_path, rope_scaling={"rope_type": "yarn", "factor": 4.0}, rope_parameters=None)
-    with pytest.raises(HFError, match="RoPE scaling 'yarn'.*default, linear, llama3"):
+    scaling = {"rope_type": "longrope", "factor": 4.0}
+    _edit_config(tmp_path, rope_scaling=scaling, rope_parameters=None)
+    with pytest.raises(HFError, match="RoPE scaling 'longrope'.*default, linear, llama3, yarn"):
         load_hf(tmp_path)
 
 

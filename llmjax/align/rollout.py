@@ -180,10 +180,11 @@ def sample_with_values(
 ) -> tuple[DecodeOutput, np.ndarray] | None:
     """generate_tokens for a model with a value head, plus float32 values [B, N]: column k is
     the value at the position that predicts completion token k (the last prompt token for
-    k = 0). None where the prompts need a rolling cache (the caller samples without values)."""
+    k = 0). None where the prompts need a rolling cache or a cropped context (the caller
+    samples without values)."""
     prompts = check_prompts(prompts, model.cfg.vocab_size)
     plan = steps.plan_cache(model.cfg, max(len(p) for p in prompts), max_new_tokens)
-    if plan.rolling or plan.chunk != plan.prompt_len:
+    if plan.rolling or plan.crop or plan.chunk != plan.prompt_len:
         return None
     tokens_BxT, valid_BxT = steps.pad_prompts(prompts, padding="left", length=plan.prompt_len)
     tokens_BxT, valid_BxT = jnp.asarray(tokens_BxT), jnp.asarray(valid_BxT)

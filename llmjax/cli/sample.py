@@ -36,8 +36,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--max-new-tokens",
         type=int,
         default=None,
-        help="most tokens to generate per prompt (default: 200, or what the model's context "
-        "leaves after the prompt)",
+        help="most tokens to generate per prompt (default: 200); past the model's context a "
+        "learned position table sees the last max_seq_len tokens, as nanoGPT's sampling does",
     )
     g.add_argument(
         "--min-new-tokens",
@@ -169,7 +169,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmjax.cli.errors import explain_out_of_memory, sample_memory
-    from llmjax.models import family_of
     from llmjax.runs import load_run
 
     if args.num_samples < 1:
@@ -180,13 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         prompts = [""]
     loaded = load_run(args.run, args.step).merged()
-    model_cfg = loaded.config.model
     longest = max(max(len(loaded.tokenizer.encode(t)), 1) for t in prompts)
-    max_new = args.max_new_tokens
-    if max_new is None:
-        max_new = 200
-        if not family_of(model_cfg).decoding_limits(model_cfg).extrapolates:
-            max_new = max(1, min(max_new, model_cfg.max_seq_len - longest))
+    max_new = 200 if args.max_new_tokens is None else args.max_new_tokens
     batch = [t for t in prompts for _ in range(args.num_samples)]
     stream_one = len(batch) == 1 and not args.json and not args.no_stream and args.num_beams == 1
     if stream_one:

@@ -14,8 +14,11 @@ import numpy as np
 
 from llmjax.data import Tokenizer
 from llmjax.decode.samplers import SamplingConfig
+from llmjax.decode.steps import Buckets
 from llmjax.decode.text import TextStream
 from llmjax.decode.tokens import beam_search_tokens, generate_tokens
+
+DEFAULT_BUCKETS = Buckets()
 
 
 @dataclass
@@ -38,8 +41,11 @@ class Completion:
         return self.text
 
 
-def _resolve(model_or_run, params, tokenizer) -> tuple[nn.Module, Any, Tokenizer | None]:
-    """(model, variables, tokenizer) from a LoadedRun, a run directory, or model + params."""
+def _resolve(
+    model_or_run, params, tokenizer
+) -> tuple[nn.Module, Any, Tokenizer | None, tuple[int, ...]]:
+    """(model, variables, tokenizer, the run's EOS ids) from a LoadedRun, a run directory, or
+    model + params."""
     from llmjax.runs import LoadedRun, load_run
 
     if isinstance(model_or_run, str | Path):
@@ -47,7 +53,7 @@ def _resolve(model_or_run, params, tokenizer) -> tuple[nn.Module, Any, Tokenizer
     if isinstance(model_or_run, LoadedRun):
         run = model_or_run
         variables = {"params": run.params, **run.model_state}
-        return run.model, variables, tokenizer or run.tokenizer
+        return run.model, variables, tokenizer or run.tokenizer, run.eos_ids
     if not isinstance(model_or_run, nn.Module) or not hasattr(model_or_run, "cfg"):
         raise ValueError(
             f"generate takes a LoadedRun (llmjax.load_run), a run directory, or an llmjax "
@@ -56,7 +62,7 @@ def _resolve(model_or_run, params, tokenizer) -> tuple[nn.Module, Any, Tokenizer
     if params is None:
         raise ValueError("generate(model, ...) needs params=... (the model's parameters)")
     variables = params if "params" in params else {"params": params}
-    return model_or_run, variables, tokenizer
+    return model_or_run, variables, tokenizer, ()
 
 
 def _encode(prompts, tokenizer: Tokenizer | None) -> tuple[list[str | None], list[np.ndarray]]:
@@ -109,6 +115,7 @@ def generate(
     padding: str = "left",
     stream: Callable[[int, str], None] | None = None,
     chunk_size: int = 16,
+    buckets: Buckets | None = DEFAULT_BUCKETS,
 ) -> Completion | list[Completion]:
     """Continues one prompt (returns a Completion) or a batch of prompts (a list of them).
 
@@ -119,12 +126,17 @@ def generate(
     post-processor adds (Llama's BOS: see Tokenizer.prompt_prefix), as transformers does.
     Sampling options are those of llmjax.decode.SamplingConfig (temperature 0 is greedy);
     num_beams > 1 runs beam search instead (deterministic: temperature is ignored, other
-    sampling options are rejected). Rows stop at the tokenizer's EOS (unless
-    stop_at_eos=False), at any of `stop_token_ids`, or when their text contains one of the
-    `stop` strings. `stream(row, text)` receives each row's text as it becomes final, every
-    `chunk_size` tokens.
+    sampling options are rejected). Rows stop at EOS (unless stop_at_eos=False: the run's
+    EOS ids when it has them, e.g. a converted chat model's <|eot_id|>, as transformers'
+    generate does, else the tokenizer's EOS), at any of `stop_token_ids`, or when their text
+    contains one of the `stop` strings. `stream(row, text)` receives each row's text as it
+    becomes final, every `chunk_size` tokens; it needs a tokenizer (for token ids as they are
+    generated, use llmjax.decode.generate_tokens with on_chunk). Sampling rounds the batch,
+    prompt and new-token shapes up to `buckets` (llmjax.decode.Buckets; None: exact shapes),
+    so a session of varied requests compiles a few programs instead of one per new size; the
+    output is the same.
     """
-    model, variables, tokenizer = _resolve(model_or_run, params, tokenizer)
+    model, variables, tokenizer, run_eos_ids = _resolve(model_or_run, params, tokenizer)
     single = isinstance(prompts, str) or (
         len(prompts) > 0 and not isinstance(prompts[0], str) and np.ndim(prompts[0]) == 0
     )
@@ -133,9 +145,16 @@ def generate(
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     if stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer (tokenizer=...)")
+    if stream is not None and tokenizer is None:
+        raise ValueError(
+            "stream=... receives text, and turning tokens into text needs a tokenizer: pass "
+            "tokenizer=... (or a run); for the token ids as they are generated, call "
+            "llmjax.decode.generate_tokens(..., on_chunk=fn), fn(start, ids_BxC, lengths_B)"
+        )
     stop_ids = _checked_stop_ids(stop_token_ids, model.cfg.vocab_size)
-    if stop_at_eos and tokenizer is not None and tokenizer.eos_id is not None:
-        stop_ids.append(tokenizer.eos_id)
+    if stop_at_eos:
+        tokenizer_eos = () if tokenizer is None or tokenizer.eos_id is None else (tokenizer.eos_id,)
+        stop_ids += run_eos_ids or tokenizer_eos
     stop_ids = sorted(set(stop_ids))
     pad_id = 0 if tokenizer is None else tokenizer.fill_id
     sampling = SamplingConfig(
@@ -197,6 +216,7 @@ def generate(
             key=jax.random.key(seed) if key is None else key,
             stream=stream,
             chunk_size=chunk_size,
+            buckets=buckets,
             **common,
         )
     return results[0] if single else results

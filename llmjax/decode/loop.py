@@ -80,15 +80,17 @@ def init_state(
     *,
     key: jax.Array,
     max_new_tokens: int,
-    sampling: SamplingConfig,
+    stages: tuple[str, ...],
     prompt_BxP: Int[Array, "B P"] | None = None,
     prompt_valid_BxP: Bool[Array, "B P"] | None = None,
     pad_id: int = 0,
+    done_B: Bool[Array, " B"] | None = None,
 ) -> DecodeState:
-    """The loop's starting state; the prompt is only needed by penalties and n-gram bans."""
+    """The loop's starting state for the active sampling stages (SamplingConfig.stages); the
+    prompt is only needed by penalties and n-gram bans. `done_B` marks rows that start
+    finished (rows that only pad a batch to a bucket size)."""
     B, V = first_logits_BxV.shape
     N = max_new_tokens
-    stages = sampling.stages()
     if prompt_BxP is None:
         prompt_BxP = jnp.zeros((B, 0), jnp.int32)
     if prompt_valid_BxP is None:
@@ -103,7 +105,7 @@ def init_state(
         log_probs=zeros(),
         entropy=zeros(),
         sample_entropy=zeros(),
-        done=jnp.zeros((B,), bool),
+        done=jnp.zeros((B,), bool) if done_B is None else jnp.asarray(done_B, bool),
         lengths=jnp.zeros((B,), jnp.int32),
         stopped=jnp.zeros((B,), bool),
     )
@@ -256,17 +258,55 @@ def decode(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     sampling = SamplingConfig() if sampling is None else sampling
-    stop_ids = tuple(int(t) for t in stop_ids)
     state = init_state(
         first_logits_BxV,
         model_state,
         key=key,
         max_new_tokens=max_new_tokens,
-        sampling=sampling,
+        stages=sampling.stages(),
         prompt_BxP=prompt_BxP,
         prompt_valid_BxP=prompt_valid_BxP,
         pad_id=pad_id,
     )
+    return run_decode(
+        tokens_to_logits,
+        params,
+        state,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        stop_ids=stop_ids,
+        pad_id=pad_id,
+        on_chunk=on_chunk,
+        chunk_size=chunk_size,
+    )
+
+
+def run_decode(
+    tokens_to_logits: TokensToLogits,
+    params: Any,
+    state: DecodeState,
+    *,
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    stop_ids: tuple[int, ...] | list[int] = (),
+    pad_id: int = 0,
+    on_chunk: OnChunk | None = None,
+    chunk_size: int | None = None,
+    rows: int | None = None,
+) -> DecodeOutput:
+    """`decode` from a state `init_state` made, whose buffers may be longer than
+    max_new_tokens and whose batch may have extra rows (shapes rounded up to reuse compiled
+    programs): the loop stops after max_new_tokens and the output holds the first `rows` rows
+    (default: all) and max_new_tokens columns; `on_chunk` sees those rows only."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if state.tokens.shape[1] < max_new_tokens:
+        raise ValueError(
+            f"the state holds {state.tokens.shape[1]} tokens per row, fewer than "
+            f"max_new_tokens={max_new_tokens}"
+        )
+    rows = state.tokens.shape[0] if rows is None else rows
+    stop_ids = tuple(int(t) for t in stop_ids)
     statics = dict(
         tokens_to_logits=tokens_to_logits,
         stages=sampling.stages(),
@@ -282,14 +322,20 @@ def decode(
     done_steps = 0
     while True:
         limit = min(done_steps + chunk, max_new_tokens)
-        state = run_steps(params, state, jnp.asarray(limit, jnp.int32), values, **statics)
-        step = int(state.step)
+        state = run_steps(params, state, np.int32(limit), values, **statics)
+        # Host copies, sliced in NumPy: an eager slice or reduction would compile a program
+        # for every new shape.
+        step, done_B = jax.device_get((state.step, state.done))
+        step = int(step)
         if on_chunk is not None and step > done_steps:
-            new_BxC, lengths_B = jax.device_get((state.tokens[:, done_steps:step], state.lengths))
-            stop_rows = on_chunk(done_steps, np.asarray(new_BxC), np.asarray(lengths_B))
+            tokens_BxN, lengths_B = jax.device_get((state.tokens, state.lengths))
+            new_BxC = np.asarray(tokens_BxN)[:rows, done_steps:step]
+            stop_rows = on_chunk(done_steps, new_BxC, np.asarray(lengths_B)[:rows])
             if stop_rows is not None and np.any(stop_rows):
-                state = state.replace(done=state.done | jnp.asarray(stop_rows, bool))
-        finished = step >= max_new_tokens or step < limit or bool(jnp.all(state.done))
+                done_B = np.asarray(done_B).copy()
+                done_B[:rows] |= np.asarray(stop_rows, bool)
+                state = state.replace(done=jax.device_put(done_B))
+        finished = step >= max_new_tokens or step < limit or bool(np.all(done_B))
         done_steps = step
         if finished:
             break
@@ -303,6 +349,6 @@ def decode(
             state.stopped,
         )
     )
-    return DecodeOutput(
-        *(np.asarray(x) for x in host), steps=done_steps, model_state=state.model_state
-    )
+    per_token = [np.asarray(x)[:rows, :max_new_tokens] for x in host[:4]]
+    per_row = [np.asarray(x)[:rows] for x in host[4:]]
+    return DecodeOutput(*per_token, *per_row, steps=done_steps, model_state=state.model_state)

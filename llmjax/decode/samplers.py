@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from llmjax.typing import Array, Bool, Float, Int
 
@@ -227,12 +228,14 @@ class SamplingConfig:
         }
         return tuple(name for name, on in active.items() if on)
 
-    def values(self) -> dict[str, jax.Array]:
-        """The numbers, as arrays (traced: changing them does not recompile)."""
+    def values(self) -> dict[str, np.ndarray]:
+        """The numbers, as 0-d arrays (traced: changing them does not recompile). NumPy ones:
+        a jitted function takes them as they are, where making jax arrays of them would
+        compile a conversion program."""
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            out[f.name] = jnp.asarray(v, jnp.int32 if isinstance(v, int) else jnp.float32)
+            out[f.name] = np.asarray(v, np.int32 if isinstance(v, int) else np.float32)
         return out
 
 

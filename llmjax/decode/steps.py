@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmjax.decode.crop import crop_step, start_crop
 from llmjax.models import family_of, init_cache
 from llmjax.models.family import DecodingState
 from llmjax.typing import Array, Bool, Float, Int
@@ -55,13 +56,50 @@ def last_valid_index(valid_BxT: Bool[Array, "B T"]) -> Int[Array, " B"]:
 
 
 @dataclass(frozen=True)
+class Buckets:
+    """Rounds a generation call's shapes up so that varied requests share compiled programs.
+
+    The batch becomes a power of two of at least `min_rows` rows (the extra rows hold one token,
+    start finished and are dropped from the output); the prompt array and the new-token buffer
+    become powers of two of at least `min_length` tokens (padding takes no positions and the
+    loop still stops after max_new_tokens), so the tokens and log-probs are those of the exact
+    shapes. The cost is the padding's compute: a padded row or prompt slot is computed like a
+    real one in the prefill, while a decoding step, which reads every weight once whatever the
+    batch, costs little more for 8 rows than for 1 on an accelerator.
+    """
+
+    min_rows: int = 8
+    min_length: int = 64
+
+    def __post_init__(self):
+        for name in ("min_rows", "min_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Buckets.{name}={value!r} is out of range; valid: an int >= 1")
+
+    @staticmethod
+    def _power_of_two(n: int) -> int:
+        return 1 << max(n - 1, 0).bit_length()
+
+    def rows(self, n: int) -> int:
+        return max(self.min_rows, self._power_of_two(n))
+
+    def length(self, n: int) -> int:
+        return -(-max(self.min_length, self._power_of_two(n)) // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+@dataclass(frozen=True)
 class CachePlan:
     """Sizes for one generation call."""
 
     prompt_len: int  # padded prompt length T
-    cache_len: int  # slots S
+    cache_len: int  # slots S (crop: of the cache that serves while the longest row fits)
     rolling: bool  # keep only the last S tokens (sliding-window models)
     chunk: int  # prompt tokens per prefill call (T unless rolling)
+    new_len: int = 0  # new-token buffer N >= max_new_tokens (0: max_new_tokens)
+    # A learned-position model generating past its table: each step sees the last max_seq_len
+    # tokens (llmjax.decode.crop); cache_len 0 when the longest prompt already fills them.
+    crop: bool = False
 
 
 def plan_cache(
@@ -71,16 +109,20 @@ def plan_cache(
     *,
     use_cache: bool = True,
     pad_multiple: int = PAD_MULTIPLE,
+    buckets: Buckets | None = None,
 ) -> CachePlan:
     """Checks the lengths against the model's context and sizes the cache.
 
     A sliding-window model whose positions extrapolate gets a rolling cache of window + chunk -
     1 slots when that is smaller than prompt + new tokens; it may then take prompts longer than
-    max_seq_len (so may the no-cache mode, whose buffer holds everything). Otherwise the prompt
-    must fit the context, and with a learned position table so must prompt + max_new_tokens.
+    max_seq_len (so may the no-cache mode, whose buffer holds everything). A model with a
+    learned position table (positions that do not extrapolate) whose prompt + max_new_tokens
+    exceed max_seq_len is cropped as nanoGPT's `generate` crops: each new token is predicted
+    from the last max_seq_len tokens (`crop`). Any other model's prompt must fit the context.
     The padded prompt length is a multiple of `pad_multiple` (a multiple of PAD_MULTIPLE):
-    callers with many batches of varied lengths pass a larger one to compile fewer programs.
-    Padding takes no positions, so the checks are on the real longest prompt.
+    callers with many batches of varied lengths pass a larger one to compile fewer programs;
+    `buckets` rounds it and the new-token buffer up to its lengths instead. Padding takes no
+    positions, so the checks are on the real longest prompt.
     """
     limits = family_of(cfg).decoding_limits(cfg)
     window, extrapolates = limits.window, limits.extrapolates
@@ -90,35 +132,36 @@ def plan_cache(
         raise ValueError(
             f"pad_multiple={pad_multiple} must be a positive multiple of {PAD_MULTIPLE}"
         )
-    T = -(-longest_prompt // pad_multiple) * pad_multiple
+    if buckets is None:
+        T = -(-longest_prompt // pad_multiple) * pad_multiple
+        N = max_new_tokens
+    else:
+        T, N = buckets.length(longest_prompt), buckets.length(max_new_tokens)
     if window is not None and extrapolates:
         chunk = min(T, -(-window // PAD_MULTIPLE) * PAD_MULTIPLE)
         rolling_len = window + chunk - 1
         T_rolling = -(-longest_prompt // chunk) * chunk
         if rolling_len < T_rolling + max_new_tokens:
             if not use_cache:
-                return CachePlan(T, T + max_new_tokens, False, T)
-            return CachePlan(T_rolling, rolling_len, True, chunk)
-    if longest_prompt > cfg.max_seq_len:
+                return CachePlan(T, T + N, False, T, N)
+            return CachePlan(T_rolling, rolling_len, True, chunk, N)
+    context = cfg.max_seq_len
+    if not extrapolates and longest_prompt + max_new_tokens > context:
+        # Slots for the prompt and every step until the longest row fills the context.
+        fits = use_cache and longest_prompt <= context
+        return CachePlan(T, T + context if fits else 0, False, T, N, crop=True)
+    if longest_prompt > context:
         raise ValueError(
             f"a prompt of {longest_prompt} tokens is longer than the model's context "
-            f"(max_seq_len={cfg.max_seq_len}); shorten the prompt to at most {cfg.max_seq_len} "
-            f"tokens"
+            f"(max_seq_len={context}); shorten the prompt to at most {context} tokens"
         )
-    if not extrapolates and longest_prompt + max_new_tokens > cfg.max_seq_len:
-        raise ValueError(
-            f"prompt ({longest_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-            f"learned position table (max_seq_len={cfg.max_seq_len}); use max_new_tokens <= "
-            f"{cfg.max_seq_len - longest_prompt} or a shorter prompt"
-        )
-    return CachePlan(T, T + max_new_tokens, False, T)
+    return CachePlan(T, T + N, False, T, N)
 
 
 # ----------------------------------------------------------------------------- with a KV cache
 
 
-@functools.partial(jax.jit, static_argnames=("model", "chunk"), donate_argnames=("cache",))
-def prefill(
+def prefill_body(
     model: nn.Module,
     variables: Any,
     tokens_BxT: Int[Array, "B T"],
@@ -152,6 +195,9 @@ def prefill(
         one_chunk, (cache, first), (jnp.arange(n), split(tokens_BxT), split(positions_BxT))
     )
     return first, cache
+
+
+prefill = jax.jit(prefill_body, static_argnames=("model", "chunk"), donate_argnames=("cache",))
 
 
 @functools.cache
@@ -221,6 +267,32 @@ def recompute_step(model: nn.Module):
     return step
 
 
+def step_function(model: nn.Module, plan: CachePlan, *, use_cache: bool = True):
+    """The tokens_to_logits that continues what `begin` starts under this plan."""
+    if plan.crop:
+        return crop_step(model)
+    return cached_step(model) if use_cache else recompute_step(model)
+
+
+def begin(
+    model: nn.Module,
+    variables: Any,
+    tokens_BxT: Int[Array, "B T"],
+    valid_BxT: Bool[Array, "B T"],
+    plan: CachePlan,
+    *,
+    use_cache: bool = True,
+) -> tuple[Float[Array, "B V"], Any]:
+    """(first logits, model state) for prompts already padded to the plan (left-padded when
+    the plan crops or rolls); traceable, so a caller can compile it with what follows."""
+    if plan.crop:
+        return start_crop(model, variables, tokens_BxT, valid_BxT, plan.cache_len)
+    if use_cache:
+        cache = init_cache(model.cfg, tokens_BxT.shape[0], plan.cache_len, rolling=plan.rolling)
+        return prefill_body(model, variables, tokens_BxT, valid_BxT, cache, plan.chunk)
+    return prefill_no_cache(model, variables, tokens_BxT, valid_BxT, plan.cache_len)
+
+
 def start(
     model: nn.Module,
     variables: Any,
@@ -231,10 +303,13 @@ def start(
     use_cache: bool = True,
 ):
     """(tokens_to_logits, first logits, model state) for prompts already padded to the plan."""
-    tokens_BxT, valid_BxT = jnp.asarray(tokens_BxT), jnp.asarray(valid_BxT)
-    if use_cache:
-        cache = init_cache(model.cfg, tokens_BxT.shape[0], plan.cache_len, rolling=plan.rolling)
-        first, cache = prefill(model, variables, tokens_BxT, valid_BxT, cache, plan.chunk)
-        return cached_step(model), first, cache
-    first, buffer = prefill_no_cache(model, variables, tokens_BxT, valid_BxT, plan.cache_len)
-    return recompute_step(model), first, buffer
+    first, state = _begin_jit(model, variables, tokens_BxT, valid_BxT, plan, use_cache)
+    return step_function(model, plan, use_cache=use_cache), first, state
+
+
+_begin_jit = jax.jit(
+    lambda model, variables, tokens, valid, plan, use_cache: begin(
+        model, variables, tokens, valid, plan, use_cache=use_cache
+    ),
+    static_argnums=(0, 4, 5),
+)

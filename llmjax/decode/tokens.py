@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from llmjax.decode import steps
 from llmjax.decode.beam import BeamOutput, beam_search
-from llmjax.decode.loop import DecodeOutput, OnChunk, decode
+from llmjax.decode.loop import DecodeOutput, DecodeState, OnChunk, decode, init_state, run_decode
 from llmjax.decode.samplers import SamplingConfig
 
 
@@ -38,20 +40,76 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[np.
     return out
 
 
-def _start(model, variables, prompts, max_new_tokens, use_cache, padding, pad_multiple):
+def _plan(model, prompts, max_new_tokens, use_cache, padding, pad_multiple, buckets=None):
+    """(plan, tokens [R, T], valid [R, T], prompt count B) for checked prompts, with R - B
+    one-token rows added to fill the buckets' batch size."""
     cfg = model.cfg
     prompts = check_prompts(prompts, cfg.vocab_size)
+    B = len(prompts)
     longest = max(len(p) for p in prompts)
     plan = steps.plan_cache(
-        cfg, longest, max_new_tokens, use_cache=use_cache, pad_multiple=pad_multiple
+        cfg,
+        longest,
+        max_new_tokens,
+        use_cache=use_cache,
+        pad_multiple=pad_multiple,
+        buckets=buckets,
     )
-    if plan.rolling:
-        padding = "left"  # right padding would evict real tokens from a rolling cache
+    if plan.rolling or plan.crop:
+        # Right padding would evict real tokens from a rolling cache; a cropped window is
+        # the last max_seq_len slots. The tokens are the same either way.
+        padding = "left"
+    rows = B if buckets is None else buckets.rows(B)
+    prompts = prompts + [np.zeros(1, np.int32)] * (rows - B)
     tokens_BxT, valid_BxT = steps.pad_prompts(prompts, padding=padding, length=plan.prompt_len)
+    return plan, tokens_BxT, valid_BxT, B
+
+
+def _start(model, variables, prompts, max_new_tokens, use_cache, padding, pad_multiple):
+    plan, tokens_BxT, valid_BxT, _ = _plan(
+        model, prompts, max_new_tokens, use_cache, padding, pad_multiple
+    )
     fn, first_BxV, state = steps.start(
         model, variables, tokens_BxT, valid_BxT, plan, use_cache=use_cache
     )
     return fn, first_BxV, state, tokens_BxT, valid_BxT
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "plan", "use_cache", "stages", "pad_id", "with_prompt")
+)
+def _begin_decoding(
+    model: nn.Module,
+    variables: Any,
+    tokens_BxT: jax.Array,
+    valid_BxT: jax.Array,
+    key: jax.Array,
+    done_B: jax.Array,
+    *,
+    plan: steps.CachePlan,
+    use_cache: bool,
+    stages: tuple[str, ...],
+    pad_id: int,
+    with_prompt: bool,
+) -> DecodeState:
+    """The prefill and the loop's starting state in one compiled program (one per bucket)."""
+    first_BxV, model_state = steps.begin(
+        model, variables, tokens_BxT, valid_BxT, plan, use_cache=use_cache
+    )
+    R = tokens_BxT.shape[0]
+    if key.ndim == 1 and key.shape[0] < R:  # per-row keys: the padding rows reuse the first
+        key = jnp.concatenate([key, jnp.broadcast_to(key[:1], (R - key.shape[0],))])
+    return init_state(
+        first_BxV,
+        model_state,
+        key=key,
+        max_new_tokens=plan.new_len,
+        stages=stages,
+        prompt_BxP=tokens_BxT if with_prompt else None,
+        prompt_valid_BxP=valid_BxT if with_prompt else None,
+        pad_id=pad_id,
+        done_B=done_B,
+    )
 
 
 def generate_tokens(
@@ -69,6 +127,7 @@ def generate_tokens(
     on_chunk: OnChunk | None = None,
     chunk_size: int | None = None,
     pad_multiple: int = steps.PAD_MULTIPLE,
+    buckets: steps.Buckets | None = None,
 ) -> DecodeOutput:
     """Continues each prompt (a sequence of ids; lengths may differ) by up to max_new_tokens.
 
@@ -76,25 +135,45 @@ def generate_tokens(
     uses fold_in(key, b)) or one key per row. `use_cache=False` recomputes the whole sequence
     every step (the baseline the cache is measured against). Rows stop at any of `stop_ids`.
     The prompts are padded to a multiple of `pad_multiple` tokens: one compiled program
-    serves every batch whose longest prompt rounds up to the same length.
+    serves every batch whose longest prompt rounds up to the same length. `buckets` rounds
+    the batch, prompt and new-token shapes up further (steps.Buckets), so that calls of
+    varied sizes share two compiled programs per bucket, with the same output. A model with
+    a learned position table generates past its context by cropping (llmjax.decode.crop).
     """
-    fn, first_BxV, state, tokens_BxT, valid_BxT = _start(
-        model, variables, prompts, max_new_tokens, use_cache, padding, pad_multiple
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    plan, tokens_BxT, valid_BxT, B = _plan(
+        model, prompts, max_new_tokens, use_cache, padding, pad_multiple, buckets
     )
-    return decode_prompts(
-        fn,
+    if key.ndim == 1 and key.shape[0] != B:
+        raise ValueError(f"got {key.shape[0]} keys for a batch of {B} rows; pass one per prompt")
+    sampling = SamplingConfig() if sampling is None else sampling
+    stages = sampling.stages()
+    # NumPy inputs go to the device as they are (jnp.asarray would compile a copy per shape).
+    state = _begin_decoding(
+        model,
         variables,
-        state,
-        first_BxV,
         tokens_BxT,
         valid_BxT,
+        key,
+        np.arange(len(tokens_BxT)) >= B,
+        plan=plan,
+        use_cache=use_cache,
+        stages=stages,
+        pad_id=int(pad_id),
+        with_prompt=bool({"repetition", "no_repeat_ngram"} & set(stages)),
+    )
+    return run_decode(
+        steps.step_function(model, plan, use_cache=use_cache),
+        variables,
+        state,
         max_new_tokens=max_new_tokens,
-        key=key,
         sampling=sampling,
         stop_ids=stop_ids,
         pad_id=pad_id,
         on_chunk=on_chunk,
         chunk_size=chunk_size,
+        rows=B,
     )
 
 

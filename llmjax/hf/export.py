@@ -28,6 +28,8 @@ def _token(tokenizer: BPETokenizer, i: int | None) -> str | None:
 def _write_tokenizer(
     tokenizer: BPETokenizer, directory: Path, max_seq_len: int, chat_template: str | None
 ) -> None:
+    """tokenizer.json (a byte or char tokenizer in its HF form, see Tokenizer.to_hf) and
+    tokenizer_config.json."""
     (directory / "tokenizer.json").write_text(tokenizer.to_json())
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -50,9 +52,12 @@ def export_hf(
     model_type: str | None = None,
     dtype: str | None = None,
     chat_template: str | None = None,
+    eos_ids: tuple[int, ...] = (),
 ) -> Path:
-    """Writes `out/` with config.json, model.safetensors and (for BPE) tokenizer files, with
-    `chat_template` (Jinja source) in tokenizer_config.json when given.
+    """Writes `out/` with config.json, generation_config.json, model.safetensors and tokenizer
+    files (a byte or char tokenizer in the HF form that gives its ids), with `chat_template`
+    (Jinja source) in tokenizer_config.json when given. `eos_ids` are the ids generation stops
+    at (a converted chat model's list; default: the tokenizer's EOS).
 
     `model_type` picks the HF family (default: the first that holds the model exactly, else one
     that only adds zero biases); `dtype` casts the weights (default: the params' own). `out`
@@ -85,13 +90,18 @@ def export_hf(
         "torch_dtype": out_dtype.name,
         "use_cache": True,
     }
-    bpe = tokenizer if isinstance(tokenizer, BPETokenizer) else None
+    hf_tokenizer = None if tokenizer is None else tokenizer.to_hf()
+    bpe = None if hf_tokenizer is None else BPETokenizer(hf_tokenizer)
+    eos = list(eos_ids)
+    if not eos and tokenizer is not None and tokenizer.eos_id is not None:
+        eos = [tokenizer.eos_id]
     # Always written: transformers' defaults (e.g. GPT-2's 50256) may not exist in this vocab.
-    hf_config.update(
+    special = dict(
         bos_token_id=None if tokenizer is None else tokenizer.bos_id,
-        eos_token_id=None if tokenizer is None else tokenizer.eos_id,
+        eos_token_id=(eos[0] if len(eos) == 1 else eos) if eos else None,
         pad_token_id=None if tokenizer is None else tokenizer.pad_id,
     )
+    hf_config.update(special)
     if tokenizer is not None and bpe is None:
         log.warning(
             "the %s tokenizer has no Hugging Face form; %s gets no tokenizer.json",
@@ -101,6 +111,9 @@ def export_hf(
     with fresh_directory(out) as tmp:
         write_safetensors(tensors, tmp)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        generation = {k: v for k, v in special.items() if v is not None}
+        if generation:  # what transformers' generate reads first (its eos_token_id list)
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         if bpe is not None:
             _write_tokenizer(bpe, tmp, target.max_seq_len, chat_template)
     return Path(out)

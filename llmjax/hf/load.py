@@ -16,8 +16,10 @@ from llmjax.hf.family import HFError, get_family
 from llmjax.hf.params import read_params, unflatten
 from llmjax.hf.safetensors_io import SafetensorsCheckpoint
 from llmjax.models import build_model
+from llmjax.runs.generation import EOS_KEY, eos_ids_from, read_json_key
 
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 # Converted runs evaluate in windows of at most this many tokens (Llama 3 declares 131072).
 DEFAULT_EVAL_SEQ_LEN = 1024
@@ -31,6 +33,7 @@ class HFModel:
     params: dict[str, Any]
     tokenizer: BPETokenizer | None
     model_type: str
+    eos_ids: tuple[int, ...] = ()  # where generation stops (read_eos_ids)
 
     @property
     def model(self):
@@ -39,6 +42,8 @@ class HFModel:
 
 def read_hf_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
+    if not Path(directory).exists():
+        raise HFError(missing_directory_message(str(directory)))
     if not path.is_file():
         raise HFError(
             f"no {CONFIG_FILE} in {directory}; pass a Hugging Face checkpoint directory "
@@ -51,6 +56,28 @@ def read_hf_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(hf, dict) or "model_type" not in hf:
         raise HFError(f"{path} has no model_type; it is not a transformers config")
     return hf
+
+
+def missing_directory_message(name: str) -> str:
+    """Says that `name` is no directory here, and how to download a Hub model of that name."""
+    local = Path(name.rstrip("/")).name or "model"
+    return (
+        f"{name} is not a directory here; llmjax converts a checkpoint on disk and downloads "
+        f"nothing. If {name} is a model on the Hugging Face Hub, download it first, e.g. "
+        f"`huggingface-cli download {name} --local-dir {local}` (or `hf download {name} "
+        f"--local-dir {local}`), then pass that directory"
+    )
+
+
+def read_eos_ids(directory: Path, hf: dict[str, Any], vocab_size: int) -> tuple[int, ...]:
+    """The ids transformers' `generate` stops at: generation_config.json's eos_token_id when
+    that file sets one, else config.json's (each an id or a list of ids)."""
+    found, value = read_json_key(directory / GENERATION_CONFIG_FILE, EOS_KEY)
+    where = directory / (GENERATION_CONFIG_FILE if found else CONFIG_FILE)
+    try:
+        return eos_ids_from(value if found else hf.get(EOS_KEY), vocab_size, str(where))
+    except ValueError as e:
+        raise HFError(str(e)) from None
 
 
 def load_tokenizer_file(path: str | Path, vocab_size: int) -> BPETokenizer:
@@ -95,4 +122,7 @@ def load_hf(directory: str | Path, *, dtype: str = "float32") -> HFModel:
     if (directory / TOKENIZER_FILE).is_file():
         tokenizer = load_tokenizer_file(directory / TOKENIZER_FILE, model_cfg.vocab_size)
         data = dataclasses.replace(data, tokenizer=str((directory / TOKENIZER_FILE).absolute()))
-    return HFModel(Config(model=model_cfg, data=data), params, tokenizer, family.model_type)
+    eos_ids = read_eos_ids(directory, hf, model_cfg.vocab_size)
+    return HFModel(
+        Config(model=model_cfg, data=data), params, tokenizer, family.model_type, eos_ids
+    )

@@ -5,7 +5,8 @@ step, params and model state, but no optimizer state: `load_run` reads only thos
 `llmjax sample` and `llmjax eval` work on it, and a float32 AdamW state would triple the bytes
 written for no use. A chat model's template (chat_template.jinja, or the "chat_template" of
 tokenizer_config.json) comes along as the run's chat template, for `llmjax chat` and
-`llmjax sft`.
+`llmjax sft`, and its EOS ids (generation_config.json or config.json) as the run's
+generation_config.json, so generation stops where transformers' does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llmjax.hf.peft import export_peft
 from llmjax.models.lora import split_adapters, without_lora
 from llmjax.runs import RunDir, load_run, save_weights
 from llmjax.runs.chat_template import has_hf_template, run_template, save_template
+from llmjax.runs.generation import generation_config_text
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def convert_from_hf(
         run.claim()
         save_config(cfg, run.config)
         tok.save(tmp)
+        if loaded.eos_ids:
+            run.generation_config.write_text(generation_config_text(loaded.eos_ids))
         _keep_chat_template(Path(hf_dir), tmp)
         save_weights(run, 0, loaded.params)
     return Path(out)
@@ -110,6 +114,7 @@ def convert_to_hf(
             model_type=model_type,
             dtype=dtype,
             chat_template=chat_template,
+            eos_ids=loaded.eos_ids,
         )
     base, _ = split_adapters(loaded.params)
     base_model = without_lora(model)
@@ -121,6 +126,7 @@ def convert_to_hf(
         model_type=model_type,
         dtype=dtype,
         chat_template=chat_template,
+        eos_ids=loaded.eos_ids,
     )
     export_peft(
         model,

@@ -21,6 +21,9 @@ from llmjax.typing import Array, Float, Int
 
 POSITIONS: Registry = Registry("position encoding")
 ROPE_SCALINGS: Registry = Registry("rope scaling")
+# Kinds whose frequencies also depend on how long the sequence is: kind -> fn(inv_freq, seq_len_B,
+# cfg) -> inv_freq [B, 1, H/2], applied after the kind's ROPE_SCALINGS entry.
+ROPE_LENGTH_SCALINGS: Registry = Registry("rope scaling by sequence length")
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,36 @@ def _yarn_scaling(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
     return scaled, 0.1 * math.log(sc.factor) + 1.0
 
 
+@ROPE_SCALINGS.register("dynamic")
+def _dynamic_base(inv_freq: np.ndarray, cfg) -> tuple[np.ndarray, float]:
+    """Dynamic NTK keeps the plain frequencies up to the original context (see below)."""
+    return inv_freq, 1.0
+
+
+@ROPE_LENGTH_SCALINGS.register("dynamic")
+def _dynamic_ntk(inv_freq: np.ndarray, seq_len_B: Int[Array, " B"], cfg) -> jax.Array:
+    """Dynamic NTK (emozilla, 2023; HF transformers' "dynamic"): past the original context L0,
+    a sequence of length L uses base theta * (factor * L / L0 - factor + 1)^(H / (H - 2)).
+
+    L is each row's largest position + 1 in this call: a one-token decoding step uses the
+    frequencies of the sequence so far while the cached keys keep the ones they were rotated
+    with, as transformers does (which takes the largest position over the whole batch; here a
+    row never depends on its neighbours). At or below L0 the frequencies are the plain ones.
+    """
+    sc, head_dim = cfg.rope_scaling, cfg.rotary_dim
+    original = sc.original_max_seq_len or cfg.max_seq_len
+    length_B = jnp.maximum(seq_len_B, original).astype(jnp.float32)
+    base_B = cfg.rope_theta * (sc.factor * length_B / original - (sc.factor - 1)) ** (
+        head_dim / (head_dim - 2)
+    )
+    exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    scaled_BxHalf = 1.0 / base_B[:, None] ** exponent
+    # At L0 the formula gives the plain frequencies; use those exactly (no float32 rounding).
+    at_original_B = seq_len_B <= original
+    inv_freq_BxHalf = jnp.where(at_original_B[:, None], jnp.asarray(inv_freq), scaled_BxHalf)
+    return inv_freq_BxHalf[:, None, :]
+
+
 # kind -> check(scaling) returning a problem to report, or None (RopeScaling validation).
 ROPE_SCALING_CHECKS: dict[str, Callable] = {
     "yarn": lambda sc: (
@@ -169,10 +202,11 @@ ROPE_SCALING_CHECKS: dict[str, Callable] = {
 def apply_rope(
     x_BxTxNxH: Float[Array, "B T N H"],
     positions_BxT: Int[Array, "B T"],
-    inv_freq: np.ndarray,
+    inv_freq: np.ndarray | Float[Array, "B 1 Half"],
     magnitude: float = 1.0,
 ) -> Float[Array, "B T N H"]:
-    """Rotates pairs (x[i], x[i + H/2]) by angle position * inv_freq[i] (GPT-NeoX/HF layout)."""
+    """Rotates pairs (x[i], x[i + H/2]) by angle position * inv_freq[i] (GPT-NeoX/HF layout);
+    `inv_freq` is shared (H/2,) or per row (B, 1, H/2)."""
     angle_BxTxHalf = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
     cos = (jnp.cos(angle_BxTxHalf) * magnitude)[:, :, None, :]
     sin = (jnp.sin(angle_BxTxHalf) * magnitude)[:, :, None, :]
@@ -185,6 +219,10 @@ def apply_rope(
 def rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg) -> jax.Array:
     """RoPE on the first cfg.rotary_dim dims of each head (all of them by default)."""
     inv_freq, magnitude = rope_frequencies(cfg)
+    kind = cfg.rope_scaling.kind
+    if kind in ROPE_LENGTH_SCALINGS:
+        seq_len_B = jnp.max(positions_BxT, axis=1) + 1  # padding (-1) never counts
+        inv_freq = ROPE_LENGTH_SCALINGS.get(kind)(inv_freq, seq_len_B, cfg)
     rot = cfg.rotary_dim
     if rot == x_BxTxNxH.shape[-1]:
         return apply_rope(x_BxTxNxH, positions_BxT, inv_freq, magnitude)

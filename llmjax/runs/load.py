@@ -14,6 +14,7 @@ from llmjax.data import Tokenizer, load_tokenizer
 from llmjax.models import build_model
 from llmjax.models.lora import merge_adapters
 from llmjax.runs.checkpoint import Checkpointer
+from llmjax.runs.generation import read_eos_ids
 from llmjax.runs.init_from import read_params, saves_adapters_only
 from llmjax.runs.rundir import RunDir, RunDirError
 from llmjax.runs.shapes import check_saved_shapes
@@ -29,6 +30,9 @@ class LoadedRun:
     params: Any
     model_state: dict
     step: int
+    # Ids generation stops at, from generation_config.json (a converted HF chat model's EOS
+    # list); empty: the tokenizer's EOS.
+    eos_ids: tuple[int, ...] = ()
 
     @property
     def model(self):
@@ -77,5 +81,9 @@ def load_run(path: str | Path, step: int | None = None) -> LoadedRun:
         )
     # Sampling and evaluation need no optimizer state: it is not read (two thirds of a trained
     # AdamW run's bytes), and runs made by `llmjax convert` do not store one.
+    try:
+        eos_ids = read_eos_ids(run.generation_config, cfg.model.vocab_size)
+    except ValueError as e:
+        raise RunDirError(str(e)) from None
     params, model_state, step = read_params(run, cfg, step)
-    return LoadedRun(run, cfg, tokenizer, params, model_state, step)
+    return LoadedRun(run, cfg, tokenizer, params, model_state, step, eos_ids)

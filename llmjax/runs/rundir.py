@@ -8,6 +8,7 @@ Layout::
     RUN/metrics.jsonl    one JSON record per log / eval step
     RUN/loss.png         loss curves
     RUN/chat_template.json, chat_template.jinja   the chat template a chat model uses
+    RUN/generation_config.json   the ids generation stops at (a converted HF model's EOS list)
     RUN/sft.json         the instruction data of a `llmjax sft` run (to resume it)
     RUN/preference.json  the pairs of a `llmjax reward` / `llmjax dpo` run (to resume it)
     RUN/llmjax-manifest.json   which of these files llmjax wrote (and may replace)
@@ -33,6 +34,8 @@ RUN_FILES = (
     # What a fine-tuned or converted chat model adds (llmjax.runs.chat_template, finetune).
     "chat_template.json",
     "chat_template.jinja",
+    # The EOS ids of a model converted from Hugging Face (llmjax.hf.run).
+    "generation_config.json",
     "sft.json",
     "preference.json",
 )
@@ -69,6 +72,10 @@ class RunDir:
     @property
     def tokenizer(self) -> Path:
         return self.path / "tokenizer.json"
+
+    @property
+    def generation_config(self) -> Path:
+        return self.path / "generation_config.json"
 
     @property
     def checkpoints(self) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import tokenizers
 
 from llmjax.data.cache import write_new_file
 
@@ -154,6 +155,11 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def to_json(self) -> str:
         """Returns the serialized form `save` writes and `load_tokenizer` reads."""
+
+    def to_hf(self) -> tokenizers.Tokenizer | None:
+        """A HF `tokenizers` tokenizer giving the same ids (what a Hugging Face export writes
+        as tokenizer.json), or None when this vocabulary has no such form."""
+        return None
 
     @cached_property
     def fingerprint(self) -> str:

@@ -301,3 +301,6 @@ class BPETokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return self.hf.to_str()
+
+    def to_hf(self) -> tokenizers.Tokenizer:
+        return tokenizers.Tokenizer.from_str(self.hf.to_str())

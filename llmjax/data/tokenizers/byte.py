@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers
 
 from llmjax.data.tokenizers.base import StreamEncoder, Tokenizer, llmjax_json
+from llmjax.data.tokenizers.bpe import SPECIAL_TOKENS, bytes_to_unicode
 
 
 class _ByteStream(StreamEncoder):
@@ -60,6 +63,17 @@ class ByteTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return llmjax_json(self.kind)
+
+    def to_hf(self) -> tokenizers.Tokenizer:
+        """Byte-level BPE without merges: GPT-2's character for byte b has id b, then
+        <|bos|>, <|eos|>, <|pad|> (the names llmjax's BPE loader looks for). Invalid UTF-8
+        round-trips as BPETokenizer reads it: each escaped byte is its byte token."""
+        vocab = {char: b for b, char in bytes_to_unicode().items()}
+        hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.decoder = decoders.ByteLevel()
+        hf.add_special_tokens(list(SPECIAL_TOKENS))  # ids 256, 257, 258, in this order
+        return hf
 
     @classmethod
     def from_json_dict(cls, payload: dict) -> ByteTokenizer:

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import tokenizers
+from tokenizers import decoders, models
 
 from llmjax.data.tokenizers.base import Tokenizer, llmjax_json
 
@@ -89,6 +91,17 @@ class CharTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return llmjax_json(self.kind, chars=self.chars)
+
+    def to_hf(self) -> tokenizers.Tokenizer | None:
+        """BPE without merges or pre-tokenizer over the alphabet: each character is its own
+        token, joined back without spaces. None when the alphabet holds escaped bytes (lone
+        surrogates), which a HF tokenizer, working on valid UTF-8 text, cannot hold."""
+        if any("\udc80" <= c <= "\udcff" for c in self.chars):
+            return None
+        vocab = {c: i for i, c in enumerate(self.chars)}
+        hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        hf.decoder = decoders.Fuse()
+        return hf
 
     @classmethod
     def from_json_dict(cls, payload: dict) -> CharTokenizer:
