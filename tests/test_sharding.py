@@ -119,12 +119,12 @@ def test_rules_table_maps_params_and_activations():
         None, "fsdp", "tensor", None
     )
     assert sharding.logical_to_mesh(("vocab", "embed")) == P("tensor", "fsdp")
-    # fsdp serves the batch of an activation, so its embed dimension stays whole.
+    # fsdp (and expert) serve the batch of an activation, so its embed dimension stays whole.
     assert sharding.logical_to_mesh(("batch", "length", "embed")) == P(
-        ("data", "fsdp"), "sequence", None
+        ("data", "fsdp", "expert"), "sequence", None
     )
     assert sharding.logical_to_mesh(("batch", "length", "mlp")) == P(
-        ("data", "fsdp"), "sequence", "tensor"
+        ("data", "fsdp", "expert"), "sequence", "tensor"
     )
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.models.transformer import Block
+from llmjax.models.block import Block
 from llmjax.typing import Array, Float, Int
 
 

@@ -147,6 +147,8 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "gpt2-small": "GPT-2 124M: 12 layers, d=768, ctx 1024, BPE vocabulary of 50257",
     "llama-tiny": "a small Llama: RMSNorm, SwiGLU, RoPE, 2 KV heads of 4, untied embeddings",
     "llama-1b": "Llama-3.2-1B shape: 16 layers, d=2048, 8 KV heads of 32, ctx 2048, remat",
+    "test-moe-tiny": "the tests' tiny mixture of experts: 4 experts of width 32, top-2, one shared",
+    "nano-moe": "nano with 8 experts of width 256, top-2: nano's active parameters, 3x its total",
 }
 
 

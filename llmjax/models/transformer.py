@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention import ATTENTION, Mask
 from llmjax.attention.core import softcap
@@ -29,13 +28,13 @@ from llmjax.errors import ConfigError
 from llmjax.layers.common import constrain, dtype_of, normal
 from llmjax.layers.embeddings import Embedder
 from llmjax.layers.grouped import GROUPED
-from llmjax.layers.kv_cache import KVCache, LayerKV, init_kv_cache
+from llmjax.layers.kv_cache import KVCache, init_kv_cache
 from llmjax.layers.mlp import MLPS
-from llmjax.layers.moe import EXPERT_MLPS, ROUTERS, MoEMLP, moe_outputs
+from llmjax.layers.moe import EXPERT_MLPS, ROUTERS, moe_outputs
 from llmjax.layers.norms import NORMS
 from llmjax.layers.positions import POSITIONS, ROPE_SCALING_CHECKS, ROPE_SCALINGS
-from llmjax.layers.self_attention import SelfAttention
-from llmjax.layers.state_cache import LayerState, StateCache, init_state_cache
+from llmjax.layers.state_cache import StateCache, init_state_cache
+from llmjax.models.block import ACTIVATION, block_class
 from llmjax.models.family import DecodingLimits
 from llmjax.models.output import ModelOutput
 from llmjax.models.remat import REMAT_POLICIES
@@ -44,101 +43,8 @@ from llmjax.typing import Array, Float, Int
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
 
-ACTIVATION = ("batch", "length", "embed")
 # Logit of padded vocabulary rows: never sampled, and finite so p * log p stays 0.
 PADDED_LOGIT = -1e9
-
-
-class Block(nn.Module):
-    """One transformer layer: attention then MLP (a mixture of experts when `moe`), each with
-    norm, dropout and residual."""
-
-    cfg: "ModelConfig"
-    deterministic: bool = True
-    return_attention: bool = False
-    moe: bool = False
-
-    @nn.compact
-    def __call__(
-        self,
-        x_BxTxD: jax.Array,
-        mask: Mask,
-        kv: LayerKV | LayerState | None = None,
-        start=None,
-        head_mask_N: jax.Array | None = None,
-        layer: int | jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[LayerKV | LayerState | None, jax.Array | None, dict | None]]:
-        """(output, (updated kv, attention probabilities [B, N, T, S] or None, MoE routing
-        stats or None)): the second item is what a scan over layers stacks. `layer` (this
-        layer's index, traced inside a scan) says whether a local/global model's layer is
-        local."""
-        cfg = self.cfg
-        local = None
-        if cfg.global_every is not None:
-            local = (layer + 1) % cfg.global_every != 0
-        norm = NORMS.get(cfg.norm)
-        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-
-        def sublayer(x, fn, name):
-            # pre:  x + f(norm(x))       post: norm(x + f(x))
-            # sandwich: x + post_norm(f(norm(x)))    post_branch: x + post_norm(f(x))
-            # without residual connections the "x +" is dropped in every placement.
-            def norm_as(suffix):
-                return norm(cfg, deterministic=self.deterministic, name=f"{name}_{suffix}")
-
-            position = cfg.norm_position
-            if position == "post":
-                y = drop(fn(x))
-                y = x + y if cfg.residual else y
-                return norm_as("norm")(y)
-            y = fn(norm_as("norm")(x) if position in ("pre", "sandwich") else x)
-            if position in ("sandwich", "post_branch"):
-                y = norm_as("post_norm")(y)
-            y = drop(y)
-            return x + y if cfg.residual else y
-
-        attention = SelfAttention(cfg, name="attention")
-        probs = moe_stats = None
-        if self.moe:
-            experts = MoEMLP(cfg, name="mlp")
-
-            def mlp(h):
-                nonlocal moe_stats
-                y, moe_stats = experts(h)
-                return y
-        else:
-            mlp = MLPS.get(cfg.mlp)(cfg, name="mlp")
-
-        def attend(h):
-            nonlocal kv, probs
-            y, kv, probs = attention(
-                h, mask, kv, start, head_mask_N, return_probs=self.return_attention, local=local
-            )
-            return y
-
-        def feed_forward(h):
-            return checkpoint_name(mlp(h), "mlp_out")
-
-        if cfg.parallel_block:  # x + attn(norm1(x)) + mlp(norm2(x))
-            x_norm = norm(cfg, deterministic=self.deterministic, name="attention_norm")(x_BxTxD)
-            y = drop(attend(x_norm))
-            x_norm = norm(cfg, deterministic=self.deterministic, name="mlp_norm")(x_BxTxD)
-            y = y + drop(feed_forward(x_norm))
-            x_BxTxD = x_BxTxD + y if cfg.residual else y
-            return constrain(x_BxTxD, ACTIVATION), (kv, probs, moe_stats)
-        x_BxTxD = sublayer(x_BxTxD, attend, "attention")
-        x_BxTxD = constrain(x_BxTxD, ACTIVATION)
-        x_BxTxD = sublayer(x_BxTxD, feed_forward, "mlp")
-        return constrain(x_BxTxD, ACTIVATION), (kv, probs, moe_stats)
-
-
-def _block_class(cfg: "ModelConfig") -> type[nn.Module]:
-    policy = REMAT_POLICIES.get(cfg.remat)
-    if cfg.remat == "none":
-        return Block
-    # Inside scan the loop itself keeps XLA from merging recomputation away (prevent_cse off is
-    # faster there); an unrolled loop needs the barrier.
-    return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
 
 
 def value_head(cfg: "ModelConfig", x_BxTxD: jax.Array) -> jax.Array:
@@ -239,7 +145,7 @@ class Decoder(nn.Module):
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
 
-        block = _block_class(cfg)
+        block = block_class(cfg)
         layer_ids = jnp.arange(cfg.n_layers, dtype=jnp.int32)  # scanned: each layer its index
         # With a cache each layer also takes its k/v and the shared write slot, and hands back
         # the updated k/v. In the scan layout the stacked cache travels in the scan's carry,
