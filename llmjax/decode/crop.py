@@ -74,13 +74,12 @@ def start_crop(
     tokens_BxT: Int[Array, "B T"],
     valid_BxT: Bool[Array, "B T"],
     cache_len: int,
+    prefill_body: Any,
 ) -> tuple[Float[Array, "B V"], CropState]:
     """First logits and state for left-padded prompts (traceable; callers jit it). With
     `cache_len` > 0 the prompts, which fit the context, are prefilled into a cache of that
-    many slots; with 0 (a prompt fills the context, or no cache is wanted) every step
-    recomputes its window."""
-    from llmjax.decode.steps import prefill_body
-
+    many slots by `prefill_body` (llmjax.decode.steps'); with 0 (a prompt fills the context,
+    or no cache is wanted) every step recomputes its window."""
     L = model.cfg.max_seq_len
     window_BxL, window_valid_BxL = last_window(tokens_BxT, valid_BxT, L)
     longest = jnp.max(valid_BxT.sum(axis=1)).astype(jnp.int32)

@@ -286,7 +286,7 @@ def begin(
     """(first logits, model state) for prompts already padded to the plan (left-padded when
     the plan crops or rolls); traceable, so a caller can compile it with what follows."""
     if plan.crop:
-        return start_crop(model, variables, tokens_BxT, valid_BxT, plan.cache_len)
+        return start_crop(model, variables, tokens_BxT, valid_BxT, plan.cache_len, prefill_body)
     if use_cache:
         cache = init_cache(model.cfg, tokens_BxT.shape[0], plan.cache_len, rolling=plan.rolling)
         return prefill_body(model, variables, tokens_BxT, valid_BxT, cache, plan.chunk)

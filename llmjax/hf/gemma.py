@@ -16,7 +16,8 @@ from typing import Any
 
 from llmjax.config import ModelConfig, RopeScaling
 from llmjax.hf.family import HFError, register_hf, required
-from llmjax.hf.llama import Llama, rope_to_hf
+from llmjax.hf.llama import Llama
+from llmjax.hf.rope import rope_to_hf
 
 # transformers' names of the tanh GELU ("gelu" is Gemma's legacy name for it, see GemmaConfig).
 GEMMA_GELUS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu")

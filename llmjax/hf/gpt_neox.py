@@ -22,7 +22,7 @@ from llmjax.hf.family import (
     same,
 )
 from llmjax.hf.gpt2 import TANH_GELUS
-from llmjax.hf.llama import rope_from_hf
+from llmjax.hf.rope import rope_from_hf
 
 # hidden_act -> llmjax MLP: "gelu" is the exact (erf) GELU, Pythia's.
 MLP_FROM_HF = {"gelu": "gelu_exact", **dict.fromkeys(TANH_GELUS, "gelu")}
