@@ -424,8 +424,8 @@ def _plot(metrics, rows):
     ax = axes[3, 2]
     text = sorted((r for r in rows if r["part"] == "text"), key=lambda r: r["heads"])
     spread_bars(ax, text, "val_loss", "mean, min-max over seeds", 0.0, 0.6, color="tab:blue")
-    ax.set_xticks(range(len(text)), [f"{r['heads']}\nlr {r['lr']:g}" for r in text])
-    ax.set_xlabel(f"heads at d={metrics['text_width']} (head size d / heads)")
+    ax.set_xticks(range(len(text)), [f"{r['heads']}\n{r['lr']:g}" for r in text], fontsize=7)
+    ax.set_xlabel(f"heads at d={metrics['text_width']} (head size d / heads), tuned lr below")
     ax.set_ylabel("text validation loss (nats/byte)")
     low = np.nanmin([r.get("val_loss_min", np.nan) for r in text])
     high = np.nanmax([r.get("val_loss_max", np.nan) for r in text])
