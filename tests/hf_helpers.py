@@ -199,6 +199,38 @@ ZOO_VARIANTS = {
             },
         ),
     ),
+    "mixtral-top2-window": (
+        "mixtral",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            router_aux_loss_coef=0.02,
+            max_position_embeddings=CONTEXT,
+            sliding_window=10,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen3_moe-qknorm-raw-gates": (
+        "qwen3_moe",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            moe_intermediate_size=24,
+            num_hidden_layers=2,
+            num_experts=6,
+            num_experts_per_tok=3,
+            norm_topk_prob=False,
+            max_position_embeddings=CONTEXT,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 
 

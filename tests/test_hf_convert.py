@@ -11,6 +11,7 @@ import pytest
 import llmjax
 from llmjax.cli import main
 from llmjax.config import Config, ModelConfig, save_config
+from llmjax.config.moe import MoEConfig
 from llmjax.data import BPETokenizer, ByteTokenizer, load_tokenizer, prepare_data, val_batches
 from llmjax.hf import HFError, convert_from_hf, convert_to_hf, export_hf
 from llmjax.models import build_model
@@ -292,6 +293,48 @@ def test_export_refuses_a_model_no_family_holds(tmp_path, tiny_model):
         export_hf(cfg, {}, tmp_path / "out")
     with pytest.raises(HFError, match="cannot export this model as 'llama'"):
         export_hf(cfg, {}, tmp_path / "out", model_type="llama")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def moe_like(llama_like):
+    """An llmjax-born mixture of experts, Llama-shaped otherwise, experts narrower than d_ff."""
+    base = dataclasses.replace(llama_like[0], scan_layers=True)
+    cfg = dataclasses.replace(base, moe=MoEConfig(n_experts=4, top_k=2, d_expert=32))
+    params = random_params(cfg, 2)
+    tokens = random_tokens(2, 16, vocab_size=64)
+    return cfg, params, tokens, _llmjax_logits(cfg, params, tokens)
+
+
+@pytest.mark.parametrize("model_type", [None, "qwen3_moe"])
+def test_export_llmjax_moe(moe_like, tmp_path, model_type):
+    """As mixtral (chosen: its experts' width becomes intermediate_size) or qwen3_moe (the
+    expert width is moe_intermediate_size; QK-norm needs the model to have it, so it is on)."""
+    cfg, params, tokens, ours = moe_like
+    if model_type == "qwen3_moe":
+        cfg = dataclasses.replace(cfg, qk_norm=True)
+        params = random_params(cfg, 2)
+        ours = _llmjax_logits(cfg, params, tokens)
+    out = export_hf(cfg, params, tmp_path / "out", model_type=model_type)
+    assert json.loads((out / "config.json").read_text())["model_type"] == (model_type or "mixtral")
+    assert np.abs(_hf_logits(_load_hf(out), tokens) - ours).max() < 1e-4
+
+
+def test_moe_export_refusals(moe_like, llama_like, tmp_path):
+    cfg = moe_like[0]
+    with pytest.raises(HFError, match="Mixtral is a mixture of experts, this model has dense"):
+        export_hf(llama_like[0], {}, tmp_path / "out", model_type="mixtral")
+    with pytest.raises(HFError, match="Llama has dense MLPs only"):
+        export_hf(cfg, {}, tmp_path / "out", model_type="llama")
+    shared = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, n_shared_experts=1))
+    with pytest.raises(HFError, match="Mixtral has no shared experts"):
+        export_hf(shared, {}, tmp_path / "out", model_type="mixtral")
+    sigmoid = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, router="sigmoid"))
+    with pytest.raises(HFError, match="routes with a softmax.*'sigmoid'"):
+        export_hf(sigmoid, {}, tmp_path / "out")
+    mixed = dataclasses.replace(cfg, scan_layers=False, moe=dataclasses.replace(cfg.moe, every=2))
+    with pytest.raises(HFError, match="every layer MoE"):
+        export_hf(mixed, {}, tmp_path / "out", model_type="mixtral")
     assert not (tmp_path / "out").exists()
 
 

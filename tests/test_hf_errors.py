@@ -54,7 +54,10 @@ def _assert_same_params(a, b) -> None:
 
 def test_unsupported_model_type_lists_the_supported_ones(copy):
     _edit_config(copy, model_type="bert")
-    supported = "gemma, gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, olmo2, phi3, qwen2"
+    supported = (
+        "gemma, gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, mixtral, olmo2, phi3, qwen2, "
+        "qwen3, qwen3_moe"
+    )
     with pytest.raises(HFError, match=rf"model_type 'bert'.*{supported}"):
         load_hf(copy)
 
@@ -112,6 +115,13 @@ def test_qwen2_with_mixed_window_layers(tmp_path):
     make_hf_model("qwen2-qkv-bias-tied").save_pretrained(tmp_path)
     _edit_config(tmp_path, layer_types=["full_attention", "sliding_attention"], sliding_window=4)
     with pytest.raises(HFError, match="the same window in every layer"):
+        load_hf(tmp_path)
+
+
+def test_qwen3_moe_with_dense_layers(tmp_path):
+    make_hf_model("qwen3_moe-qknorm-raw-gates").save_pretrained(tmp_path)
+    _edit_config(tmp_path, mlp_only_layers=[0])
+    with pytest.raises(HFError, match=r"mlp_only_layers=\[0\].*every layer is MoE"):
         load_hf(tmp_path)
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from llmjax.config.moe import MoEConfig
 from llmjax.hf import load_hf
 from tests.hf_helpers import ZOO_VARIANTS, make_hf_model, random_tokens
 from tests.test_hf_models import (  # noqa: F401  (the parity tests, run here over ZOO_VARIANTS)
@@ -50,6 +51,14 @@ FEATURE_OFF = {
         "qk_norm": False,
         "global_every": {"global_every": None, "rope_local_theta": None},  # every layer local
         "norm": "rmsnorm",  # the QK-norm's offset scale too
+    },
+    "mixtral-top2-window": {
+        "attention_window": None,
+        "moe": MoEConfig(n_experts=4, top_k=1, aux_loss_coef=0.02, z_loss_coef=0.0),
+    },
+    "qwen3_moe-qknorm-raw-gates": {
+        "qk_norm": False,
+        "moe": MoEConfig(n_experts=6, top_k=3, renormalize=True, d_expert=24, z_loss_coef=0.0),
     },
 }
 

@@ -1,5 +1,5 @@
-"""Hugging Face interop: load GPT-2, Llama, Mistral, Qwen2/3, Gemma 1-3, OLMo 2, GPT-NeoX and Phi-3
-checkpoints, export them back.
+"""Hugging Face interop: load GPT-2, Llama, Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Gemma 1-3, OLMo 2,
+GPT-NeoX and Phi-3 checkpoints, export them back.
 
     hf = llmjax.hf.load_hf("path/to/gpt2")                  # config, params, tokenizer
     logits = hf.model.apply({"params": hf.params}, ids).logits
@@ -10,7 +10,7 @@ Families are registered by `model_type` with `@register_hf`; weights move throug
 only.
 """
 
-from llmjax.hf import gemma, gpt2, gpt_neox, llama, olmo, phi3, qwen3  # noqa: F401  (registers the families)
+from llmjax.hf import gemma, gpt2, gpt_neox, llama, moe, olmo, phi3, qwen3  # noqa: F401  (registers the families)
 from llmjax.hf.export import export_hf
 from llmjax.hf.family import HF_FAMILIES, HFError, HFFamily, TensorMap, register_hf
 from llmjax.hf.load import HFModel, load_hf

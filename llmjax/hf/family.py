@@ -51,7 +51,9 @@ class TensorMap:
     """One HF tensor and the llmjax parameter(s) it holds.
 
     `{i}` in `hf` marks a per-layer tensor; its llmjax paths then live under `blocks` with a
-    leading layer axis, and `to_llmjax` / `to_hf` see one layer's slice.
+    leading layer axis, and `to_llmjax` / `to_hf` see one layer's slice. `{e}` marks one
+    expert's tensor of an MoE layer: the llmjax paths have an expert axis after the layer axis,
+    and the maps see one expert's slice.
     """
 
     hf: str
@@ -63,6 +65,18 @@ class TensorMap:
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.hf
+
+    def slices(self, cfg: ModelConfig) -> list[tuple[int, ...]]:
+        """The (layer, expert) indices of the llmjax arrays this map fills, one per HF tensor;
+        [()] for a tensor stored once (the embeddings)."""
+        layers = range(cfg.n_layers) if self.per_layer else [None]
+        experts = range(cfg.moe.n_experts) if "{e}" in self.hf else [None]
+        return [tuple(x for x in (i, e) if x is not None) for i in layers for e in experts]
+
+    def name(self, index: tuple[int, ...]) -> str:
+        """The HF tensor name at one of `slices`."""
+        keys = [k for k in ("i", "e") if "{" + k + "}" in self.hf]
+        return self.hf.format(**dict(zip(keys, index, strict=True)))
 
 
 def same(hf: str, path: str, shape: tuple[int, ...]) -> TensorMap:

@@ -203,11 +203,14 @@ class Llama(HFFamily):
             ("embed_scale", self.embed_scale),
         ):
             reasons += mismatch(cfg, field, wanted, name)
-        if cfg.moe.enabled:
-            reasons.append(f"{name} has dense MLPs only, this model has model.moe.n_experts="
-                           f"{cfg.moe.n_experts}")  # fmt: skip
-        reasons += features_off(cfg, name, self.features)
+        reasons += self.moe_cannot_express(cfg) + features_off(cfg, name, self.features)
         return reasons + rope_cannot_express(cfg) + self.variant_cannot_express(cfg)
+
+    def moe_cannot_express(self, cfg: ModelConfig) -> list[str]:
+        if cfg.moe.enabled:
+            return [f"{type(self).__name__} has dense MLPs only, this model has "
+                    f"model.moe.n_experts={cfg.moe.n_experts}"]  # fmt: skip
+        return []
 
 
 @register_hf("mistral")

@@ -66,8 +66,8 @@ def read_params(
     used: set[str] = set()
     missing: list[str] = []
     for m in family.tensors(cfg):
-        for i in range(cfg.n_layers) if m.per_layer else [None]:
-            name = resolve(m.hf.format(i=i))
+        for index in m.slices(cfg):
+            name = resolve(m.name(index))
             if name not in available:
                 missing.append(name)
                 continue
@@ -80,10 +80,10 @@ def read_params(
             used.add(name)
             for path, part in zip(m.paths, m.to_llmjax(ckpt.read(name)), strict=True):
                 want = expected[path].shape
-                if i is None:
+                if not index:
                     out[path] = np.asarray(part, dtype)
                 else:
-                    out.setdefault(path, np.empty(want, dtype))[i] = part
+                    out.setdefault(path, np.empty(want, dtype))[index] = part
                 got = out[path].shape
                 assert got == want, f"{family.model_type} maps {name} to {path} {got} != {want}"
     if missing:
@@ -149,9 +149,9 @@ def write_tensors(
     """HF tensor name -> array for params already in `export_layout` form."""
     tensors: dict[str, np.ndarray] = {}
     for m in family.tensors(cfg):
-        for i in range(cfg.n_layers) if m.per_layer else [None]:
-            parts = [flat[p] if i is None else flat[p][i] for p in m.paths]
+        for index in m.slices(cfg):
+            parts = [flat[p][index] for p in m.paths]
             tensor = np.asarray(m.to_hf(*parts), dtype)
             assert tensor.shape == m.hf_shape, f"{m.hf}: {tensor.shape} != {m.hf_shape}"
-            tensors[m.hf.format(i=i)] = tensor
+            tensors[m.name(index)] = tensor
     return tensors

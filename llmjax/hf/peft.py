@@ -59,8 +59,8 @@ def _adapter_tensors(
     ranks: dict[str, int] = {}
     used = set()
     for m in family.tensors(export_cfg):
-        if not m.per_layer or not m.hf.endswith(".weight"):
-            continue
+        if not m.per_layer or "{e}" in m.hf or not m.hf.endswith(".weight"):
+            continue  # LoRA adapts the attention and dense MLP kernels, not experts
         for i in range(cfg.n_layers):
             parts = [adapters.get((i, p)) for p in m.paths]
             if not any(part is not None for part in parts):
