@@ -116,7 +116,7 @@ def main(argv=None):
         "context_cost",
         metrics,
         rows=rows,
-        plots={"cost": plot(rows, fits)},
+        plots={"context_cost": plot(rows, fits)},
         out_dir=args.out_dir,
         quick=args.quick,
     )

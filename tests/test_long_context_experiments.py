@@ -13,7 +13,7 @@ def test_context_cost_quick(tmp_path):
     assert set(metrics["slopes"]) == set(context_cost.VARIANTS)
     assert len(rows) == len(context_cost.VARIANTS) * len(metrics["lengths"])
     assert all(r["temp_mib"] > 0 and r["seconds"] > 0 for r in rows)
-    assert (folder / "cost.png").stat().st_size > 0
+    assert (folder / "context_cost.png").stat().st_size > 0
 
 
 def test_long_context_quick(tmp_path):
