@@ -31,6 +31,8 @@ WINDOW = 4
 CASES = {
     "flash-alibi-gqa": dict(attention="flash", position="alibi", n_kv_heads=2),
     "auto-rope-loop": dict(attention="auto", position="rope", scan_layers=False),
+    # Off a TPU, splash is flash (and decodes over the cache with flash).
+    "splash-rope-gqa": dict(attention="splash", position="rope", n_kv_heads=2),
     "sliding_window-rolling-rope": dict(
         attention="sliding_window", attention_window=WINDOW, position="rope"
     ),

@@ -18,6 +18,7 @@ from llmjax.attention import (  # noqa: F401
     flash,
     linear,
     sliding_window,
+    splash,
     xla,
 )
 from llmjax.attention.core import (

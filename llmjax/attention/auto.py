@@ -1,28 +1,31 @@
 """`auto`: the backend's fused kernel where one applies, else flash (long inputs) or xla.
 
 GPU: cuDNN's fused attention through `jax.nn.dot_product_attention(implementation="cudnn")`
-(half precision only). TPU: the Pallas flash-attention kernel (plain causal or full masks, no
-ALiBi). Each fused kernel returns None for inputs it cannot serve, and auto then falls back, so
-no backend is ever required. The fallback is exact either way. Neither fused kernel has a logit
-soft cap, so a capped call always takes the fallback.
+(half precision only): causal and windowed masks by index (`is_causal`, `local_window_size`),
+any other mask (packed segments, padding) as a dense mask. TPU: Pallas splash attention
+(llmjax.attention.splash: GQA without repeating K/V, windows, packed segments, soft cap). Each
+fused kernel returns None for inputs it cannot serve, and auto then falls back, so no backend
+is ever required; the fallback is exact either way. Which kernel a call got, and why, is
+logged once per kernel and shape (logger `llmjax.attention`, level INFO) as the model
+is traced (llmjax.attention.support.report).
 """
 
-import logging
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from llmjax.attention import splash
 from llmjax.attention.core import alibi_bias, register_attention
 from llmjax.attention.flash import flash_attention
 from llmjax.attention.masks import Mask
+from llmjax.attention.support import report
 from llmjax.attention.xla import xla_attention
 from llmjax.registry import Registry
 from llmjax.typing import Array, Float
 
-log = logging.getLogger(__name__)
-
-# backend name (jax.default_backend()) -> fn(q, k, v, mask, alibi_slopes, scale) -> out | None
+# backend name (jax.default_backend()) -> fn(q, k, v, mask, alibi_slopes, scale[, logit_softcap])
+# -> out, or None when the kernel does not serve the call (logit_softcap is passed only if set)
 FUSED: Registry[Callable] = Registry("fused attention kernel")
 # From this many query-key pairs on, the fallback is flash: xla's T x S logits cost too much.
 FLASH_FROM_PAIRS = 2048 * 2048
@@ -31,9 +34,11 @@ _UNSUPPORTED = (ValueError, NotImplementedError, TypeError, RuntimeError, Import
 
 
 @FUSED.register("gpu")
-def cudnn_attention(q, k, v, mask: Mask, alibi_slopes, scale):
+def cudnn_attention(q, k, v, mask: Mask, alibi_slopes, scale, logit_softcap=None):
+    if logit_softcap is not None:
+        return _declined("cuDNN", "it has no logit soft cap", q, k)
     if q.dtype not in (jnp.bfloat16, jnp.float16):
-        return None  # cuDNN's fused attention takes half precision only
+        return _declined("cuDNN", f"it takes bfloat16 or float16, not {q.dtype}", q, k)
     bias = None
     if alibi_slopes is not None:
         bias = alibi_bias(mask, jnp.asarray(alibi_slopes, jnp.float32)).astype(q.dtype)
@@ -41,35 +46,35 @@ def cudnn_attention(q, k, v, mask: Mask, alibi_slopes, scale):
     if mask.plain and mask.causal and mask.extra is None:
         window = None if mask.window is None else (mask.window - 1, 0)
         kwargs.update(is_causal=True, local_window_size=window)
+        how = "causal" + (f", window {mask.window}" if window else "")
     else:
         kwargs.update(mask=mask.dense()[:, None])
+        how = "dense mask (segments, padding or positions)"
     try:
-        return jax.nn.dot_product_attention(q, k, v, **kwargs)
+        out = jax.nn.dot_product_attention(q, k, v, **kwargs)
     except _UNSUPPORTED as e:
-        log.info("cuDNN attention does not apply (%s); falling back", e)
-        return None
+        return _declined("cuDNN", str(e), q, k)
+    report("cudnn", how, q, k)
+    return out
 
 
 @FUSED.register("tpu")
-def pallas_tpu_attention(q, k, v, mask: Mask, alibi_slopes, scale):
-    # The kernel masks by index (causal) only: serve the plain lower triangle or no mask at all.
-    plain = mask.plain or (not mask.causal and mask.q_segments is None and mask.kv_valid is None)
-    if not plain or mask.window is not None or mask.extra is not None or alibi_slopes is not None:
-        return None
+def splash_tpu_attention(q, k, v, mask: Mask, alibi_slopes, scale, logit_softcap=None):
+    why = splash.why_not(q, k, mask, alibi_slopes)
+    if why is not None:
+        return _declined("splash", f"it cannot serve {why}", q, k)
     try:
-        from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention as pallas
-
-        groups = q.shape[2] // k.shape[2]
-        k, v = (jnp.repeat(x, groups, axis=2) for x in (k, v))
-        out_BxNxTxH = pallas(
-            *(x.transpose(0, 2, 1, 3) for x in (q, k, v)),
-            causal=mask.causal,
-            sm_scale=q.shape[-1] ** -0.5 if scale is None else scale,
-        )
-        return out_BxNxTxH.transpose(0, 2, 1, 3)
+        out = splash.splash_or_none(q, k, v, mask, alibi_slopes, scale, logit_softcap, False)
     except _UNSUPPORTED as e:
-        log.info("Pallas TPU attention does not apply (%s); falling back", e)
-        return None
+        return _declined("splash", str(e), q, k)
+    how = "plain causal" if mask.plain else "index mask, checked against the positions"
+    report("splash", how + (f", window {mask.window}" if mask.window else ""), q, k)
+    return out
+
+
+def _declined(kernel: str, why: str, q, k) -> None:
+    report("fallback", f"{kernel} does not apply: {why}", q, k)
+    return None
 
 
 @register_attention("auto")
@@ -84,12 +89,15 @@ def auto_attention(
     logit_softcap: float | None = None,
 ) -> Float[Array, "B T N H"]:
     backend = jax.default_backend()
-    if backend in FUSED and logit_softcap is None:
-        out = FUSED.get(backend)(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes, scale)
+    if backend in FUSED:
+        fused = FUSED.get(backend)
+        args = (q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, alibi_slopes, scale)
+        out = fused(*args, logit_softcap) if logit_softcap is not None else fused(*args)
         if out is not None:
             return out
     long = q_BxTxNxH.shape[1] * k_BxSxKxH.shape[1] >= FLASH_FROM_PAIRS
     fallback = flash_attention if long else xla_attention
+    report("flash" if long else "xla", f"{backend} fallback", q_BxTxNxH, k_BxSxKxH)
     return fallback(
         q_BxTxNxH,
         k_BxSxKxH,

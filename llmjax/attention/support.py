@@ -1,5 +1,7 @@
-"""Clear errors when a variant is asked for a mask feature (or a call option) it cannot compute."""
+"""Clear errors when a variant is asked for a mask feature (or a call option) it cannot compute,
+and the log line naming the kernel a call got."""
 
+import logging
 from collections.abc import Callable, Iterable
 
 from llmjax.attention.masks import Mask
@@ -70,3 +72,18 @@ def check_self_attention(variant: str, q_len: int, kv_len: int) -> None:
             f"(self-attention over one sequence), got {q_len} queries and {kv_len} keys; "
             f"{EVERY_MASK}"
         )
+
+
+log = logging.getLogger("llmjax.attention")
+_REPORTED: set[tuple] = set()
+
+
+def report(kernel: str, why: str, q_BxTxNxH, k_BxSxKxH) -> None:
+    """Logs (INFO, logger `llmjax.attention`) the kernel an attention call got and why, once
+    per kernel, reason and shape. Calls are traced once per compile, and every layer of a
+    scanned stack shares its one trace, so a model logs a handful of lines."""
+    key = (kernel, why, q_BxTxNxH.shape, k_BxSxKxH.shape, str(q_BxTxNxH.dtype))
+    if key not in _REPORTED:
+        _REPORTED.add(key)
+        log.info("attention: %s for q %s, k %s, %s (%s)", kernel, q_BxTxNxH.shape,
+                 k_BxSxKxH.shape, q_BxTxNxH.dtype, why)  # fmt: skip
