@@ -18,7 +18,7 @@ QUICK = ["model.n_layers=2", "model.n_heads=2", "model.d_model=64", "model.max_s
 def main(argv: list[str] | None = None):
     args = experiment_parser(__doc__.splitlines()[0]).parse_args(argv)
     base = apply_overrides(PRESETS["medium"], ["train.mfu=false", *(QUICK if args.quick else [])])
-    policies = REMAT_POLICIES.names()
+    policies = [p for p in REMAT_POLICIES.names() if p != "auto"]  # auto is one of them
     steps = {}
     for policy in policies:
         cfg = apply_overrides(base, [f"model.remat={policy}", "model.scan_layers=true"])

@@ -183,7 +183,8 @@ class ModelConfig:
     # Layers per scan iteration (n_layers: fully unrolled, same params layout). XLA:CPU runs an
     # unrolled stack faster than a while loop; unrolling costs compile time.
     scan_unroll: int = 1
-    remat: str = "none"
+    # What a layer keeps for the backward pass (llmjax.models.remat); auto: by platform and shape
+    remat: str = "auto"
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     lora: LoraConfig = field(default_factory=LoraConfig)

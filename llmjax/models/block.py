@@ -20,7 +20,7 @@ from llmjax.layers.moe import MoEMLP
 from llmjax.layers.norms import NORMS
 from llmjax.layers.self_attention import SelfAttention
 from llmjax.layers.state_cache import LayerState
-from llmjax.models.remat import REMAT_POLICIES
+from llmjax.models.remat import REMAT_POLICIES, choose
 
 if TYPE_CHECKING:
     from llmjax.config import ModelConfig
@@ -112,10 +112,17 @@ class Block(nn.Module):
         return constrain(x_BxTxD, ACTIVATION), (kv, probs, moe_stats)
 
 
-def block_class(cfg: "ModelConfig") -> type[nn.Module]:
-    policy = REMAT_POLICIES.get(cfg.remat)
-    if cfg.remat == "none":
+def block_class(
+    cfg: "ModelConfig", batch: int | None = None, length: int | None = None
+) -> type[nn.Module]:
+    """Block, wrapped in `nn.remat` by cfg.remat; `auto` chooses by platform and the input's
+    [batch, length] (None: decoding with a cache, where nothing is differentiated: none)."""
+    name = cfg.remat
+    if name == "auto":
+        name = "none" if batch is None or length is None else choose(cfg, batch, length)
+    if name == "none":
         return Block
-    # Inside scan the loop itself keeps XLA from merging recomputation away (prevent_cse off is
-    # faster there); an unrolled loop needs the barrier.
-    return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+    # Inside a rolled scan the loop itself keeps XLA from merging recomputation away
+    # (prevent_cse off is faster there); unrolled layers need the barrier.
+    rolled = cfg.scan_layers and cfg.scan_unroll == 1
+    return nn.remat(Block, policy=REMAT_POLICIES.get(name), prevent_cse=not rolled)

@@ -310,7 +310,7 @@ class Recurrent(nn.Module):
                 "set model.position=none (tokens are ordered by the recurrence)",
             ),
             "rope_scaling.kind": (cfg.rope_scaling.kind != "none", "leave it at 'none'"),
-            "remat": (cfg.remat != "none", "set model.remat=none"),
+            "remat": (cfg.remat not in ("none", "auto"), "set model.remat=none"),
             "lora.rank": (cfg.lora.rank != 0, "set model.lora.rank=0 (full fine-tuning)"),
             # The transformer's block features (a recurrent layer has none of them).
             "norm_position": (

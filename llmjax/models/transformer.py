@@ -145,7 +145,7 @@ class Decoder(nn.Module):
         x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
         x_BxTxD = constrain(x_BxTxD, ACTIVATION)
 
-        block = block_class(cfg)
+        block = block_class(cfg, *((batch, length) if cache is None else (None, None)))
         layer_ids = jnp.arange(cfg.n_layers, dtype=jnp.int32)  # scanned: each layer its index
         # With a cache each layer also takes its k/v and the shared write slot, and hands back
         # the updated k/v. In the scan layout the stacked cache travels in the scan's carry,
