@@ -21,6 +21,42 @@ _OFF = ("0", "off", "false", "no", "none")
 # XLA's backend (LLVM) optimizations cost seconds of compile on a CPU and save microseconds in a
 # program that runs once: a nano model's initializer compiles in ~60% of the time without them.
 RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# XLA:CPU hands matmuls, and elementwise work around them, to YNNPACK "library fusions" by
+# default. Without them the train step ran 10-20% faster at nanoGPT's nano and medium shapes on
+# a 2-core x86 CPU, to the same losses (README, "Engine speed"). Other jaxlibs, or XLA_FLAGS
+# that set the option, keep XLA's choice; $LLMJAX_XLA_DEFAULTS=1 keeps it too.
+CPU_STEP_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+XLA_DEFAULTS_ENV = "LLMJAX_XLA_DEFAULTS"
+
+
+def step_compiler_options() -> dict[str, str]:
+    """The compiler options for programs that run at every step (train and eval steps): the
+    CPU options above where this jaxlib knows them and nothing overrides them, else none."""
+    import jax
+
+    if jax.default_backend() != "cpu" or os.environ.get(XLA_DEFAULTS_ENV, "") not in ("", *_OFF):
+        return {}
+    flags = os.environ.get("XLA_FLAGS", "")
+    options = {k: v for k, v in CPU_STEP_COMPILER_OPTIONS.items() if k not in flags}
+    return dict(options) if options and _compiler_accepts(tuple(options.items())) else {}
+
+
+@functools.cache
+def _compiler_accepts(options: tuple[tuple[str, str], ...]) -> bool:
+    import jax
+
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(0.0).compile()
+    except Exception:  # a jaxlib without the option: "No such compile option"
+        return False
+    return True
+
+
+def jit_step(fn: Callable, **kwargs: Any) -> Callable:
+    """`jax.jit` for programs that run at every step, with `step_compiler_options()`."""
+    import jax
+
+    return jax.jit(fn, compiler_options=step_compiler_options() or None, **kwargs)
 
 
 def jit_once(fn: Callable, **kwargs: Any) -> Callable:

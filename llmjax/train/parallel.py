@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 from llmjax import sharding
 from llmjax.distributed import DistributedError, local_region
 from llmjax.registry import Registry
-from llmjax.runtime import jit_once
+from llmjax.runtime import jit_once, jit_step
 
 if TYPE_CHECKING:
     from llmjax.config import Config
@@ -155,10 +155,10 @@ class SingleDevice(ParallelMode):
         return dict.fromkeys(self.frozen, SingleDeviceSharding(self.device))
 
     def train_step(self, fn: Callable) -> Callable:
-        return jax.jit(fn, donate_argnums=0)
+        return jit_step(fn, donate_argnums=0)
 
     def eval_step(self, fn: Callable) -> Callable:
-        return jax.jit(fn)
+        return jit_step(fn)
 
     def put(self, local: HostBatch, global_shape: tuple[int, ...]) -> Any:
         return local  # jit moves numpy arguments to the device
@@ -228,7 +228,7 @@ class MeshParallel(ParallelMode):
 
     def train_step(self, fn: Callable) -> Callable:
         return InMesh(
-            jax.jit(
+            jit_step(
                 fn,
                 in_shardings=(self.state_sharding, None),  # batches come placed by `put`
                 out_shardings=(self.state_sharding, self.replicated),
@@ -240,7 +240,7 @@ class MeshParallel(ParallelMode):
     def eval_step(self, fn: Callable) -> Callable:
         state = self.state_sharding
         return InMesh(
-            jax.jit(
+            jit_step(
                 fn,
                 in_shardings=(state.params, state.model_state, None, state.frozen),
                 out_shardings=self.replicated,
@@ -319,7 +319,7 @@ class PmapParallel(ParallelMode):
         return call
 
     def eval_step(self, fn: Callable) -> Callable:
-        return jax.jit(fn)  # on the first replica's params (host_state); batches stay on host
+        return jit_step(fn)  # on the first replica's params (host_state); batches stay on host
 
     def put(self, local: HostBatch, global_shape: tuple[int, ...]) -> dict[str, jax.Array]:
         n = len(self.devices)
