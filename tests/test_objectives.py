@@ -21,6 +21,7 @@ from llmjax.objectives import (
     cross_entropy,
     register_objective,
 )
+from llmjax.runtime import jit_step
 from llmjax.train.trainer import Trainer
 from tests import golden_lm
 
@@ -105,7 +106,7 @@ def _old_train_step(model, tx, schedule, *, seed, z_loss, grad_accum):
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return jit_step(step, donate_argnums=0)  # compiled like the trainer's steps
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
