@@ -13,9 +13,12 @@ float32 matmul timed now (printed as `matmul_peak_gflops`), elsewhere the datash
 mesh runs the shards on separate cores; the peak is then still the whole process's.
 
 `--profile N` then runs the step N more times under the JAX profiler and adds where the time
-goes: each kind of XLA op's milliseconds per step and share (`profile` in the JSON), e.g.
+goes: each kind of XLA op's milliseconds per step and share (`profile` in the JSON), or with
+`--profile-by shape` each result shape's (the attention's [B, H, T, T] arrays, the MLP's
+[B*T, d_ff] ...), e.g.
 
     python -m experiments.bench_train --preset nano --profile 20 --top 10
+    python -m experiments.bench_train --preset medium --steps 1 --profile 1 --profile-by shape
 """
 
 from __future__ import annotations
@@ -44,7 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="profile N more steps (default: off)"
     )
-    parser.add_argument("--top", type=int, default=15, help="op kinds to list with --profile")
+    parser.add_argument("--top", type=int, default=15, help="op groups to list with --profile")
+    parser.add_argument(
+        "--profile-by",
+        choices=("kind", "shape"),
+        default="kind",
+        help="group the profiled ops by kind (dot, *_fusion ...) or by result shape",
+    )
     args = parser.parse_args(argv)
     if args.profile < 0 or args.top < 1:
         parser.error("--profile must be >= 0 and --top >= 1")
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         "loss_first_last": [round(step.metrics[0]["loss"], 4), round(step.metrics[-1]["loss"], 4)],
     }
     if args.profile:
-        result["profile"] = profile_ops(step, args.profile, args.top)
+        result["profile"] = profile_ops(step, args.profile, args.top, args.profile_by)
     print(json.dumps(result))
     return result
 

@@ -51,6 +51,7 @@ class CompiledStep:
     # time, barely moved by other jobs taking turns on a shared machine's cores.
     cpu_times: list[float] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
+    hlo_text: str = ""  # the compiled program, as XLA prints it (op names and output shapes)
 
     def run(self, steps: int = 1, batches: Iterable[HostBatch] | None = None) -> None:
         """`steps` more timed steps on `batches` (default: the compiled-with batch)."""
@@ -114,7 +115,9 @@ def measure_step(trainer: Trainer, state: Any, batch: HostBatch) -> CompiledStep
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan")))
-    return CompiledStep(cfg, trainer, state, batch, compile_s, memory, flops)
+    return CompiledStep(
+        cfg, trainer, state, batch, compile_s, memory, flops, hlo_text=compiled.as_text()
+    )
 
 
 def state_memory(trainer: Trainer, state: Any) -> dict[str, int]:
@@ -145,30 +148,35 @@ def time_round_robin(steps: Mapping[Any, CompiledStep], rounds: int, warmup: int
             step.run()
 
 
-def profile_ops(step: CompiledStep, runs: int, top: int = 15) -> dict[str, Any]:
+def profile_ops(step: CompiledStep, runs: int, top: int = 15, by: str = "kind") -> dict[str, Any]:
     """Runs `step` `runs` times under the JAX profiler and sums each XLA op's time per step.
 
-    Ops are grouped by kind (an op's name without its ".N" suffix: `ynn_fusion`, `dot`,
-    `multiply_tanh_fusion`, `all-reduce` ...). On a CPU, op events exist only if the process
-    started with --xla_cpu_enable_xprof_traceme=true in XLA_FLAGS; without it the result is
-    empty. Time on several threads or devices adds up, so the total may exceed the step's wall
-    time.
+    Ops are grouped by kind (`by="kind"`: an op's name without its ".N" suffix: `ynn_fusion`,
+    `dot`, `multiply_tanh_fusion`, `all-reduce` ...) or by the shape of their result
+    (`by="shape"`: `f32[64,6,256,256]` gathers every op that writes an attention-logits-sized
+    array, whatever its kind; `tuple` for ops with several results). On a CPU, op events
+    exist only if the process started with --xla_cpu_enable_xprof_traceme=true in XLA_FLAGS;
+    without it the result is empty. Time on several threads or devices adds up, so the total
+    may exceed the step's wall time.
     """
+    if by not in ("kind", "shape"):
+        raise ValueError(f"profile_ops groups by 'kind' or 'shape', not {by!r}")
     with tempfile.TemporaryDirectory(prefix="llmjax-profile-") as folder:
         with jax.profiler.trace(folder):
             step.run(runs)
         traces = sorted(Path(folder).rglob("*.xplane.pb"))
         data = jax.profiler.ProfileData.from_file(str(traces[-1])) if traces else None
+    shapes = op_shapes(step.hlo_text) if by == "shape" else {}
     per_kind: Counter[str] = Counter()
     calls: Counter[str] = Counter()
     for name, duration_ns in _op_events(data):
-        kind = re.sub(r"\.\d+$", "", name)
+        kind = shapes.get(name, "other") if by == "shape" else re.sub(r"\.\d+$", "", name)
         per_kind[kind] += duration_ns
         calls[kind] += 1
     total = sum(per_kind.values())
     ops = [
         {
-            "op": kind,
+            ("op" if by == "kind" else "shape"): kind,
             "ms_per_step": round(ns / runs / 1e6, 3),
             "share": round(ns / total, 4),
             "calls_per_step": round(calls[kind] / runs, 1),
@@ -176,6 +184,17 @@ def profile_ops(step: CompiledStep, runs: int, top: int = 15) -> dict[str, Any]:
         for kind, ns in per_kind.most_common(top)
     ]
     return {"op_ms_per_step": round(total / runs / 1e6, 2), "ops": ops}
+
+
+def op_shapes(hlo_text: str) -> dict[str, str]:
+    """Each instruction's name in a compiled HLO module -> its result's shape without the
+    layout (`f32[64,256,384]`), or `tuple`."""
+    shapes = {}
+    for name, shape in re.findall(
+        r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(|[a-z]\w*\[[\d,]*\])", hlo_text, re.M
+    ):
+        shapes.setdefault(name, "tuple" if shape == "(" else shape)
+    return shapes
 
 
 def _op_events(data: Any) -> Iterator[tuple[str, int]]:
