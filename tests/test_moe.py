@@ -214,11 +214,45 @@ def test_flops_count_active_parameters():
     assert scaling.param_counts(moe).total == scaling.param_counts(dense).total + extra
 
 
+def test_shared_gate_scales_the_shared_mlp_per_token(tiny_model):
+    """With a zero gate vector every token's shared output is scaled by sigmoid(0) = 1/2: the
+    layer equals the ungated layer with the shared MLP's down projection halved. d_shared sets
+    the shared MLP's width and the FLOP count follows it."""
+    cfg = dataclasses.replace(tiny_model, mlp="swiglu", use_bias=False, scan_layers=False)
+    gated = _moe_cfg(cfg, n_shared_experts=1, d_shared=24, shared_gate=True)
+    plain = _moe_cfg(cfg, n_shared_experts=1, d_shared=24)
+    params = random_params(gated)
+    halved = jax.tree.map(lambda x: x, params)
+    for i in range(cfg.n_layers):
+        mlp = dict(params[f"blocks_{i}"]["mlp"])
+        assert mlp["shared"]["up"]["kernel"].shape == (cfg.d_model, 24)
+        mlp["shared_gate"] = jnp.zeros_like(mlp.pop("shared_gate"))
+        params[f"blocks_{i}"] = {**params[f"blocks_{i}"], "mlp": mlp}
+        shared = dict(mlp["shared"])
+        shared["down"] = {"kernel": shared["down"]["kernel"] / 2}
+        plain_mlp = {k: v for k, v in mlp.items() if k != "shared_gate"}
+        halved[f"blocks_{i}"] = {**params[f"blocks_{i}"], "mlp": {**plain_mlp, "shared": shared}}
+    tokens = _tokens(cfg)
+    got = build_model(gated).apply({"params": params}, tokens).logits
+    want = build_model(plain).apply({"params": halved}, tokens).logits
+    np.testing.assert_allclose(got, want, **TOL)
+    per_layer = scaling.matmul_params(gated) - scaling.matmul_params(plain)
+    assert per_layer == cfg.n_layers * cfg.d_model  # the gate vector
+    wider = _moe_cfg(cfg, n_shared_experts=1, d_shared=48)
+    assert scaling.matmul_params(wider) - scaling.matmul_params(plain) == (
+        cfg.n_layers * 3 * cfg.d_model * 24
+    )
+
+
 def test_config_errors_name_the_fix(tiny_model):
     with pytest.raises(ConfigError, match="scan_layers=false"):
         dataclasses.replace(tiny_model, moe=MoEConfig(n_experts=4, every=2))
     with pytest.raises(ConfigError, match="top_k=5 is more than n_experts=4"):
         MoEConfig(n_experts=4, top_k=5)
+    with pytest.raises(ConfigError, match="n_shared_experts is 0; set n_shared_experts=1"):
+        MoEConfig(n_experts=4, shared_gate=True)
+    with pytest.raises(ConfigError, match="d_shared"):
+        MoEConfig(n_experts=4, n_shared_experts=1, d_shared=0)
     with pytest.raises(ConfigError, match="model.moe.router='tanh' is not known"):
         build_model(_moe_cfg(tiny_model, router="tanh"))
 

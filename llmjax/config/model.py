@@ -339,6 +339,13 @@ class ModelConfig:
         return self.ffn_dim if self.moe.d_expert is None else self.moe.d_expert
 
     @property
+    def shared_expert_dim(self) -> int:
+        """Width of the MoE layers' shared MLP (model.moe.d_shared, else n_shared_experts
+        expert widths; 0 without shared experts)."""
+        moe = self.moe
+        return moe.n_shared_experts * self.expert_dim if moe.d_shared is None else moe.d_shared
+
+    @property
     def has_qkv_bias(self) -> bool:
         return self.use_bias if self.qkv_bias is None else self.qkv_bias
 

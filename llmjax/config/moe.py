@@ -13,8 +13,10 @@ class MoEConfig:
 
     Each token's router picks `top_k` of `n_experts` expert MLPs (each the model's `mlp` kind,
     `d_expert` wide) and sums their outputs weighted by its gates; `n_shared_experts` more run
-    on every token. Computation is dropless: no token is ever dropped for capacity. Layer i
-    (from 0) is an MoE layer when i >= first_dense and (i - first_dense) % every == 0.
+    on every token, as one MLP `d_shared` wide (default: n_shared_experts expert widths), its
+    output scaled per token by sigmoid(x . w) when `shared_gate` is set (Qwen2-MoE).
+    Computation is dropless: no token is ever dropped for capacity. Layer i (from 0) is an MoE
+    layer when i >= first_dense and (i - first_dense) % every == 0.
     """
 
     n_experts: int = 0  # 0: dense MLPs everywhere
@@ -24,6 +26,8 @@ class MoEConfig:
     # scores (Switch with top_k=1).
     renormalize: bool = True
     n_shared_experts: int = 0
+    d_shared: int | None = None  # None: n_shared_experts * the experts' width
+    shared_gate: bool = False  # a sigmoid gate per token on the shared MLP's output (Qwen2-MoE)
     d_expert: int | None = None  # None: the dense MLP's width (model.d_ff)
     aux_loss_coef: float = 0.01  # the load-balancing loss (Switch uses 0.01)
     z_loss_coef: float = 0.001  # the router z-loss (ST-MoE uses 0.001)
@@ -42,7 +46,8 @@ class MoEConfig:
             f"{section}.n_experts must be an integer >= 1 (0 turns MoE off), got "
             f"{self.n_experts!r}",
         )
-        check_positive(self, "top_k", "d_expert", "every", "block_size", section=section)
+        check_positive(self, "top_k", "d_expert", "d_shared", "every", "block_size",
+                       section=section)  # fmt: skip
         check_finite(self, "aux_loss_coef", "z_loss_coef", section=section)
         if self.n_experts:
             check(
@@ -53,6 +58,11 @@ class MoEConfig:
         check(
             isinstance(self.n_shared_experts, int) and self.n_shared_experts >= 0,
             f"{section}.n_shared_experts must be an integer >= 0, got {self.n_shared_experts!r}",
+        )
+        check(
+            self.n_shared_experts or (self.d_shared is None and not self.shared_gate),
+            f"{section}.d_shared and shared_gate shape the shared experts, and n_shared_experts "
+            f"is 0; set n_shared_experts=1 (or more) to have them",
         )
         check(
             isinstance(self.first_dense, int) and self.first_dense >= 0,

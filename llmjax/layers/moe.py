@@ -205,8 +205,14 @@ class MoEMLP(nn.Module):
         y_NxD = run_experts(self, cfg, x_NxD, routing)
         y_BxTxD = y_NxD.reshape(B, T, D)
         if moe.n_shared_experts:
-            shared_cfg = dataclasses.replace(cfg, d_ff=moe.n_shared_experts * cfg.expert_dim)
-            y_BxTxD = y_BxTxD + MLPS.get(cfg.mlp)(shared_cfg, name="shared")(x_BxTxD)
+            shared_cfg = dataclasses.replace(cfg, d_ff=cfg.shared_expert_dim)
+            shared_BxTxD = MLPS.get(cfg.mlp)(shared_cfg, name="shared")(x_BxTxD)
+            if moe.shared_gate:
+                w_D = param(self, "shared_gate", (D,), ("embed",), normal(cfg.init_std),
+                            cfg.param_dtype)  # fmt: skip
+                gate_N = jax.nn.sigmoid(jnp.dot(x_NxD, w_D.astype(x_NxD.dtype)))
+                shared_BxTxD = shared_BxTxD * gate_N.reshape(B, T, 1).astype(shared_BxTxD.dtype)
+            y_BxTxD = y_BxTxD + shared_BxTxD
         stats = {
             "aux_loss": load_balancing_loss(routing.probs_NxE, routing.experts_NxK),
             "z_loss": router_z_loss(logits_NxE),

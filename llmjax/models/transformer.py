@@ -337,7 +337,8 @@ def matmul_params(cfg: "ModelConfig") -> int:
     attention = D * N * H + 2 * D * K * H + N * H * D
     per_width = (3 if cfg.mlp in GATED_MLPS else 2) * D  # weights per unit of MLP width
     moe = cfg.moe
-    moe_mlp = D * moe.n_experts + per_width * cfg.expert_dim * (moe.top_k + moe.n_shared_experts)
+    moe_mlp = D * moe.n_experts + per_width * (cfg.expert_dim * moe.top_k + cfg.shared_expert_dim)
+    moe_mlp += D if moe.shared_gate else 0
     mlps = sum(moe_mlp if moe.is_moe_layer(i) else per_width * F for i in range(cfg.n_layers))
     return cfg.n_layers * attention + mlps + cfg.padded_vocab_size * D
 
