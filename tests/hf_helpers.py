@@ -231,6 +231,23 @@ ZOO_VARIANTS = {
             tie_word_embeddings=False,
         ),
     ),
+    "qwen2_moe-shared-gate": (
+        "qwen2_moe",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=40,
+            num_hidden_layers=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            max_position_embeddings=CONTEXT,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 
 

@@ -320,6 +320,24 @@ def test_export_llmjax_moe(moe_like, tmp_path, model_type):
     assert np.abs(_hf_logits(_load_hf(out), tokens) - ours).max() < 1e-4
 
 
+def test_export_llmjax_moe_with_a_gated_shared_expert(moe_like, tmp_path):
+    """Shared experts with a sigmoid gate: only Qwen2-MoE holds them, so it is chosen; the
+    Llama-shaped model has no q/k/v biases, and the export says qkv_bias false."""
+    cfg, _, tokens, _ = moe_like
+    moe = dataclasses.replace(cfg.moe, n_shared_experts=1, d_shared=48, shared_gate=True)
+    cfg = dataclasses.replace(cfg, moe=moe)
+    params = random_params(cfg, 2)
+    out = export_hf(cfg, params, tmp_path / "out")
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["model_type"] == "qwen2_moe" and hf_config["qkv_bias"] is False
+    assert hf_config["shared_expert_intermediate_size"] == 48
+    ours = _llmjax_logits(cfg, params, tokens)
+    assert np.abs(_hf_logits(_load_hf(out), tokens) - ours).max() < 1e-4
+    ungated = dataclasses.replace(cfg, moe=dataclasses.replace(moe, shared_gate=False))
+    with pytest.raises(HFError, match="Qwen2Moe has one sigmoid-gated shared expert"):
+        export_hf(ungated, {}, tmp_path / "out2", model_type="qwen2_moe")
+
+
 def test_moe_export_refusals(moe_like, llama_like, tmp_path):
     cfg = moe_like[0]
     with pytest.raises(HFError, match="Mixtral is a mixture of experts, this model has dense"):

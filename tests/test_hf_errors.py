@@ -56,7 +56,7 @@ def test_unsupported_model_type_lists_the_supported_ones(copy):
     _edit_config(copy, model_type="bert")
     supported = (
         "gemma, gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, mixtral, olmo2, phi3, qwen2, "
-        "qwen3, qwen3_moe"
+        "qwen2_moe, qwen3, qwen3_moe"
     )
     with pytest.raises(HFError, match=rf"model_type 'bert'.*{supported}"):
         load_hf(copy)

@@ -60,6 +60,18 @@ FEATURE_OFF = {
         "qk_norm": False,
         "moe": MoEConfig(n_experts=6, top_k=3, renormalize=True, d_expert=24, z_loss_coef=0.0),
     },
+    "qwen2_moe-shared-gate": {
+        "qkv_bias": False,
+        "moe": MoEConfig(
+            n_experts=4,
+            top_k=2,
+            d_expert=24,
+            n_shared_experts=1,
+            d_shared=40,
+            shared_gate=False,
+            z_loss_coef=0.0,
+        ),  # fmt: skip
+    },
 }
 
 

@@ -1,8 +1,12 @@
-"""Mixture-of-experts families: Mixtral (`mixtral`) and Qwen3-MoE (`qwen3_moe`).
+"""Mixture-of-experts families: Mixtral (`mixtral`), Qwen2-MoE (`qwen2_moe`) and Qwen3-MoE
+(`qwen3_moe`).
 
-Both are their dense family (Mistral, Qwen3) with every layer's MLP replaced by SwiGLU experts
-behind a softmax top-k router: llmjax's `model.moe` with `router="softmax"`. Mixtral always
-divides the chosen probabilities by their sum; Qwen3-MoE does when `norm_topk_prob` is set.
+Each is its dense family (Mistral, Qwen2, Qwen3) with every layer's MLP replaced by SwiGLU
+experts behind a softmax top-k router: llmjax's `model.moe` with `router="softmax"`. Mixtral
+always divides the chosen probabilities by their sum; the Qwen families do when `norm_topk_prob`
+is set. Qwen2-MoE adds one shared expert (`shared_expert_intermediate_size` wide) on every
+token, its output scaled by sigmoid(x . w) (`model.moe.n_shared_experts=1`, `d_shared`,
+`shared_gate=true`).
 
 Checkpoints store one tensor per expert (`...experts.{e}.w1.weight`, as transformers saves
 them); llmjax stacks them on the expert axis of `blocks/mlp/{gate,up,down}` and splits them
@@ -19,7 +23,7 @@ from typing import Any
 from llmjax.config import ModelConfig
 from llmjax.config.moe import MoEConfig
 from llmjax.hf.family import HFError, TensorMap, linear, register_hf, required
-from llmjax.hf.llama import Mistral
+from llmjax.hf.llama import Mistral, Qwen2
 from llmjax.hf.qwen3 import Qwen3
 
 _LAYER = "model.layers.{i}."
@@ -34,6 +38,7 @@ class _Experts:
     # is exported.
     n_experts_keys: tuple[str, ...]
     norm_topk_key: str | None  # config.json key switching renormalization; None: always on
+    shared_expert = False  # one sigmoid-gated shared expert per layer (Qwen2-MoE)
 
     def moe_from_hf(self, hf: dict[str, Any]) -> MoEConfig:
         t = self.model_type
@@ -79,7 +84,10 @@ class _Experts:
         if self.norm_topk_key is None and not moe.renormalize:
             reasons.append(f"{name} always renormalizes the top-k gates (model.moe.renormalize"
                            f"=true)")  # fmt: skip
-        if moe.n_shared_experts:
+        if self.shared_expert and not (moe.n_shared_experts and moe.shared_gate):
+            reasons.append(f"{name} has one sigmoid-gated shared expert in every layer (model."
+                           f"moe.n_shared_experts=1, shared_gate=true)")  # fmt: skip
+        if not self.shared_expert and moe.n_shared_experts:
             reasons.append(f"{name} has no shared experts (model.moe.n_shared_experts=0)")
         if moe.every != 1 or moe.first_dense != 0:
             reasons.append(f"llmjax converts {name} with every layer MoE (model.moe.every=1, "
@@ -130,13 +138,10 @@ class Mixtral(_Experts, Mistral):
         return dataclasses.replace(cfg, d_ff=cfg.expert_dim, moe=moe)
 
 
-@register_hf("qwen3_moe")
-class Qwen3Moe(_Experts, Qwen3):
-    """Qwen3-MoE: Qwen3's QK-normed attention, `num_experts` experts `moe_intermediate_size`
-    wide, renormalized gates when `norm_topk_prob`."""
+class _QwenExperts(_Experts):
+    """What the Qwen MoE families share: `num_experts` experts `moe_intermediate_size` wide,
+    every layer MoE, renormalized gates when `norm_topk_prob`."""
 
-    architecture = "Qwen3MoeForCausalLM"
-    export_rank = 61
     moe_module = "mlp"
     expert_weights = ("gate_proj", "up_proj", "down_proj")
     n_experts_keys = ("num_experts", "num_local_experts")
@@ -156,6 +161,18 @@ class Qwen3Moe(_Experts, Qwen3):
             "mlp_only_layers": [],
         }
 
+    def export_config(self, cfg: ModelConfig) -> ModelConfig:
+        cfg = super().export_config(cfg)
+        return dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, d_expert=cfg.expert_dim))
+
+
+@register_hf("qwen3_moe")
+class Qwen3Moe(_QwenExperts, Qwen3):
+    """Qwen3-MoE: Qwen3's QK-normed attention and the Qwen experts."""
+
+    architecture = "Qwen3MoeForCausalLM"
+    export_rank = 61
+
     def window_from_hf(self, hf: dict[str, Any]) -> int | None:
         # Qwen3-MoE applies its window in every layer when use_sliding_window is set.
         return hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
@@ -168,6 +185,42 @@ class Qwen3Moe(_Experts, Qwen3):
             "sliding_window": window,
         }
 
+
+@register_hf("qwen2_moe")
+class Qwen2Moe(_QwenExperts, Qwen2):
+    """Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (biases on q, k and v when `qkv_bias`), the
+    Qwen experts and one shared expert whose output a per-token sigmoid gate scales."""
+
+    architecture = "Qwen2MoeForCausalLM"
+    export_rank = 62
+    shared_expert = True
+
+    def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
+        cfg = super().config_from_hf(hf)
+        d_shared = required(hf, "shared_expert_intermediate_size", self.model_type)
+        moe = dataclasses.replace(cfg.moe, n_shared_experts=1, d_shared=d_shared, shared_gate=True)
+        return dataclasses.replace(cfg, moe=moe)
+
+    def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        return {
+            **super().config_to_hf(cfg),
+            "shared_expert_intermediate_size": cfg.shared_expert_dim,
+            "qkv_bias": cfg.has_qkv_bias,
+        }
+
+    def biases_from_hf(self, hf: dict[str, Any]) -> dict[str, bool | None]:
+        return {"qkv_bias": bool(hf.get("qkv_bias", True))}
+
     def export_config(self, cfg: ModelConfig) -> ModelConfig:
-        cfg = super().export_config(cfg)
-        return dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, d_expert=cfg.expert_dim))
+        qkv_bias = cfg.has_qkv_bias  # Qwen2's export adds q/k/v biases; Qwen2-MoE may lack them
+        return dataclasses.replace(super().export_config(cfg), qkv_bias=qkv_bias)
+
+    def expert_tensors(self, cfg: ModelConfig) -> list[TensorMap]:
+        D, F = cfg.d_model, cfg.shared_expert_dim
+        S = _LAYER + "mlp.shared_expert."
+        return super().expert_tensors(cfg) + [
+            linear(S + "gate_proj.weight", "blocks/mlp/shared/gate/kernel", (D,), (F,)),
+            linear(S + "up_proj.weight", "blocks/mlp/shared/up/kernel", (D,), (F,)),
+            linear(S + "down_proj.weight", "blocks/mlp/shared/down/kernel", (F,), (D,)),
+            linear(_LAYER + "mlp.shared_expert_gate.weight", "blocks/mlp/shared_gate", (D,), ()),
+        ]
