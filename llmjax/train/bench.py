@@ -51,7 +51,7 @@ class CompiledStep:
     # time, barely moved by other jobs taking turns on a shared machine's cores.
     cpu_times: list[float] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
-    hlo_text: str = ""  # the compiled program, as XLA prints it (op names and output shapes)
+    compiled: Any = None  # the compiled executable (its text names each op and its shape)
 
     def run(self, steps: int = 1, batches: Iterable[HostBatch] | None = None) -> None:
         """`steps` more timed steps on `batches` (default: the compiled-with batch)."""
@@ -115,9 +115,7 @@ def measure_step(trainer: Trainer, state: Any, batch: HostBatch) -> CompiledStep
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan")))
-    return CompiledStep(
-        cfg, trainer, state, batch, compile_s, memory, flops, hlo_text=compiled.as_text()
-    )
+    return CompiledStep(cfg, trainer, state, batch, compile_s, memory, flops, compiled=compiled)
 
 
 def state_memory(trainer: Trainer, state: Any) -> dict[str, int]:
@@ -166,7 +164,7 @@ def profile_ops(step: CompiledStep, runs: int, top: int = 15, by: str = "kind") 
             step.run(runs)
         traces = sorted(Path(folder).rglob("*.xplane.pb"))
         data = jax.profiler.ProfileData.from_file(str(traces[-1])) if traces else None
-    shapes = op_shapes(step.hlo_text) if by == "shape" else {}
+    shapes = op_shapes(step.compiled.as_text()) if by == "shape" else {}
     per_kind: Counter[str] = Counter()
     calls: Counter[str] = Counter()
     for name, duration_ns in _op_events(data):
