@@ -24,8 +24,8 @@ RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 # XLA:CPU hands matmuls, and elementwise work around them, to YNNPACK "library fusions" by
 # default. Without them the train step at nanoGPT's medium shape ran 3-21% faster in five of
 # seven alternating pairs on a 2-core x86 CPU (a wash at the nano shape), to the same losses
-# (README, "Engine speed"). Other jaxlibs, or XLA_FLAGS
-# that set the option, keep XLA's choice; $LLMJAX_XLA_DEFAULTS=1 keeps it too.
+# (README, "Engine speed"). Other jaxlibs, or XLA_FLAGS that set the option, keep XLA's
+# choice; $LLMJAX_XLA_DEFAULTS=1 keeps it too.
 CPU_STEP_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 XLA_DEFAULTS_ENV = "LLMJAX_XLA_DEFAULTS"
 

@@ -70,7 +70,7 @@ FEATURE_OFF = {
             d_shared=40,
             shared_gate=False,
             z_loss_coef=0.0,
-        ),  # fmt: skip
+        ),
     },
 }
 
