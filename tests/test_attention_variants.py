@@ -323,6 +323,8 @@ def test_auto_uses_a_fused_kernel_when_it_serves_the_inputs_else_falls_back():
         calls.append(alibi_slopes is None)
         return jnp.zeros_like(q) if alibi_slopes is None else None  # serves only plain inputs
 
+    previous = FUSED.get(backend) if backend in FUSED else None
+    FUSED.unregister(backend)
     FUSED.register(backend)(fused)
     try:
         np.testing.assert_array_equal(auto(q, k, v, mask), 0.0)
@@ -335,6 +337,8 @@ def test_auto_uses_a_fused_kernel_when_it_serves_the_inputs_else_falls_back():
         assert calls == [True, False]
     finally:
         FUSED.unregister(backend)
+        if previous is not None:
+            FUSED.register(backend)(previous)
 
 
 # ----------------------------------------------------------------------------- bad inputs

@@ -1,8 +1,10 @@
 """`auto`: the backend's fused kernel where one applies, else flash (long inputs) or xla.
 
-GPU: cuDNN's fused attention through `jax.nn.dot_product_attention(implementation="cudnn")`
-(half precision only): causal and windowed masks by index (`is_causal`, `local_window_size`),
-any other mask (packed segments, padding) as a dense mask. TPU: Pallas splash attention
+CPU: llmjax's fused causal kernel (llmjax.attention.cpu_fused: a C++ custom call, built on
+first use) for the plain causal mask. GPU: cuDNN's fused attention through
+`jax.nn.dot_product_attention(implementation="cudnn")` (half precision only): causal and
+windowed masks by index (`is_causal`, `local_window_size`), any other mask (packed segments,
+padding) as a dense mask. TPU: Pallas splash attention
 (llmjax.attention.splash: GQA without repeating K/V, windows, packed segments, soft cap). Each
 fused kernel returns None for inputs it cannot serve, and auto then falls back, so no backend
 is ever required; the fallback is exact either way. Which kernel a call got, and why, is
@@ -17,9 +19,10 @@ import jax.numpy as jnp
 
 from llmjax.attention import splash
 from llmjax.attention.core import alibi_bias, register_attention
+from llmjax.attention.cpu_fused import fused_cpu_attention
 from llmjax.attention.flash import flash_attention
 from llmjax.attention.masks import Mask
-from llmjax.attention.support import report
+from llmjax.attention.support import declined, report
 from llmjax.attention.xla import xla_attention
 from llmjax.registry import Registry
 from llmjax.typing import Array, Float
@@ -33,12 +36,15 @@ FLASH_FROM_PAIRS = 2048 * 2048
 _UNSUPPORTED = (ValueError, NotImplementedError, TypeError, RuntimeError, ImportError)
 
 
+FUSED.register("cpu")(fused_cpu_attention)
+
+
 @FUSED.register("gpu")
 def cudnn_attention(q, k, v, mask: Mask, alibi_slopes, scale, logit_softcap=None):
     if logit_softcap is not None:
-        return _declined("cuDNN", "it has no logit soft cap", q, k)
+        return declined("cuDNN", "it has no logit soft cap", q, k)
     if q.dtype not in (jnp.bfloat16, jnp.float16):
-        return _declined("cuDNN", f"it takes bfloat16 or float16, not {q.dtype}", q, k)
+        return declined("cuDNN", f"it takes bfloat16 or float16, not {q.dtype}", q, k)
     bias = None
     if alibi_slopes is not None:
         bias = alibi_bias(mask, jnp.asarray(alibi_slopes, jnp.float32)).astype(q.dtype)
@@ -53,7 +59,7 @@ def cudnn_attention(q, k, v, mask: Mask, alibi_slopes, scale, logit_softcap=None
     try:
         out = jax.nn.dot_product_attention(q, k, v, **kwargs)
     except _UNSUPPORTED as e:
-        return _declined("cuDNN", str(e), q, k)
+        return declined("cuDNN", str(e), q, k)
     report("cudnn", how, q, k)
     return out
 
@@ -62,19 +68,14 @@ def cudnn_attention(q, k, v, mask: Mask, alibi_slopes, scale, logit_softcap=None
 def splash_tpu_attention(q, k, v, mask: Mask, alibi_slopes, scale, logit_softcap=None):
     why = splash.why_not(q, k, mask, alibi_slopes)
     if why is not None:
-        return _declined("splash", f"it cannot serve {why}", q, k)
+        return declined("splash", f"it cannot serve {why}", q, k)
     try:
         out = splash.splash_or_none(q, k, v, mask, alibi_slopes, scale, logit_softcap, False)
     except _UNSUPPORTED as e:
-        return _declined("splash", str(e), q, k)
+        return declined("splash", str(e), q, k)
     how = "plain causal" if mask.plain else "index mask, checked against the positions"
     report("splash", how + (f", window {mask.window}" if mask.window else ""), q, k)
     return out
-
-
-def _declined(kernel: str, why: str, q, k) -> None:
-    report("fallback", f"{kernel} does not apply: {why}", q, k)
-    return None
 
 
 @register_attention("auto")

@@ -87,3 +87,8 @@ def report(kernel: str, why: str, q_BxTxNxH, k_BxSxKxH) -> None:
         _REPORTED.add(key)
         log.info("attention: %s for q %s, k %s, %s (%s)", kernel, q_BxTxNxH.shape,
                  k_BxSxKxH.shape, q_BxTxNxH.dtype, why)  # fmt: skip
+
+
+def declined(kernel: str, why: str, q_BxTxNxH, k_BxSxKxH) -> None:
+    """Reports that a fused kernel does not serve a call (and why), and returns None."""
+    report("fallback", f"{kernel} does not apply: {why}", q_BxTxNxH, k_BxSxKxH)

@@ -1,0 +1,168 @@
+"""The fused causal CPU kernel (llmjax.attention.cpu_fused) against the reference: forward and
+gradients over block edges, grouped-query heads and every head size it takes; what it declines
+and why; how `auto` picks it; building, caching and a missing compiler."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmjax.attention import ATTENTION, Mask, cpu_fused, reference_attention, support
+from llmjax.layers.positions import alibi_slopes
+
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log():
+    support._REPORTED.clear()
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+    """The tests run on 8 simulated devices; the kernel serves a process with one."""
+    monkeypatch.setattr(cpu_fused.jax, "device_count", lambda: 1)
+
+
+def _qkv(B=2, T=100, N=4, K=2, H=32, dtype=jnp.float32, seed=0):
+    kq, kk, kv, kw = jax.random.split(jax.random.key(seed), 4)
+    return (
+        jax.random.normal(kq, (B, T, N, H), dtype),
+        jax.random.normal(kk, (B, T, K, H), dtype),
+        jax.random.normal(kv, (B, T, K, H), dtype),
+        jax.random.normal(kw, (B, T, N, H), jnp.float32),
+    )
+
+
+def _plain(B, T):
+    return Mask.causal_lm(jnp.broadcast_to(jnp.arange(T), (B, T)), plain=True)
+
+
+def _loss(attend, w):
+    return lambda q, k, v: jnp.sum(attend(q, k, v) * w)
+
+
+@pytest.mark.parametrize(
+    "T, N, K, H",
+    [(1, 2, 2, 32), (64, 2, 2, 64), (100, 4, 2, 32), (130, 6, 3, 64), (70, 2, 1, 128)],
+)
+def test_forward_and_gradients_equal_the_reference(T, N, K, H):
+    """Block edges (T = 1, 64, 100, 130: one partial, exact and several blocks), GQA groups of
+    1-2 and every head size; scale 1/sqrt(H)."""
+    q, k, v, w = _qkv(T=T, N=N, K=K, H=H)
+    mask = _plain(2, T)
+    fused = lambda q, k, v: cpu_fused.causal_attention(q, k, v, H**-0.5)  # noqa: E731
+    ref = lambda q, k, v: reference_attention(q, k, v, mask)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(fused)(q, k, v), ref(q, k, v), **TOL)
+    got = jax.jit(jax.grad(_loss(fused, w), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.grad(_loss(ref, w), argnums=(0, 1, 2))(q, k, v)
+    for g, r, name in zip(got, want, "qkv", strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4, err_msg=f"d{name}")
+
+
+def test_a_custom_scale_and_vmap():
+    q, k, v, _ = _qkv(T=40)
+    mask = _plain(2, 40)
+    np.testing.assert_allclose(
+        cpu_fused.causal_attention(q, k, v, 0.3),
+        reference_attention(q, k, v, mask, scale=0.3),
+        **TOL,
+    )
+    # vmap over a leading axis runs the call once per slice
+    batched = jax.vmap(lambda q, k, v: cpu_fused.causal_attention(q, k, v, 0.3))
+    out = batched(q[None].repeat(2, 0), k[None].repeat(2, 0), v[None].repeat(2, 0))
+    np.testing.assert_allclose(out[1], reference_attention(q, k, v, mask, scale=0.3), **TOL)
+
+
+def test_auto_uses_it_for_the_plain_causal_mask_on_one_cpu_device(one_device, caplog):
+    q, k, v, _ = _qkv(T=70)
+    mask = _plain(2, 70)
+    with caplog.at_level(logging.INFO, logger="llmjax.attention"):
+        out = jax.jit(lambda q, k, v: ATTENTION.get("auto")(q, k, v, mask))(q, k, v)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, mask), **TOL)
+    assert "attention: cpu_fused" in caplog.text and "plain causal" in caplog.text
+    # half precision is computed in float32 and returned in the input's dtype
+    half = ATTENTION.get("auto")(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(half.astype(jnp.float32), out, atol=0.05)
+
+
+def test_what_it_declines_falls_back_exactly(one_device, caplog):
+    B, T = 2, 48
+    q, k, v, _ = _qkv(T=T)
+    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+    lengths = jnp.array([[40], [48]])
+    padded = Mask.causal_lm(positions).replace(kv_valid=jnp.arange(T)[None] < lengths)
+    slopes = jnp.asarray(alibi_slopes(4))
+    cases = [  # (mask, keywords, the reason logged)
+        (Mask.causal_lm(positions, window=8, plain=True), {}, "a mask other than the plain"),
+        (padded, {}, "a mask other than the plain"),
+        (_plain(B, T), {"alibi_slopes": slopes}, "ALiBi or a logit soft cap"),
+        (_plain(B, T), {"logit_softcap": 5.0}, "ALiBi or a logit soft cap"),
+    ]
+    auto = ATTENTION.get("auto")
+    for mask, kw, reason in cases:
+        support._REPORTED.clear()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="llmjax.attention"):
+            got = auto(q, k, v, mask, **kw)
+        np.testing.assert_allclose(got, reference_attention(q, k, v, mask, **kw), **TOL)
+        assert f"the fused CPU kernel does not apply: it cannot serve {reason}" in caplog.text
+        assert "attention: cpu_fused" not in caplog.text
+    # head sizes it has no build for, and queries over other keys
+    mask = _plain(2, 16)
+    assert "head size 16" in cpu_fused.why_not(*_qkv(T=16, H=16)[:2], mask, None, None)
+    q16, k16, _, _ = _qkv(T=16)
+    assert "16 queries over 8 keys" in cpu_fused.why_not(q16, k16[:, :8], mask, None, None)
+
+
+def test_several_devices_decline(monkeypatch):
+    """The custom call has no sharding rule: with several devices XLA's attention serves."""
+    q, k, _, _ = _qkv(T=16)
+    why = cpu_fused.why_not(q, k, _plain(2, 16), None, None)
+    assert why is not None and f"{jax.device_count()} devices" in why
+
+
+def test_switched_off_by_the_environment(one_device, monkeypatch):
+    cpu_fused._registered.cache_clear()
+    monkeypatch.setenv(cpu_fused.KERNELS_ENV, "off")
+    try:
+        q, k, _, _ = _qkv(T=16)
+        assert cpu_fused.why_not(q, k, _plain(2, 16), None, None) == "$LLMJAX_CPU_KERNELS is off"
+    finally:
+        cpu_fused._registered.cache_clear()
+
+
+def test_the_build_is_cached_and_a_missing_compiler_is_named(tmp_path, monkeypatch):
+    path = cpu_fused.library_path(tmp_path)
+    assert path.parent == tmp_path / "kernels" and path.exists()
+    stamp = path.stat().st_mtime_ns
+
+    def no_compiling(command, **kw):
+        if "-o" in command:
+            raise AssertionError("a cached kernel was compiled again")
+        return real_run(command, **kw)
+
+    real_run = cpu_fused.subprocess.run
+    monkeypatch.setattr(cpu_fused.subprocess, "run", no_compiling)
+    assert cpu_fused.library_path(tmp_path) == path and path.stat().st_mtime_ns == stamp
+    assert not list((tmp_path / "kernels").glob("*.tmp-*"))
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(cpu_fused.KernelUnavailable, match="does not run"):
+        cpu_fused.library_path(tmp_path / "other")
+
+
+def test_a_failed_compile_says_why_and_leaves_nothing(tmp_path, monkeypatch):
+    fake = tmp_path / "cxx"
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo fake 1.0 && exit 0\n'
+        "echo 'boom: no such flag' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    with pytest.raises(cpu_fused.KernelUnavailable, match="boom: no such flag"):
+        cpu_fused.library_path(tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "kernels").iterdir())
