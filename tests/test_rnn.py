@@ -224,7 +224,7 @@ def test_every_param_has_logical_axes():
 @pytest.mark.parametrize(
     "field, value, match",
     [
-        ("attention", "reference", r"model\.attention='reference' does not apply.*'xla'"),
+        ("attention", "reference", r"model\.attention='reference' does not apply.*'auto'"),
         ("attention_window", 4, r"model\.attention_window=4 does not apply.*unset"),
         ("position", "rope", r"model\.position='rope' does not apply.*model\.position=none"),
         ("remat", "full", r"model\.remat='full' does not apply.*model\.remat=none"),

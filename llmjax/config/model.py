@@ -146,7 +146,10 @@ class ModelConfig:
     # RoPE on the first rotary_fraction of each head's dims, the rest passed through (GPT-NeoX
     # rotates 1/4); its frequencies are those of a head of that many dims.
     rotary_fraction: float = 1.0
-    attention: str = "xla"
+    # A registered attention variant (llmjax.attention). "auto": the backend's fused kernel where
+    # one serves the call (on a CPU llmjax's causal kernel, on a GPU cuDNN, on a TPU splash),
+    # else flash for long inputs, else "xla"; it logs what it chose.
+    attention: str = "auto"
     attention_window: int | None = None  # sliding-window size in tokens; None: full causal
     # Local/global alternation (Gemma 2/3): layers i with (i + 1) % global_every == 0 attend to
     # the whole context, the others within attention_window; None: every layer alike.

@@ -303,7 +303,7 @@ class Recurrent(nn.Module):
         NORMS.get(cfg.norm, field="model.norm")
         arch = f"model.arch={cfg.arch!r}"
         rejected = {
-            "attention": (cfg.attention != "xla", "leave it at the default 'xla'"),
+            "attention": (cfg.attention not in ("auto", "xla"), "leave it at the default 'auto'"),
             "attention_window": (cfg.attention_window is not None, "leave it unset"),
             "position": (
                 cfg.position not in ("learned", "none"),
