@@ -32,7 +32,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.ad_checkpoint import checkpoint_name
 
 from llmjax.attention.masks import Mask
 from llmjax.attention.support import declined, report
@@ -44,7 +43,6 @@ FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math",
          "-fno-finite-math-only", "-std=c++17", "-shared", "-fPIC")  # fmt: skip
 _FORWARD, _BACKWARD = "llmjax_cpu_causal_attention_fwd", "llmjax_cpu_causal_attention_bwd"
 _OFF = ("0", "off", "false", "no")
-SAVED_NAME = "fused_attention"  # the checkpoint name of the kernel's output and log-sum-exp
 log = logging.getLogger("llmjax.attention")
 
 
@@ -167,9 +165,6 @@ def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale: float):
 
 def _causal_fwd(q, k, v, scale):
     out, lse = _forward(q, k, v, scale)
-    # Named so that remat policies can keep them (llmjax.models.remat): without, a layer
-    # under remat runs the forward kernel again to rebuild them for the backward pass.
-    out, lse = checkpoint_name(out, SAVED_NAME), checkpoint_name(lse, SAVED_NAME)
     return out, (q, k, v, out, lse)
 
 
