@@ -166,3 +166,48 @@ def test_a_failed_compile_says_why_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(cpu_fused.KernelUnavailable, match="boom: no such flag"):
         cpu_fused.library_path(tmp_path / "cache")
     assert not list((tmp_path / "cache" / "kernels").iterdir())
+
+
+def test_a_model_with_it_equals_xla_in_logits_gradients_and_generation(one_device, caplog):
+    """A GQA model (2 heads of 32 over 1 kv head, RoPE): the kernel serves its training
+    forward and backward; cached generation (padded prompts, cache masks) falls back."""
+    import dataclasses
+
+    from llmjax.config import PRESETS
+    from llmjax.decode import SamplingConfig, generate_tokens
+    from llmjax.models import build_model
+    from tests.decode_utils import random_params
+
+    cfg = dataclasses.replace(PRESETS["test-tiny"].model, vocab_size=61, d_model=64, n_heads=2,
+                              n_kv_heads=1, position="rope")  # fmt: skip
+    params = random_params(cfg)
+    tokens = jax.random.randint(jax.random.key(1), (2, 70), 0, 61)
+    models = {a: build_model(dataclasses.replace(cfg, attention=a)) for a in ("auto", "xla")}
+
+    def loss(params, model):
+        logits = model.apply({"params": params}, tokens).logits
+        return jax.nn.logsumexp(logits, -1).mean(), logits
+
+    with caplog.at_level(logging.INFO, logger="llmjax.attention"):
+        (l_auto, logits_auto), g_auto = jax.value_and_grad(loss, has_aux=True)(
+            params, models["auto"]
+        )
+    (l_xla, logits_xla), g_xla = jax.value_and_grad(loss, has_aux=True)(params, models["xla"])
+    assert "attention: cpu_fused for q (2, 70, 2, 32)" in caplog.text
+    np.testing.assert_allclose(logits_auto, logits_xla, atol=1e-4, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(g_auto), jax.tree.leaves(g_xla), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    prompts = [np.asarray([5, 9, 2]), np.asarray([1, 2, 3, 4, 5, 6, 7])]
+    greedy = SamplingConfig(temperature=0)
+    out = {
+        a: generate_tokens(
+            m,
+            {"params": params},
+            prompts,
+            max_new_tokens=12,
+            key=jax.random.key(0),
+            sampling=greedy,
+        )  # fmt: skip
+        for a, m in models.items()
+    }
+    np.testing.assert_array_equal(out["auto"].tokens, out["xla"].tokens)
