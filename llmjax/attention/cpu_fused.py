@@ -39,10 +39,11 @@ from llmjax.attention.support import declined, report
 SOURCE = Path(__file__).with_name("cpu_causal.cc")
 KERNELS_ENV = "LLMJAX_CPU_KERNELS"
 HEAD_DIMS = (32, 64, 128)
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math",
-         "-fno-finite-math-only", "-std=c++17", "-shared", "-fPIC")  # fmt: skip
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-std=c++17",
+         "-shared", "-fPIC")  # fmt: skip
 _FORWARD, _BACKWARD = "llmjax_cpu_causal_attention_fwd", "llmjax_cpu_causal_attention_bwd"
 _OFF = ("0", "off", "false", "no")
+_LOADED: list[ctypes.CDLL] = []  # the library whose targets are registered (XLA keeps them)
 log = logging.getLogger("llmjax.attention")
 
 
@@ -112,12 +113,15 @@ def _registered() -> str | None:
     why it is not (logged once as a warning)."""
     if not enabled():
         return f"${KERNELS_ENV} is off"
+    if _LOADED:
+        return None
     try:
         lib = ctypes.cdll.LoadLibrary(str(library_path()))
         for name, symbol in ((_FORWARD, "LlmjaxCausalAttentionFwd"),
                              (_BACKWARD, "LlmjaxCausalAttentionBwd")):  # fmt: skip
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")  # fmt: skip
+        _LOADED.append(lib)
     except (KernelUnavailable, OSError, AttributeError) as e:
         log.warning("the fused CPU attention kernel is unavailable, attention runs on XLA: %s", e)
         return f"it is unavailable ({str(e).splitlines()[0]})"
