@@ -17,7 +17,8 @@ from typing import Any
 from llmjax.data.cache import resolve_cache_dir
 
 COMPILE_CACHE_ENV = "LLMJAX_COMPILE_CACHE"
-_OFF = ("0", "off", "false", "no", "none")
+# What an llmjax environment switch ($LLMJAX_COMPILE_CACHE, $LLMJAX_CPU_KERNELS ...) reads as off.
+OFF_VALUES = ("0", "off", "false", "no", "none")
 # XLA's backend (LLVM) optimizations cost seconds of compile on a CPU and save microseconds in a
 # program that runs once: a nano model's initializer compiles in ~60% of the time without them.
 RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
@@ -35,7 +36,8 @@ def step_compiler_options() -> dict[str, str]:
     CPU options above where this jaxlib knows them and nothing overrides them, else none."""
     import jax
 
-    if jax.default_backend() != "cpu" or os.environ.get(XLA_DEFAULTS_ENV, "") not in ("", *_OFF):
+    defaults = os.environ.get(XLA_DEFAULTS_ENV, "")
+    if jax.default_backend() != "cpu" or defaults not in ("", *OFF_VALUES):
         return {}
     flags = os.environ.get("XLA_FLAGS", "")
     options = {k: v for k, v in CPU_STEP_COMPILER_OPTIONS.items() if k not in flags}
@@ -87,7 +89,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     import jax
 
     setting = os.environ.get(COMPILE_CACHE_ENV, "").strip()
-    if path is None and setting.lower() in _OFF and setting:
+    if path is None and setting.lower() in OFF_VALUES and setting:
         return None
     directory = Path(path or setting or resolve_cache_dir() / "xla").expanduser()
     jax.config.update("jax_compilation_cache_dir", str(directory))

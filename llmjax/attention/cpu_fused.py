@@ -35,6 +35,7 @@ import numpy as np
 
 from llmjax.attention.masks import Mask
 from llmjax.attention.support import declined, report
+from llmjax.runtime import OFF_VALUES
 
 SOURCE = Path(__file__).with_name("cpu_causal.cc")
 KERNELS_ENV = "LLMJAX_CPU_KERNELS"
@@ -42,8 +43,6 @@ HEAD_DIMS = (32, 64, 128)
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-std=c++17",
          "-shared", "-fPIC")  # fmt: skip
 _FORWARD, _BACKWARD = "llmjax_cpu_causal_attention_fwd", "llmjax_cpu_causal_attention_bwd"
-_OFF = ("0", "off", "false", "no")
-_LOADED: list[ctypes.CDLL] = []  # the library whose targets are registered (XLA keeps them)
 log = logging.getLogger("llmjax.attention")
 
 
@@ -52,7 +51,7 @@ class KernelUnavailable(RuntimeError):
 
 
 def enabled() -> bool:
-    return os.environ.get(KERNELS_ENV, "").strip().lower() not in _OFF
+    return os.environ.get(KERNELS_ENV, "").strip().lower() not in OFF_VALUES
 
 
 def _cpu_signature() -> str:
@@ -107,21 +106,22 @@ def library_path(cache_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-@functools.cache
 def _registered() -> str | None:
-    """Builds, loads and registers the kernel once per process: None when it is ready, else
-    why it is not (logged once as a warning)."""
-    if not enabled():
-        return f"${KERNELS_ENV} is off"
-    if _LOADED:
-        return None
+    """None when the kernel is switched on and ready (built and registered once per process),
+    else why it is not."""
+    return f"${KERNELS_ENV} is off" if not enabled() else _load()
+
+
+@functools.cache
+def _load() -> str | None:
+    """Builds, loads and registers the kernel: None when it is ready, else why not (logged
+    once as a warning)."""
     try:
         lib = ctypes.cdll.LoadLibrary(str(library_path()))
         for name, symbol in ((_FORWARD, "LlmjaxCausalAttentionFwd"),
                              (_BACKWARD, "LlmjaxCausalAttentionBwd")):  # fmt: skip
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")  # fmt: skip
-        _LOADED.append(lib)
     except (KernelUnavailable, OSError, AttributeError) as e:
         log.warning("the fused CPU attention kernel is unavailable, attention runs on XLA: %s", e)
         return f"it is unavailable ({str(e).splitlines()[0]})"
