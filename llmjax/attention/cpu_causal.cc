@@ -83,7 +83,7 @@ struct Shape {
   int64_t kv_row() const { return K * H; }  // stride of t in k / v / dk / dv
 };
 
-// Copies rows [t0, t0 + rows) of head `head` (row stride `stride`) into a dense [rows, H] block.
+// Copies rows [t0, t0 + rows) (row stride `stride`) into a dense [rows, H] block.
 template <int H>
 inline void LoadRows(const float* base, int64_t stride, int64_t t0, int64_t rows, float* out) {
   for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * H, base + (t0 + r) * stride, H * 4);
@@ -113,59 +113,30 @@ inline V Load(const float* p) {
 
 inline void Store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 
-// Rows per step: as many as keep R x H / 16 accumulators and a loaded row in 32 registers.
-template <int H>
+// Rows per step: as many as keep R x W / 16 accumulators and a loaded row in 32 registers.
+template <int W>
 constexpr int Rows() {
-  return H >= 128 ? 2 : 4;
+  return W >= 128 ? 2 : 4;
 }
 
-// s[i, :] = a[i, :] . bt[:, :] for R rows: [R, H] x [H, kBlock].
-template <int H, int R>
-inline void MatMulNTRows(const float* __restrict a, const float* __restrict bt,
-                         float* __restrict s) {
-  constexpr int C = kBlock / kLanes;
-  V acc[R][C] = {};
-  for (int d = 0; d < H; ++d) {
-    V b[C];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) b[c] = Load(bt + d * kBlock + c * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const float x = a[r * H + d];
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[r][c] += x * b[c];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) Store(s + r * kBlock + c * kLanes, acc[r][c]);
-}
-
-template <int H>
-inline void MatMulNT(const float* __restrict a, const float* __restrict bt, int64_t rows,
-                     float* __restrict s) {
-  constexpr int R = Rows<H>();
-  int64_t i = 0;
-  for (; i + R <= rows; i += R) MatMulNTRows<H, R>(a + i * H, bt, s + i * kBlock);
-  for (; i < rows; ++i) MatMulNTRows<H, 1>(a + i * H, bt, s + i * kBlock);
-}
-
-// out[r, :] += sum_j w(r, j) * x[j, :] for R rows, j < n: the shared form of p v (w = p[r, j])
-// and of p^T x (w = p[j, r]); `row_stride` / `col_stride` say how w is laid out in p.
-template <int H, int R>
+// out[r, :] (+)= sum_j w(r, j) * x[j, :] for R rows of width W, j < n, with w(r, j) =
+// p[r * row_stride + j * col_stride]; kZero: out is overwritten, else added to. Every block
+// product below is this one: q k^T (w = q, x = k^T), p v (w = p) and p^T x (w = p^T).
+template <int W, int R, bool kZero>
 inline void AccumulateRows(const float* __restrict p, int64_t row_stride, int64_t col_stride,
                            const float* __restrict x, int64_t n, float* __restrict out) {
-  constexpr int C = H / kLanes;
-  V acc[R][C];
+  constexpr int C = W / kLanes;
+  V acc[R][C] = {};
+  if (!kZero) {
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) acc[r][c] = Load(out + r * H + c * kLanes);
+      for (int c = 0; c < C; ++c) acc[r][c] = Load(out + r * W + c * kLanes);
+  }
   for (int64_t j = 0; j < n; ++j) {
     V xj[C];
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) xj[c] = Load(x + j * H + c * kLanes);
+    for (int c = 0; c < C; ++c) xj[c] = Load(x + j * W + c * kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float w = p[r * row_stride + j * col_stride];
@@ -176,28 +147,37 @@ inline void AccumulateRows(const float* __restrict p, int64_t row_stride, int64_
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) Store(out + r * H + c * kLanes, acc[r][c]);
+    for (int c = 0; c < C; ++c) Store(out + r * W + c * kLanes, acc[r][c]);
+}
+
+// AccumulateRows over `rows` output rows, R at a time, then one at a time.
+template <int W, bool kZero>
+inline void Product(const float* __restrict p, int64_t row_stride, int64_t col_stride,
+                    const float* __restrict x, int64_t n, int64_t rows, float* __restrict out) {
+  constexpr int R = Rows<W>();
+  int64_t r = 0;
+  for (; r + R <= rows; r += R)
+    AccumulateRows<W, R, kZero>(p + r * row_stride, row_stride, col_stride, x, n, out + r * W);
+  for (; r < rows; ++r)
+    AccumulateRows<W, 1, kZero>(p + r * row_stride, row_stride, col_stride, x, n, out + r * W);
+}
+
+// s[i, :] = a[i, :] . bt[:, :] for i < rows: [rows, H] x [H, kBlock].
+template <int H>
+inline void MatMulNT(const float* a, const float* bt, int64_t rows, float* s) {
+  Product<kBlock, true>(a, H, 1, bt, H, rows, s);
 }
 
 // out[i, :] += sum_j p[i, j] * v[j, :] for i < rows, j < cols: [rows, kBlock] x [kBlock, H].
 template <int H>
-inline void MatMulNN(const float* __restrict p, const float* __restrict v, int64_t rows,
-                     int64_t cols, float* __restrict out) {
-  constexpr int R = Rows<H>();
-  int64_t i = 0;
-  for (; i + R <= rows; i += R)
-    AccumulateRows<H, R>(p + i * kBlock, kBlock, 1, v, cols, out + i * H);
-  for (; i < rows; ++i) AccumulateRows<H, 1>(p + i * kBlock, kBlock, 1, v, cols, out + i * H);
+inline void MatMulNN(const float* p, const float* v, int64_t rows, int64_t cols, float* out) {
+  Product<H, false>(p, kBlock, 1, v, cols, rows, out);
 }
 
 // out[j, :] += sum_i p[i, j] * x[i, :] for j < cols, i < rows: [kBlock, rows] x [rows, H].
 template <int H>
-inline void MatMulTN(const float* __restrict p, const float* __restrict x, int64_t rows,
-                     int64_t cols, float* __restrict out) {
-  constexpr int R = Rows<H>();
-  int64_t j = 0;
-  for (; j + R <= cols; j += R) AccumulateRows<H, R>(p + j, 1, kBlock, x, rows, out + j * H);
-  for (; j < cols; ++j) AccumulateRows<H, 1>(p + j, 1, kBlock, x, rows, out + j * H);
+inline void MatMulTN(const float* p, const float* x, int64_t rows, int64_t cols, float* out) {
+  Product<H, false>(p, 1, kBlock, x, rows, cols, out);
 }
 
 template <int H>
@@ -207,11 +187,11 @@ void ForwardHead(const Shape& sh, const float* q, const float* k, const float* v
   std::vector<float> qb(kBlock * H), kt(H * kBlock), vb(kBlock * H), s(kBlock * kBlock),
       o(kBlock * H);
   float m[kBlock], l[kBlock];
+  const float* kh_ = k + b * T * sh.kv_row() + kh * H;
+  const float* vh = v + b * T * sh.kv_row() + kh * H;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t n = kh * G + g;
     const float* qh = q + b * T * sh.q_row() + n * H;
-    const float* kh_ = k + b * T * sh.kv_row() + kh * H;
-    const float* vh = v + b * T * sh.kv_row() + kh * H;
     for (int64_t q0 = 0; q0 < T; q0 += kBlock) {
       const int64_t rows = std::min(kBlock, T - q0);
       LoadRows<H>(qh, sh.q_row(), q0, rows, qb.data());
@@ -301,7 +281,7 @@ void BackwardHead(const Shape& sh, const float* q, const float* k, const float* 
         for (int64_t i = 0; i < rows; ++i) {
           float* pi = p.data() + i * kBlock;
           float* dpi = dp.data() + i * kBlock;
-          const int64_t visible = std::max<int64_t>(0, std::min(cols, q0 + i - k0 + 1));
+          const int64_t visible = std::min(cols, q0 + i - k0 + 1);  // q0 >= k0
           const float li = lse_h[q0 + i], di = delta[q0 + i];
           for (int64_t j = 0; j < visible; ++j) {
             pi[j] = Exp(pi[j] - li);
