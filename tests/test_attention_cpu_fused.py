@@ -1,6 +1,6 @@
 """The fused causal CPU kernel (llmjax.attention.cpu_fused) against the reference: forward and
 gradients over block edges, grouped-query heads and every head size it takes; what it declines
-and why; how `auto` picks it; building, caching and a missing compiler."""
+and why; how `auto` picks it. Building and caching: tests/test_cpu_kernels.py."""
 
 import logging
 
@@ -9,22 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from llmjax import cpu_kernels
 from llmjax.attention import ATTENTION, Mask, cpu_fused, reference_attention, support
 from llmjax.layers.positions import alibi_slopes
+from tests.kernel_utils import needs_kernel
 
 TOL = dict(atol=2e-5, rtol=2e-5)
-
-
-def _no_compiler() -> bool:
-    try:
-        cpu_fused._compiler()
-    except cpu_fused.KernelUnavailable:
-        return True
-    return False
-
-
-# Where a C++ compiler exists the kernel must build; without one llmjax runs attention on XLA.
-needs_kernel = pytest.mark.skipif(_no_compiler(), reason="no C++ compiler to build the kernel")
 
 
 @pytest.fixture(autouse=True)
@@ -141,43 +131,9 @@ def test_several_devices_decline(monkeypatch):
 
 
 def test_switched_off_by_the_environment(one_device, monkeypatch):
-    monkeypatch.setenv(cpu_fused.KERNELS_ENV, "off")
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "off")
     q, k, _, _ = _qkv(T=16)
     assert cpu_fused.why_not(q, k, _plain(2, 16), None, None) == "$LLMJAX_CPU_KERNELS is off"
-
-
-@needs_kernel
-def test_the_build_is_cached_and_a_missing_compiler_is_named(tmp_path, monkeypatch):
-    path = cpu_fused.library_path(tmp_path)
-    assert path.parent == tmp_path / "kernels" and path.exists()
-    stamp = path.stat().st_mtime_ns
-
-    def no_compiling(command, **kw):
-        if "-o" in command:
-            raise AssertionError("a cached kernel was compiled again")
-        return real_run(command, **kw)
-
-    real_run = cpu_fused.subprocess.run
-    monkeypatch.setattr(cpu_fused.subprocess, "run", no_compiling)
-    assert cpu_fused.library_path(tmp_path) == path and path.stat().st_mtime_ns == stamp
-    assert not list((tmp_path / "kernels").glob("*.tmp-*"))
-
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with pytest.raises(cpu_fused.KernelUnavailable, match="does not run"):
-        cpu_fused.library_path(tmp_path / "other")
-
-
-def test_a_failed_compile_says_why_and_leaves_nothing(tmp_path, monkeypatch):
-    fake = tmp_path / "cxx"
-    fake.write_text(
-        '#!/bin/sh\n[ "$1" = --version ] && echo fake 1.0 && exit 0\n'
-        "echo 'boom: no such flag' >&2\nexit 1\n"
-    )
-    fake.chmod(0o755)
-    monkeypatch.setenv("CXX", str(fake))
-    with pytest.raises(cpu_fused.KernelUnavailable, match="boom: no such flag"):
-        cpu_fused.library_path(tmp_path / "cache")
-    assert not list((tmp_path / "cache" / "kernels").iterdir())
 
 
 @needs_kernel

@@ -27,6 +27,7 @@ from llmjax.models import build_model
 from llmjax.train.step import make_gradient_fn
 from tests.corpus_utils import write_word_corpus
 from tests.decode_utils import random_params
+from tests.kernel_utils import needs_kernel
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -94,8 +95,9 @@ def _reference(cfg, params, x_BxTxD):
 @pytest.mark.parametrize(
     "kernel, router, zero_router",
     [(k, r, False) for k in sorted(GROUPED.names()) for r in sorted(ROUTERS.names())]
-    + [("blocks", "softmax", True)],  # a zero router: every token to experts 0 and 1
+    + [(k, "softmax", True) for k in ("blocks", "cpu")],  # a zero router: all to experts 0, 1
 )
+@needs_kernel
 def test_dropless_dispatch_equals_a_per_token_loop(tiny_model, kernel, router, zero_router):
     # block_size 3 with uneven loads: groups padded to blocks, and (zero router) empty groups.
     cfg = _moe_cfg(tiny_model, top_k=2, router=router, kernel=kernel, block_size=3)
@@ -174,11 +176,14 @@ def test_auxiliary_losses_reach_the_training_gradient(tiny_model):
 # ----------------------------------------------------------------------------- decoding
 
 
-@pytest.mark.parametrize("scan", [True, False])
-def test_cached_decoding_equals_recomputation(tiny_model, scan):
+@pytest.mark.parametrize(
+    "scan, kernel",
+    [(True, "blocks"), (False, "blocks"), pytest.param(True, "cpu", marks=needs_kernel)],
+)
+def test_cached_decoding_equals_recomputation(tiny_model, scan, kernel):
     # The loop layout mixes a dense layer 0 with an MoE layer 1 (first_dense=1).
     base = dataclasses.replace(tiny_model, scan_layers=scan, position="rope")
-    cfg = _moe_cfg(base, n_shared_experts=1, first_dense=0 if scan else 1)
+    cfg = _moe_cfg(base, n_shared_experts=1, first_dense=0 if scan else 1, kernel=kernel)
     model, params = build_model(cfg), random_params(cfg)
     T, P = 10, 4
     tokens = _tokens(cfg, (2, T))

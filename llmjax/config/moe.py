@@ -33,10 +33,11 @@ class MoEConfig:
     z_loss_coef: float = 0.001  # the router z-loss (ST-MoE uses 0.001)
     every: int = 1  # every n-th layer is MoE (Switch and GShard: 2)
     first_dense: int = 0  # dense layers before the first MoE layer (DeepSeek: 1 to 3)
-    # How the experts' matmuls run over tokens sorted by expert: "blocks" (groups padded to
-    # block_size rows, one batched matmul: fast on CPU) or "ragged" (jax.lax.ragged_dot: a
-    # grouped GEMM on GPU and TPU; XLA:CPU computes every expert on every row).
-    kernel: str = "blocks"
+    # How the experts' matmuls run over tokens sorted by expert (llmjax.layers.grouped): "cpu"
+    # (llmjax's C++ grouped matmul: one CPU device), "blocks" (groups padded to block_size
+    # rows, one batched matmul), "ragged" (jax.lax.ragged_dot: a grouped GEMM on GPU and TPU;
+    # XLA:CPU computes every expert on every row) or "auto": cpu where it serves, else blocks.
+    kernel: str = "auto"
     block_size: int = 64
 
     def __post_init__(self):

@@ -8,18 +8,27 @@ built once per call from the group sizes and serves every matmul of the expert M
     h = layout.matmul(layout.pack(x_MxK), w_GxKxN) + layout.bias(b_GxN)
     y_MxN = layout.unpack(h)
 
-Both are exact (no row is dropped or capped): they differ only in how the work is laid out.
+All are exact (no row is dropped or capped): they differ only in how the work is laid out.
+`auto` (the default) is `cpu` on a single CPU device where llmjax's C++ kernel is available,
+else `blocks`; it logs its choice once (logger `llmjax.layers`, level INFO).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import jax
 import jax.numpy as jnp
 
+from llmjax import cpu_kernels
 from llmjax.registry import Registry
 from llmjax.typing import Array, Float, Int
 
 GROUPED: Registry = Registry("grouped matmul kernel")
+KERNEL = "grouped_matmul"
+_GROUPED, _GROUPED_TN = cpu_kernels.TARGETS[KERNEL]
+log = logging.getLogger("llmjax.layers")
 
 
 def row_groups(group_sizes_G: Int[Array, " G"], rows: int) -> Int[Array, " M"]:
@@ -32,7 +41,7 @@ def row_groups(group_sizes_G: Int[Array, " G"], rows: int) -> Int[Array, " M"]:
 class Ragged:
     """`jax.lax.ragged_dot` on the sorted rows as they are: a grouped GEMM on GPU and TPU. XLA:CPU
     lowers it to a dense matmul of every row with every group's weight, masked (G times the
-    work), so on CPU `Blocks` is the fast one."""
+    work), so on CPU `Kernel` (or `Blocks`) is the fast one."""
 
     def __init__(self, group_sizes_G: Int[Array, " G"], *, rows: int, block_size: int = 0):
         self.group_sizes_G = group_sizes_G.astype(jnp.int32)
@@ -92,3 +101,90 @@ class Blocks:
 
     def unpack(self, h_JxbxN: jax.Array) -> jax.Array:
         return h_JxbxN.reshape(self.n_blocks * self.b, -1)[self.dest_M]
+
+
+def _lanes(n: int) -> int:
+    """n rounded up to the kernel's multiple of 16."""
+    return -(-n // 16) * 16
+
+
+def _grouped(x_MxK, w_GxKxN, sizes_G):
+    cpu_kernels.require(KERNEL)
+    out = jax.ShapeDtypeStruct((x_MxK.shape[0], w_GxKxN.shape[2]), jnp.float32)
+    return jax.ffi.ffi_call(_GROUPED, out, vmap_method="sequential")(x_MxK, w_GxKxN, sizes_G)
+
+
+@jax.custom_vjp
+def grouped_matmul(x_MxK: jax.Array, w_GxKxN: jax.Array, sizes_G: jax.Array) -> jax.Array:
+    """y[rows of g] = x[rows of g] w[g], float32, by llmjax's C++ kernel (K and N multiples of
+    16): group g owns the sizes[g] rows after the earlier groups'; rows past their total are 0."""
+    return _grouped(x_MxK, w_GxKxN, sizes_G)
+
+
+def _grouped_fwd(x_MxK, w_GxKxN, sizes_G):
+    return _grouped(x_MxK, w_GxKxN, sizes_G), (x_MxK, w_GxKxN, sizes_G)
+
+
+def _grouped_bwd(residuals, dy_MxN):
+    x_MxK, w_GxKxN, sizes_G = residuals
+    dy_MxN = dy_MxN.astype(jnp.float32)
+    dx_MxK = _grouped(dy_MxN, jnp.swapaxes(w_GxKxN, 1, 2), sizes_G)
+    cpu_kernels.require(KERNEL)
+    dw = jax.ShapeDtypeStruct(w_GxKxN.shape, jnp.float32)
+    dw_GxKxN = jax.ffi.ffi_call(_GROUPED_TN, dw, vmap_method="sequential")(x_MxK, dy_MxN, sizes_G)
+    return dx_MxK, dw_GxKxN, None
+
+
+grouped_matmul.defvjp(_grouped_fwd, _grouped_bwd)
+
+
+@GROUPED.register("cpu")
+class Kernel:
+    """The sorted rows as they are, each group's rows times its weight by llmjax's C++ kernel
+    (llmjax/cpu_kernels/grouped_matmul.cc): no padded rows and no gathered weights, forward
+    and backward. Computed in float32 (other dtypes are cast back); widths that are not
+    multiples of 16 are zero-padded to one. One CPU device (the call has no sharding rule)."""
+
+    def __init__(self, group_sizes_G: Int[Array, " G"], *, rows: int, block_size: int = 0):
+        self.group_sizes_G = group_sizes_G.astype(jnp.int32)
+        self.rows = rows
+
+    def pack(self, x_MxK: jax.Array) -> jax.Array:
+        return x_MxK
+
+    def matmul(self, h_MxK: jax.Array, w_GxKxN: jax.Array) -> jax.Array:
+        K, N = h_MxK.shape[1], w_GxKxN.shape[2]
+        h, w = h_MxK.astype(jnp.float32), w_GxKxN.astype(jnp.float32)
+        if _lanes(K) != K or _lanes(N) != N:
+            h = jnp.pad(h, ((0, 0), (0, _lanes(K) - K)))
+            w = jnp.pad(w, ((0, 0), (0, _lanes(K) - K), (0, _lanes(N) - N)))
+        return grouped_matmul(h, w, self.group_sizes_G)[:, :N].astype(h_MxK.dtype)
+
+    def bias(self, b_GxN: jax.Array) -> jax.Array:
+        return b_GxN[row_groups(self.group_sizes_G, self.rows)]
+
+    def unpack(self, h_MxN: jax.Array) -> jax.Array:
+        return h_MxN
+
+
+def kernel_unavailable() -> str | None:
+    """Why `auto` does not use the C++ kernel here (a phrase), or None when it does."""
+    if jax.default_backend() != "cpu":
+        return f"the backend is {jax.default_backend()}"
+    if jax.device_count() > 1:
+        return f"{jax.device_count()} devices (the custom call has no sharding rule)"
+    return cpu_kernels.unavailable(KERNEL)
+
+
+@GROUPED.register("auto")
+def auto(group_sizes_G: Int[Array, " G"], *, rows: int, block_size: int = 64):
+    """`cpu` where the kernel serves (one CPU device, kernel built), else `blocks`."""
+    why = kernel_unavailable()
+    _report("blocks" if why else "cpu", why or "one CPU device")
+    layout = Blocks if why else Kernel
+    return layout(group_sizes_G, rows=rows, block_size=block_size)
+
+
+@functools.cache
+def _report(kernel: str, why: str) -> None:
+    log.info("mixture of experts: grouped matmuls by %s (%s)", kernel, why)

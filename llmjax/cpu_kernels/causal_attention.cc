@@ -10,24 +10,17 @@
 //
 // The block products are written so that every inner loop runs over a contiguous row of H or
 // of a key block (the compiler vectorizes it), with the accumulated row held in registers.
-// llmjax.attention.cpu_fused builds this file and checks it against the reference.
+// llmjax.cpu_kernels builds this file; llmjax.attention.cpu_fused calls it.
 
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
-#include <cstdint>
-#include <cstring>
 #include <limits>
-#include <memory>
-#include <mutex>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "common.h"
 
 namespace {
+
+using namespace llmjax_cpu;
 
 constexpr int64_t kBlock = 64;  // rows of queries and of keys per block
 
@@ -48,33 +41,6 @@ inline float Exp(float x) {
   float two_n;
   std::memcpy(&two_n, &bits, 4);
   return p * two_n;
-}
-
-// Runs fn(i) for i in [0, n) on the pool and on the calling thread; returns when all are done.
-// Tasks hold the shared state, so one the pool starts late finds no work and exits safely.
-template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, Fn fn) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, n, fn]() {
-    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
-      fn(i);
-      if (state->done.fetch_add(1) + 1 == n) {
-        std::lock_guard<std::mutex> lock(state->mu);
-        state->cv.notify_all();
-      }
-    }
-  };
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done.load() == n; });
 }
 
 struct Shape {
@@ -99,85 +65,37 @@ inline void LoadRowsT(const float* base, int64_t stride, int64_t t0, int64_t row
   }
 }
 
-// The block products work on vectors of 16 floats (GCC/Clang vector extensions: one AVX-512
-// register, two AVX2 ones, four NEON ones) and take R rows at a time, so that the R
-// accumulated rows stay in registers and each loaded row of the other operand serves all R.
-typedef float V __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-
-inline V Load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-inline void Store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-
 // Rows per step: as many as keep R x W / 16 accumulators and a loaded row in 32 registers.
 template <int W>
 constexpr int Rows() {
   return W >= 128 ? 2 : 4;
 }
 
-// out[r, :] (+)= sum_j w(r, j) * x[j, :] for R rows of width W, j < n, with w(r, j) =
-// p[r * row_stride + j * col_stride]; kZero: out is overwritten, else added to. Every block
-// product below is this one: q k^T (w = q, x = k^T), p v (w = p) and p^T x (w = p^T).
-template <int W, int R, bool kZero>
-inline void AccumulateRows(const float* __restrict p, int64_t row_stride, int64_t col_stride,
-                           const float* __restrict x, int64_t n, float* __restrict out) {
-  constexpr int C = W / kLanes;
-  V acc[R][C] = {};
-  if (!kZero) {
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[r][c] = Load(out + r * W + c * kLanes);
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    V xj[C];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) xj[c] = Load(x + j * W + c * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const float w = p[r * row_stride + j * col_stride];
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[r][c] += w * xj[c];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) Store(out + r * W + c * kLanes, acc[r][c]);
-}
-
-// AccumulateRows over `rows` output rows, R at a time, then one at a time.
+// out[r, :] (+)= sum_j w(r, j) * x[j, :] over `rows` rows of width W, j < n, with w(r, j) =
+// p[r * row_stride + j * col_stride]: every block product below is this one, q k^T (w = q,
+// x = k^T), p v (w = p) and p^T x (w = p^T).
 template <int W, bool kZero>
-inline void Product(const float* __restrict p, int64_t row_stride, int64_t col_stride,
-                    const float* __restrict x, int64_t n, int64_t rows, float* __restrict out) {
-  constexpr int R = Rows<W>();
-  int64_t r = 0;
-  for (; r + R <= rows; r += R)
-    AccumulateRows<W, R, kZero>(p + r * row_stride, row_stride, col_stride, x, n, out + r * W);
-  for (; r < rows; ++r)
-    AccumulateRows<W, 1, kZero>(p + r * row_stride, row_stride, col_stride, x, n, out + r * W);
+inline void BlockProduct(const float* p, int64_t row_stride, int64_t col_stride,
+                         const float* x, int64_t n, int64_t rows, float* out) {
+  Product<Rows<W>(), W / kLanes, kZero>(p, row_stride, col_stride, x, W, n, rows, out, W);
 }
 
 // s[i, :] = a[i, :] . bt[:, :] for i < rows: [rows, H] x [H, kBlock].
 template <int H>
 inline void MatMulNT(const float* a, const float* bt, int64_t rows, float* s) {
-  Product<kBlock, true>(a, H, 1, bt, H, rows, s);
+  BlockProduct<kBlock, true>(a, H, 1, bt, H, rows, s);
 }
 
 // out[i, :] += sum_j p[i, j] * v[j, :] for i < rows, j < cols: [rows, kBlock] x [kBlock, H].
 template <int H>
 inline void MatMulNN(const float* p, const float* v, int64_t rows, int64_t cols, float* out) {
-  Product<H, false>(p, kBlock, 1, v, cols, rows, out);
+  BlockProduct<H, false>(p, kBlock, 1, v, cols, rows, out);
 }
 
 // out[j, :] += sum_i p[i, j] * x[i, :] for j < cols, i < rows: [kBlock, rows] x [rows, H].
 template <int H>
 inline void MatMulTN(const float* p, const float* x, int64_t rows, int64_t cols, float* out) {
-  Product<H, false>(p, 1, kBlock, x, rows, cols, out);
+  BlockProduct<H, false>(p, 1, kBlock, x, rows, cols, out);
 }
 
 template <int H>
