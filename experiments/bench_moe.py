@@ -2,7 +2,7 @@
 
     python -m experiments.bench_moe                        # nano-moe (8 experts, top-2) vs nano
     python -m experiments.bench_moe --rounds 3 --steps 5   # fewer timed steps
-    python -m experiments.bench_moe --set model.moe.kernel=ragged
+    python -m experiments.bench_moe --set model.moe.kernel=blocks   # the padded-blocks layout
     python -m experiments.bench_moe --quick                # test-tiny shapes, 2 steps a side
 
 The MoE side is the `nano-moe` preset: nano's shape with 8 experts of half nano's MLP width,
@@ -22,6 +22,7 @@ import jax
 
 from llmjax import scaling
 from llmjax.config import apply_overrides, get_preset
+from llmjax.layers import grouped
 from llmjax.results import experiment_parser, write_results
 from llmjax.train.bench import compile_step, time_round_robin
 
@@ -95,6 +96,7 @@ def main(argv=None) -> dict:
         "n_experts": moe.model.moe.n_experts,
         "top_k": moe.model.moe.top_k,
         "kernel": moe.model.moe.kernel,
+        "grouped_layout": _layout(moe.model.moe.kernel),
         "batch_size": dense.data.batch_size,
         "seq_len": dense.seq_len,
         "backend": jax.default_backend(),
@@ -111,6 +113,13 @@ def main(argv=None) -> dict:
     print(json.dumps(result))
     write_results("bench_moe", result, out_dir=args.out_dir, quick=args.quick)
     return result
+
+
+def _layout(kernel: str) -> str:
+    """The grouped-matmul layout the MoE step ran (what `auto` resolved to here)."""
+    if kernel != "auto":
+        return kernel
+    return "blocks" if grouped.kernel_unavailable() else "cpu"
 
 
 class _Steps:
