@@ -45,9 +45,7 @@ def why_not(q_BxTxNxH, k_BxSxKxH, mask: Mask, alibi_slopes, logit_softcap) -> st
         return f"{T} queries over {S} keys, {N} heads over {K} kv heads"
     if H not in HEAD_DIMS:
         return f"head size {H} (it takes {', '.join(map(str, HEAD_DIMS))})"
-    if jax.device_count() > 1:
-        return f"{jax.device_count()} devices (the custom call has no sharding rule)"
-    return cpu_kernels.unavailable(KERNEL)
+    return cpu_kernels.unserved(KERNEL)
 
 
 def _forward(q, k, v, scale):

@@ -134,6 +134,17 @@ def _load(name: str) -> str | None:
     return None
 
 
+def unserved(name: str) -> str | None:
+    """Why kernel `name` cannot serve this process (a phrase), or None when it can: it needs
+    the CPU backend with one device (a custom call has no sharding rule), switched on and
+    built."""
+    if jax.default_backend() != "cpu":
+        return f"the backend is {jax.default_backend()}"
+    if jax.device_count() > 1:
+        return f"{jax.device_count()} devices (the custom call has no sharding rule)"
+    return unavailable(name)
+
+
 def require(name: str) -> None:
     """Builds and registers kernel `name` if needed; KernelUnavailable says why it cannot."""
     why = unavailable(name)

@@ -108,10 +108,15 @@ def _lanes(n: int) -> int:
     return -(-n // 16) * 16
 
 
-def _grouped(x_MxK, w_GxKxN, sizes_G):
+def _call(target: str, shape: tuple[int, ...], *args: jax.Array) -> jax.Array:
+    """The kernel's `target` on `args`, returning float32 of `shape`."""
     cpu_kernels.require(KERNEL)
-    out = jax.ShapeDtypeStruct((x_MxK.shape[0], w_GxKxN.shape[2]), jnp.float32)
-    return jax.ffi.ffi_call(_GROUPED, out, vmap_method="sequential")(x_MxK, w_GxKxN, sizes_G)
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args)
+
+
+def _grouped(x_MxK, w_GxKxN, sizes_G):
+    return _call(_GROUPED, (x_MxK.shape[0], w_GxKxN.shape[2]), x_MxK, w_GxKxN, sizes_G)
 
 
 @jax.custom_vjp
@@ -129,9 +134,7 @@ def _grouped_bwd(residuals, dy_MxN):
     x_MxK, w_GxKxN, sizes_G = residuals
     dy_MxN = dy_MxN.astype(jnp.float32)
     dx_MxK = _grouped(dy_MxN, jnp.swapaxes(w_GxKxN, 1, 2), sizes_G)
-    cpu_kernels.require(KERNEL)
-    dw = jax.ShapeDtypeStruct(w_GxKxN.shape, jnp.float32)
-    dw_GxKxN = jax.ffi.ffi_call(_GROUPED_TN, dw, vmap_method="sequential")(x_MxK, dy_MxN, sizes_G)
+    dw_GxKxN = _call(_GROUPED_TN, w_GxKxN.shape, x_MxK, dy_MxN, sizes_G)
     return dx_MxK, dw_GxKxN, None
 
 
@@ -139,18 +142,12 @@ grouped_matmul.defvjp(_grouped_fwd, _grouped_bwd)
 
 
 @GROUPED.register("cpu")
-class Kernel:
-    """The sorted rows as they are, each group's rows times its weight by llmjax's C++ kernel
-    (llmjax/cpu_kernels/grouped_matmul.cc): no padded rows and no gathered weights, forward
-    and backward. Computed in float32 (other dtypes are cast back); widths that are not
-    multiples of 16 are zero-padded to one. One CPU device (the call has no sharding rule)."""
-
-    def __init__(self, group_sizes_G: Int[Array, " G"], *, rows: int, block_size: int = 0):
-        self.group_sizes_G = group_sizes_G.astype(jnp.int32)
-        self.rows = rows
-
-    def pack(self, x_MxK: jax.Array) -> jax.Array:
-        return x_MxK
+class Kernel(Ragged):
+    """The sorted rows as they are (packed, biased and unpacked as `Ragged` does), each
+    group's rows times its weight by llmjax's C++ kernel (llmjax/cpu_kernels/grouped_matmul.cc):
+    no padded rows and no gathered weights, forward and backward. Computed in float32 (other
+    dtypes are cast back); widths that are not multiples of 16 are zero-padded to one. One CPU
+    device (the call has no sharding rule)."""
 
     def matmul(self, h_MxK: jax.Array, w_GxKxN: jax.Array) -> jax.Array:
         K, N = h_MxK.shape[1], w_GxKxN.shape[2]
@@ -160,20 +157,10 @@ class Kernel:
             w = jnp.pad(w, ((0, 0), (0, _lanes(K) - K), (0, _lanes(N) - N)))
         return grouped_matmul(h, w, self.group_sizes_G)[:, :N].astype(h_MxK.dtype)
 
-    def bias(self, b_GxN: jax.Array) -> jax.Array:
-        return b_GxN[row_groups(self.group_sizes_G, self.rows)]
-
-    def unpack(self, h_MxN: jax.Array) -> jax.Array:
-        return h_MxN
-
 
 def kernel_unavailable() -> str | None:
     """Why `auto` does not use the C++ kernel here (a phrase), or None when it does."""
-    if jax.default_backend() != "cpu":
-        return f"the backend is {jax.default_backend()}"
-    if jax.device_count() > 1:
-        return f"{jax.device_count()} devices (the custom call has no sharding rule)"
-    return cpu_kernels.unavailable(KERNEL)
+    return cpu_kernels.unserved(KERNEL)
 
 
 @GROUPED.register("auto")
