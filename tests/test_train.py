@@ -97,22 +97,38 @@ def test_more_newton_schulz_steps_orthogonalize_muon_updates_further():
     grad = {"kernel": jax.random.normal(jax.random.key(1), (16, 32)) * jnp.linspace(0.1, 3, 32)}
     params = jax.tree.map(jnp.zeros_like, grad)
 
-    def spread(ns_steps):
-        cfg = OptimConfig(
-            name="muon",
-            warmup_steps=0,
-            weight_decay=0.0,
-            clip_norm=None,
-            muon=MuonConfig(ns_steps=ns_steps),
-        )
-        tx = make_optimizer(cfg, steps=10)
-        updates, _ = tx.update(grad, tx.init(params), params)
-        singular = np.linalg.svd(np.asarray(updates["kernel"]), compute_uv=False)
-        return singular.max() / singular.min()
-
-    one, five = spread(1), spread(5)
+    one, five = _muon_spread(grad, params, 1), _muon_spread(grad, params, 5)
     assert five < one
     assert five < 2.0  # the quintic iteration aims at [0.7, 1.2], not exactly 1
+
+
+def test_aol_preconditioning_orthogonalizes_three_muon_iterations_further():
+    """Rescaling each row by its Gram row sum (AOL) evens out rows of very different norms
+    before the first iteration; dividing by the Frobenius norm leaves the small rows small, so
+    three iterations do not lift them as far as five do."""
+    rows = jnp.logspace(-2, 0, 16)[:, None]  # row norms over two decades
+    grad = {"kernel": jax.random.normal(jax.random.key(1), (16, 64)) * rows}
+    params = jax.tree.map(jnp.zeros_like, grad)
+    frobenius_3, frobenius_5 = _muon_spread(grad, params, 3), _muon_spread(grad, params, 5)
+    aol_3 = _muon_spread(grad, params, 3, preconditioning="aol")
+    assert frobenius_3 > 1.5 * frobenius_5  # three iterations are not enough here ...
+    assert aol_3 < 1.1 * frobenius_5  # ... unless the first one starts from AOL's rescaling
+    assert _muon_spread(grad, params, 3, preconditioning="frobenius") == frobenius_3  # default
+
+
+def _muon_spread(grad, params, ns_steps, **muon):
+    """Largest over smallest singular value of Muon's first update of `grad`."""
+    cfg = OptimConfig(
+        name="muon",
+        warmup_steps=0,
+        weight_decay=0.0,
+        clip_norm=None,
+        muon=MuonConfig(ns_steps=ns_steps, **muon),
+    )
+    tx = make_optimizer(cfg, steps=10)
+    updates, _ = tx.update(grad, tx.init(params), params)
+    singular = np.linalg.svd(np.asarray(updates["kernel"]), compute_uv=False)
+    return singular.max() / singular.min()
 
 
 def test_adamw_decouples_weight_decay_but_adam_l2_does_not():

@@ -55,6 +55,9 @@ class DataConfig:
         )
 
 
+MUON_PRECONDITIONING = ("frobenius", "spectral", "aol", "schatten")
+
+
 @dataclass(frozen=True)
 class MuonConfig:
     """Settings only Muon reads (optim.name=muon); its momentum is optim.momentum."""
@@ -63,10 +66,19 @@ class MuonConfig:
     # Newton-Schulz iterations that orthogonalize each update (fewer: a cheaper step, a
     # rougher orthogonalization)
     ns_steps: int = 5
+    # How each update is scaled before the iterations: "frobenius" (by its Frobenius norm),
+    # "spectral", or "aol"/"schatten", which rescale inside the first iteration from the Gram
+    # matrix it computes anyway (optax's `preconditioning`)
+    preconditioning: str = "frobenius"
 
     def __post_init__(self):
         check_finite(self, "adam_lr", section="optim.muon")
         check(self.ns_steps >= 1, f"optim.muon.ns_steps must be >= 1, got {self.ns_steps}")
+        check(
+            self.preconditioning in MUON_PRECONDITIONING,
+            f"optim.muon.preconditioning must be one of {', '.join(MUON_PRECONDITIONING)}, "
+            f"got {self.preconditioning!r}",
+        )
         check(
             self.adam_lr is None or self.adam_lr > 0,
             f"optim.muon.adam_lr must be > 0 or none, got {self.adam_lr}",

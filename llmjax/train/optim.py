@@ -148,6 +148,7 @@ def muon(cfg: "OptimConfig", schedule: optax.Schedule) -> optax.GradientTransfor
     return optax.contrib.muon(
         schedule,
         ns_steps=cfg.muon.ns_steps,
+        preconditioning=cfg.muon.preconditioning,
         beta=cfg.b1 if cfg.momentum is None else cfg.momentum,
         weight_decay=cfg.weight_decay,
         weight_decay_mask=lambda p: decay_mask(p, cfg.decay_embeddings),
