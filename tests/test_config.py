@@ -92,7 +92,10 @@ def test_overrides_parse_types():
         ("model.n_layers", r"must look like section.field=value"),
         ("optim.lr=-1", r"optim.lr must be > 0"),
         ("optim.muon.ns_steps=0", r"optim.muon.ns_steps must be >= 1"),
-        ("optim.muon.preconditioning=qr", r"preconditioning must be one of frobenius, spectral"),
+        (
+            "optim.muon.preconditioning=qr",
+            r"optim.muon.preconditioning='qr' is not known; valid choices: frobenius, spectral",
+        ),
     ],
 )
 def test_bad_overrides_are_explained(override, message):

@@ -74,11 +74,7 @@ class MuonConfig:
     def __post_init__(self):
         check_finite(self, "adam_lr", section="optim.muon")
         check(self.ns_steps >= 1, f"optim.muon.ns_steps must be >= 1, got {self.ns_steps}")
-        check(
-            self.preconditioning in MUON_PRECONDITIONING,
-            f"optim.muon.preconditioning must be one of {', '.join(MUON_PRECONDITIONING)}, "
-            f"got {self.preconditioning!r}",
-        )
+        check_choice("optim.muon.preconditioning", self.preconditioning, MUON_PRECONDITIONING)
         check(
             self.adam_lr is None or self.adam_lr > 0,
             f"optim.muon.adam_lr must be > 0 or none, got {self.adam_lr}",
