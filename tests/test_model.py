@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,6 +133,24 @@ def test_scan_equals_loop(tiny_model):
     np.testing.assert_allclose(
         _logits(unrolled, params, tokens), _logits(cfg, params, tokens), atol=1e-5, rtol=1e-5
     )
+
+
+def test_init_of_unrolled_layers_equals_flax_init_of_the_unrolled_module(tiny_model):
+    """init_model keeps the layers' scan rolled (a shorter compile); the params are the bits
+    that flax's own init of the configured (unrolled) module gives, under the same options."""
+    from llmjax.runtime import RUN_ONCE_COMPILER_OPTIONS
+
+    cfg = dataclasses.replace(tiny_model, scan_unroll=tiny_model.n_layers)
+    params, _ = init_model(cfg, jax.random.key(5))
+    tokens = jnp.zeros((1, min(cfg.max_seq_len, 8)), jnp.int32)
+
+    def flax_init(key):
+        return build_model(cfg).init({"params": key, "dropout": key}, tokens)
+
+    ref = jax.jit(flax_init, compiler_options=RUN_ONCE_COMPILER_OPTIONS)(jax.random.key(5))
+    ref = nn.meta.unbox(ref)["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(ref)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, ref))
 
 
 @pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES.names() if p != "none"])
