@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import logging
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -269,6 +271,23 @@ def test_fit_writes_a_complete_run_directory(fit_cfg, tmp_path):
     loaded = load_run(run)
     assert loaded.step == 12 and loaded.config.model.vocab_size == 259
     jax.tree.map(np.testing.assert_array_equal, loaded.params, jax.device_get(result.state.params))
+
+
+def test_fit_compiles_each_step_once_ahead_of_its_first_call(fit_cfg, tmp_path, caplog):
+    """The stand-ins fit compiles from on other threads match the real calls: a mismatch would
+    compile the step a second time, at its first call."""
+    compiled = []
+    jax.config.update("jax_log_compiles", True)  # for every thread (the context is per thread)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax._src.dispatch"):
+            fit(fit_cfg, tmp_path / "run", progress=False)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    for record in caplog.records:
+        found = re.match(r"Finished XLA compilation of jit\((\w+)\)", record.getMessage())
+        compiled += [found.group(1)] if found else []
+    assert compiled.count("train_step") == 1 and compiled.count("eval_step") == 1
+    assert compiled.count("_all_finite") <= 1  # module-wide: an earlier test may have made it
 
 
 def test_resume_equals_uninterrupted_run(fit_cfg, tmp_path):

@@ -295,6 +295,11 @@ class Trainer:
         """Whether every param of `state` is finite."""
         return bool(jax.device_get(_all_finite(self.parallel.host_state(state).params)))
 
+    def compile_params_finite(self, params: Any) -> None:
+        """Compiles `params_finite`'s program ahead of its first call, for `params` as the
+        host state holds them (arrays, or shapes with their shardings)."""
+        _all_finite.lower(params).compile()
+
     def _deliver(self, step: int, metrics: Any) -> None:
         host = jax.device_get(metrics)
         for hook in self._hooks:
