@@ -170,6 +170,24 @@ def test_loss_plot_draws_when_the_loop_raises(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_loss_plot_draws_once_when_the_last_evaluation_drew_it(tmp_path, monkeypatch):
+    import llmjax.train.metrics as metrics
+
+    draws = []
+    monkeypatch.setattr(metrics, "plot_losses", lambda records, path, title="": draws.append(1))
+    trainer, plot = FakeTrainer(), LossPlot(tmp_path / "loss.png")
+    plot.on_start(trainer, 0)
+    for record in ({"step": 4, "split": "train", "loss": 3.0}, {"step": 4, "split": "val"}):
+        trainer.history.append(record)
+        plot.on_record(record)
+    plot.on_end(4, None)
+    assert draws == [1]  # drawn at the evaluation, and nothing came after it
+    trainer.history.append({"step": 5, "split": "train", "loss": 2.9})
+    plot.on_record(trainer.history[-1])
+    plot.on_end(5, None)
+    assert draws == [1, 1]  # a record after the evaluation: drawn again at the end
+
+
 def test_the_loss_figure_has_train_val_and_the_lr_on_a_second_axis():
     import matplotlib.pyplot as plt
 

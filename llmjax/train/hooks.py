@@ -369,7 +369,8 @@ class LossPlot(Hook):
             self.draw()
 
     def on_end(self, step: int, state: TrainState) -> None:
-        self.draw()
+        if self.stale:  # not drawn already at the last evaluation
+            self.draw()
 
     def draw(self) -> None:
         from llmjax.train.metrics import plot_losses
