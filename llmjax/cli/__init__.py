@@ -4,6 +4,7 @@ presets, config (one module each; ppo and grpo share one)."""
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import traceback
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     from llmjax.train.hooks import TrainingDiverged
 
     warnings.filterwarnings("ignore", category=CheckpointWarning)  # logged already
+    # What the imports built lives as long as the process: kept out of the collector's full
+    # passes, which otherwise walk it again and again while the steps are traced (0.3 s of a
+    # 30 s training run).
+    gc.freeze()
 
     def fail(message: str, code: int, label: str = "error") -> int:
         if debug():
